@@ -1,0 +1,138 @@
+//! The one place where errors get their SQLSTATE and become ErrorResponses.
+//!
+//! Inside the crate errors are the planner's [`Error`] (a SQLSTATE, a
+//! message, an optional detail), which COPY parsing and interrupts create
+//! too; at the pgwire boundary they become [`PgWireError::UserError`].
+
+use datafusion::arrow::error::ArrowError;
+use datafusion::error::DataFusionError;
+use pgwire::error::{ErrorInfo, PgWireError};
+use sluice_planner::{sqlstate, Error};
+
+/// An ERROR-level response: the statement fails, the connection lives on.
+pub(crate) fn to_wire(error: Error) -> PgWireError {
+    PgWireError::UserError(Box::new(info(error, "ERROR")))
+}
+
+/// A FATAL response: the server closes the connection after sending it.
+pub(crate) fn fatal(error: Error) -> PgWireError {
+    PgWireError::UserError(Box::new(info(error, "FATAL")))
+}
+
+fn info(error: Error, severity: &str) -> ErrorInfo {
+    let mut info = ErrorInfo::new(severity.to_owned(), error.code.to_owned(), error.message);
+    info.detail = error.detail;
+    info
+}
+
+/// Puts any pgwire error into its final ErrorInfo form (pgwire's own
+/// mapping for protocol errors) and returns its SQLSTATE and whether it is
+/// FATAL.
+pub(crate) fn normalize(error: &mut PgWireError) -> (String, bool) {
+    let owned = std::mem::replace(error, PgWireError::QueryCanceled);
+    let info = match owned {
+        PgWireError::UserError(info) => info,
+        other => Box::new(ErrorInfo::from(other)),
+    };
+    let summary = (info.code.clone(), info.is_fatal());
+    *error = PgWireError::UserError(info);
+    summary
+}
+
+/// A DataFusion error raised while streaming results. The planner's own
+/// errors travel inside `External` and keep their SQLSTATE.
+pub(crate) fn from_datafusion(error: DataFusionError) -> Error {
+    match error {
+        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
+            from_datafusion(*inner)
+        }
+        DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+            Ok(inner) => from_datafusion(inner),
+            Err(shared) => Error::new(sqlstate::INTERNAL_ERROR, shared.strip_backtrace()),
+        },
+        DataFusionError::External(external) => match external.downcast::<Error>() {
+            Ok(ours) => *ours,
+            Err(other) => match other.downcast::<DataFusionError>() {
+                Ok(inner) => from_datafusion(*inner),
+                Err(other) => Error::new(sqlstate::INTERNAL_ERROR, other.to_string()),
+            },
+        },
+        DataFusionError::ArrowError(arrow, _) => {
+            let code = match arrow.as_ref() {
+                ArrowError::DivideByZero => sqlstate::DIVISION_BY_ZERO,
+                ArrowError::ArithmeticOverflow(_) => sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                ArrowError::CastError(_) | ArrowError::ParseError(_) => {
+                    sqlstate::INVALID_TEXT_REPRESENTATION
+                }
+                _ => sqlstate::INTERNAL_ERROR,
+            };
+            Error::new(code, arrow.to_string())
+        }
+        DataFusionError::ResourcesExhausted(message) => {
+            Error::new(sqlstate::INSUFFICIENT_RESOURCES, message)
+        }
+        DataFusionError::NotImplemented(message) => {
+            Error::new(sqlstate::FEATURE_NOT_SUPPORTED, message)
+        }
+        DataFusionError::Execution(message) => Error::new(sqlstate::DATA_EXCEPTION, message),
+        other => Error::new(sqlstate::INTERNAL_ERROR, other.strip_backtrace()),
+    }
+}
+
+/// The SQLSTATE class (its first two characters), the label of the error
+/// counter: `23` integrity, `42` syntax or access, `57` operator intervention.
+pub(crate) fn sqlstate_class(code: &str) -> &str {
+    code.get(..2).unwrap_or("XX")
+}
+
+/// Errors created by the frontend itself.
+pub(crate) fn protocol_violation(message: impl Into<String>) -> PgWireError {
+    to_wire(Error::new(sqlstate::PROTOCOL_VIOLATION, message))
+}
+
+pub(crate) fn internal(message: impl Into<String>) -> PgWireError {
+    to_wire(Error::new(sqlstate::INTERNAL_ERROR, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn planner_errors_keep_their_sqlstate_through_datafusion() {
+        let ours =
+            Error::new(sqlstate::UNIQUE_VIOLATION, "duplicate key").with_detail("Key (id)=(1)");
+        let wrapped = DataFusionError::Context(
+            "while streaming".into(),
+            Box::new(DataFusionError::External(Box::new(ours.clone()))),
+        );
+        assert_eq!(from_datafusion(wrapped), ours);
+    }
+
+    #[test]
+    fn arrow_errors_map_to_data_exceptions() {
+        let error = from_datafusion(DataFusionError::ArrowError(
+            Box::new(ArrowError::DivideByZero),
+            None,
+        ));
+        assert_eq!(error.code, sqlstate::DIVISION_BY_ZERO);
+    }
+
+    #[test]
+    fn normalize_gives_protocol_errors_their_sqlstate() {
+        let mut error = PgWireError::QueryCanceled;
+        assert_eq!(
+            normalize(&mut error),
+            (sqlstate::QUERY_CANCELED.to_owned(), false)
+        );
+        assert!(matches!(error, PgWireError::UserError(_)));
+        let mut error = fatal(Error::new(sqlstate::ADMIN_SHUTDOWN, "bye"));
+        assert_eq!(normalize(&mut error), ("57P01".to_owned(), true));
+    }
+
+    #[test]
+    fn classes() {
+        assert_eq!(sqlstate_class("23505"), "23");
+        assert_eq!(sqlstate_class(""), "XX");
+    }
+}

@@ -1,0 +1,280 @@
+//! Prometheus metrics: counters the frontend updates as it works, plus Raft
+//! and engine gauges read from the node when `/metrics` is scraped.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    exponential_buckets, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, Opts, Registry, TextEncoder,
+};
+use sluice_planner::Database;
+
+/// Every metric Sluice exports, in one registry.
+pub struct Metrics {
+    registry: Registry,
+    pub(crate) connections_opened: IntCounter,
+    pub(crate) connections_current: IntGauge,
+    pub(crate) statements: IntCounterVec,
+    pub(crate) statement_errors: IntCounterVec,
+    pub(crate) statement_seconds: HistogramVec,
+    pub(crate) rows_returned: IntCounter,
+    pub(crate) copy_rows_in: IntCounter,
+    raft: RaftGauges,
+    engine: GaugeVec,
+}
+
+struct RaftGauges {
+    term: IntGauge,
+    applied_index: IntGauge,
+    committed_index: IntGauge,
+    last_log_index: IntGauge,
+    is_leader: IntGauge,
+    leader_changes: IntGauge,
+    proposals: IntGauge,
+    proposal_failures: IntGauge,
+}
+
+/// The statement kinds counted separately.
+pub(crate) const KINDS: [&str; 6] = ["select", "insert", "update", "delete", "ddl", "other"];
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        // Metric definitions are constants: failing here is a programming
+        // error caught by the first test run, not a runtime condition.
+        Arc::new(Self::build().expect("metric definitions are valid"))
+    }
+
+    fn build() -> prometheus::Result<Metrics> {
+        let registry = Registry::new();
+        let connections_opened = IntCounter::new(
+            "sluice_connections_opened_total",
+            "SQL connections accepted",
+        )?;
+        let connections_current = IntGauge::new("sluice_connections", "SQL connections open now")?;
+        let statements = IntCounterVec::new(
+            Opts::new(
+                "sluice_statements_total",
+                "SQL statements executed, by kind",
+            ),
+            &["kind"],
+        )?;
+        let statement_errors = IntCounterVec::new(
+            Opts::new(
+                "sluice_statement_errors_total",
+                "Errors returned to clients, by SQLSTATE class",
+            ),
+            &["class"],
+        )?;
+        let statement_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "sluice_statement_duration_seconds",
+                "Statement execution time, results included",
+            )
+            .buckets(exponential_buckets(0.0001, 4.0, 11)?),
+            &["kind"],
+        )?;
+        let rows_returned = IntCounter::new("sluice_rows_returned_total", "Rows sent to clients")?;
+        let copy_rows_in = IntCounter::new(
+            "sluice_copy_rows_in_total",
+            "Rows loaded by COPY FROM STDIN",
+        )?;
+        let raft = RaftGauges {
+            term: IntGauge::new("sluice_raft_term", "Current Raft term")?,
+            applied_index: IntGauge::new(
+                "sluice_raft_applied_index",
+                "Last log index applied to the state machine",
+            )?,
+            committed_index: IntGauge::new(
+                "sluice_raft_committed_index",
+                "Last committed log index",
+            )?,
+            last_log_index: IntGauge::new(
+                "sluice_raft_last_log_index",
+                "Last log index in the local log",
+            )?,
+            is_leader: IntGauge::new(
+                "sluice_raft_is_leader",
+                "1 when this node is the Raft leader",
+            )?,
+            leader_changes: IntGauge::new("sluice_raft_leader_changes", "Leader changes observed")?,
+            proposals: IntGauge::new("sluice_raft_proposals", "Commands proposed")?,
+            proposal_failures: IntGauge::new(
+                "sluice_raft_proposal_failures",
+                "Proposals that failed",
+            )?,
+        };
+        let engine = GaugeVec::new(
+            Opts::new("sluice_engine_stat", "Storage engine statistics"),
+            &["name"],
+        )?;
+
+        registry.register(Box::new(connections_opened.clone()))?;
+        registry.register(Box::new(connections_current.clone()))?;
+        registry.register(Box::new(statements.clone()))?;
+        registry.register(Box::new(statement_errors.clone()))?;
+        registry.register(Box::new(statement_seconds.clone()))?;
+        registry.register(Box::new(rows_returned.clone()))?;
+        registry.register(Box::new(copy_rows_in.clone()))?;
+        for gauge in [
+            &raft.term,
+            &raft.applied_index,
+            &raft.committed_index,
+            &raft.last_log_index,
+            &raft.is_leader,
+            &raft.leader_changes,
+            &raft.proposals,
+            &raft.proposal_failures,
+        ] {
+            registry.register(Box::new(gauge.clone()))?;
+        }
+        registry.register(Box::new(engine.clone()))?;
+        // Show every kind from the first scrape, not only after first use.
+        for kind in KINDS {
+            statements.with_label_values(&[kind]);
+        }
+        Ok(Metrics {
+            registry,
+            connections_opened,
+            connections_current,
+            statements,
+            statement_errors,
+            statement_seconds,
+            rows_returned,
+            copy_rows_in,
+            raft,
+            engine,
+        })
+    }
+
+    pub(crate) fn statement_done(&self, kind: &str, elapsed: Duration) {
+        self.statements.with_label_values(&[kind]).inc();
+        self.statement_seconds
+            .with_label_values(&[kind])
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub(crate) fn error(&self, class: &str) {
+        self.statement_errors.with_label_values(&[class]).inc();
+    }
+
+    /// The Prometheus text exposition, with Raft and engine gauges as of now.
+    pub(crate) fn render(&self, db: &Database) -> prometheus::Result<String> {
+        let raft = db.raft();
+        let status = raft.status();
+        let gauges = &self.raft;
+        gauges.term.set(saturate(status.term));
+        gauges.applied_index.set(saturate(status.applied_index));
+        gauges.committed_index.set(saturate(status.committed_index));
+        gauges.last_log_index.set(saturate(status.last_log_index));
+        gauges.is_leader.set(i64::from(status.role == "leader"));
+        gauges.leader_changes.set(saturate(status.leader_changes));
+        gauges.proposals.set(saturate(status.proposals));
+        gauges
+            .proposal_failures
+            .set(saturate(status.proposal_failures));
+        for (name, value) in raft.engine().stats() {
+            self.engine.with_label_values(&[name.as_str()]).set(value);
+        }
+        let mut out = String::new();
+        TextEncoder::new().encode_utf8(&self.registry.gather(), &mut out)?;
+        Ok(out)
+    }
+}
+
+fn saturate(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// The first few characters of a statement's SQL: enough for its kind,
+/// without formatting a large statement whole (formatting stops early).
+pub(crate) fn leading_text(statement: &impl fmt::Display) -> String {
+    struct Prefix(String);
+    impl fmt::Write for Prefix {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                if self.0.len() >= PREFIX_LEN {
+                    return Err(fmt::Error);
+                }
+                self.0.push(c);
+            }
+            Ok(())
+        }
+    }
+    let mut prefix = Prefix(String::new());
+    // Err only means the prefix is full.
+    let _ = fmt::write(&mut prefix, format_args!("{statement}"));
+    prefix.0
+}
+
+const PREFIX_LEN: usize = 32;
+
+/// The kind of a statement for the counters, from its leading keyword.
+pub(crate) fn statement_kind(sql: &str) -> &'static str {
+    let word = sql
+        .trim_start_matches(|c: char| c.is_whitespace() || c == '(')
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or("");
+    match word.to_ascii_lowercase().as_str() {
+        "select" | "with" | "values" | "table" | "show" | "explain" => "select",
+        "insert" | "copy" => "insert",
+        "update" => "update",
+        "delete" => "delete",
+        "create" | "drop" | "alter" | "truncate" | "comment" => "ddl",
+        _ => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leading_text_stops_early() {
+        let long = format!("INSERT INTO t VALUES {}", "(1), ".repeat(1000));
+        let prefix = leading_text(&long);
+        assert_eq!(prefix.len(), PREFIX_LEN);
+        assert_eq!(statement_kind(&prefix), "insert");
+        assert_eq!(leading_text(&"SHOW x"), "SHOW x");
+    }
+
+    #[test]
+    fn kinds_from_leading_keyword() {
+        assert_eq!(statement_kind("SELECT 1"), "select");
+        assert_eq!(statement_kind("  (select 1)"), "select");
+        assert_eq!(statement_kind("insert into t values (1)"), "insert");
+        assert_eq!(statement_kind("CREATE TABLE t (a int)"), "ddl");
+        assert_eq!(statement_kind("BEGIN"), "other");
+    }
+
+    #[test]
+    fn counters_appear_in_the_exposition() {
+        let metrics = Metrics::new();
+        metrics.statement_done("select", Duration::from_millis(3));
+        metrics.error("42");
+        metrics.rows_returned.inc_by(5);
+        let mut out = String::new();
+        TextEncoder::new()
+            .encode_utf8(&metrics.registry.gather(), &mut out)
+            .unwrap();
+        assert!(
+            out.contains("sluice_statements_total{kind=\"select\"} 1"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sluice_statements_total{kind=\"ddl\"} 0"),
+            "{out}"
+        );
+        assert!(
+            out.contains("sluice_statement_errors_total{class=\"42\"} 1"),
+            "{out}"
+        );
+        assert!(out.contains("sluice_rows_returned_total 5"), "{out}");
+        assert!(
+            out.contains("sluice_statement_duration_seconds_bucket"),
+            "{out}"
+        );
+    }
+}

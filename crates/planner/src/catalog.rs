@@ -1,0 +1,533 @@
+//! The SQL catalog: schemas and tables, stored in the replicated `Data`
+//! keyspace and cached in memory, and its DataFusion face.
+//!
+//! Layout of the `Data` keyspace (all integers big-endian):
+//!
+//! | key | value |
+//! |---|---|
+//! | `0x01 's' <schema name>` | [`SchemaDef`] as JSON |
+//! | `0x01 't' <table id u64>` | [`TableDef`] as JSON |
+//! | `0x01 'n'` | next table id (u64) |
+//! | `0x01 'v'` | catalog version (u64), bumped by every DDL |
+//! | `0x02 <table id u64> <primary key>` | the row ([`sluice_engine::row`]) |
+//!
+//! The primary key is encoded with [`sluice_engine::keycode`]; a table
+//! without a declared primary key uses a hidden `bigint` row id. Every DDL
+//! command carries a `Check` of the catalog version it was planned against,
+//! so two concurrent DDL statements cannot both apply on a stale view.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, RwLock};
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
+use datafusion::common::DataFusionError;
+use datafusion::logical_expr::Expr;
+use serde::{Deserialize, Serialize};
+use sluice_engine::{keycode, row, KeyRange, Keyspace, Snapshot, Value, ValueKind};
+
+use crate::api::{sqlstate, Error, Result};
+use crate::table::SluiceTable;
+use crate::types::{arrow_schema, SqlType};
+
+pub const CATALOG_NAME: &str = "sluice";
+pub const DEFAULT_SCHEMA: &str = "public";
+/// Name of the hidden column that carries a row's storage key through the
+/// input plan of UPDATE and DELETE (see [`SessionCatalog::expose_keys_of`]).
+pub const KEY_COLUMN: &str = "__sluice_key";
+/// Name of the hidden row id of tables without a primary key.
+pub const ROWID_COLUMN: &str = "__sluice_rowid";
+
+const CATALOG_PREFIX: u8 = 0x01;
+const ROWS_PREFIX: u8 = 0x02;
+/// Schemas that exist without a catalog entry.
+const BUILTIN_SCHEMAS: [&str; 1] = [DEFAULT_SCHEMA];
+/// Schemas provided by DataFusion or datafusion-pg-catalog, never stored.
+pub const SYSTEM_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
+
+pub fn schema_key(name: &str) -> Vec<u8> {
+    let mut key = vec![CATALOG_PREFIX, b's'];
+    key.extend_from_slice(name.as_bytes());
+    key
+}
+
+pub fn table_key(id: u64) -> Vec<u8> {
+    let mut key = vec![CATALOG_PREFIX, b't'];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub fn next_table_id_key() -> Vec<u8> {
+    vec![CATALOG_PREFIX, b'n']
+}
+
+pub fn version_key() -> Vec<u8> {
+    vec![CATALOG_PREFIX, b'v']
+}
+
+pub fn table_rows_prefix(id: u64) -> Vec<u8> {
+    let mut key = vec![ROWS_PREFIX];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Reads a big-endian u64 counter; absent means 0.
+pub fn read_counter(snapshot: &dyn Snapshot, key: &[u8]) -> Result<(u64, Option<Vec<u8>>)> {
+    match snapshot.get(Keyspace::Data, key).map_err(storage_error)? {
+        None => Ok((0, None)),
+        Some(bytes) => {
+            let array: [u8; 8] = bytes.as_slice().try_into().map_err(|_| {
+                Error::new(sqlstate::DATA_CORRUPTED, "catalog counter is not 8 bytes")
+            })?;
+            Ok((u64::from_be_bytes(array), Some(bytes)))
+        }
+    }
+}
+
+pub fn storage_error(e: sluice_engine::Error) -> Error {
+    if e.is_disk_full() {
+        return Error::new(sqlstate::DISK_FULL, format!("could not write: {e}"));
+    }
+    match e {
+        sluice_engine::Error::Corrupt(_) => Error::new(sqlstate::DATA_CORRUPTED, e.to_string()),
+        _ => Error::new(sqlstate::INTERNAL_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SchemaDef {
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    pub ty: SqlType,
+    pub nullable: bool,
+    /// The DEFAULT expression as SQL text, evaluated by DataFusion on INSERT.
+    pub default: Option<String>,
+    /// For columns added by ALTER TABLE: the value rows written before the
+    /// column existed read as (row-encoded single value), or NULL when absent.
+    pub missing_value: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableDef {
+    pub id: u64,
+    pub schema: String,
+    pub name: String,
+    pub columns: Vec<ColumnDef>,
+    /// Column indexes of the primary key, in key order. Empty: hidden row id.
+    pub primary_key: Vec<usize>,
+}
+
+impl TableDef {
+    pub fn qualified_name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    pub fn types(&self) -> Vec<SqlType> {
+        self.columns.iter().map(|c| c.ty).collect()
+    }
+
+    pub fn kinds(&self) -> Vec<ValueKind> {
+        self.columns.iter().map(|c| c.ty.value_kind()).collect()
+    }
+
+    pub fn has_primary_key(&self) -> bool {
+        !self.primary_key.is_empty()
+    }
+
+    pub fn column_index(&self, name: &str) -> Option<usize> {
+        self.columns.iter().position(|c| c.name == name)
+    }
+
+    pub fn rows_prefix(&self) -> Vec<u8> {
+        table_rows_prefix(self.id)
+    }
+
+    pub fn rows_range(&self) -> KeyRange {
+        KeyRange::prefix(&self.rows_prefix())
+    }
+
+    /// The storage key of a row given its full column values.
+    pub fn key_for_row(&self, values: &[Value]) -> Result<Vec<u8>> {
+        let pk: Vec<Value> = self
+            .primary_key
+            .iter()
+            .map(|&i| values[i].clone())
+            .collect();
+        self.key_for_pk(&pk)
+    }
+
+    pub fn key_for_pk(&self, pk: &[Value]) -> Result<Vec<u8>> {
+        keycode::encode_key(&self.rows_prefix(), pk)
+            .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, format!("encode key: {e}")))
+    }
+
+    pub fn key_for_rowid(&self, rowid: i64) -> Result<Vec<u8>> {
+        self.key_for_pk(&[Value::Int64(rowid)])
+    }
+
+    pub fn encode_row(&self, values: &[Value]) -> Result<Vec<u8>> {
+        row::encode_row(values, &self.kinds())
+            .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, format!("encode row: {e}")))
+    }
+
+    /// Decodes a stored row, filling columns added after it was written.
+    pub fn decode_row(&self, kinds: &[ValueKind], bytes: &[u8]) -> Result<Vec<Value>> {
+        let mut values = row::decode_row(bytes, kinds).map_err(|e| {
+            Error::new(
+                sqlstate::DATA_CORRUPTED,
+                format!("decode row of {}: {e}", self.qualified_name()),
+            )
+        })?;
+        for column in &self.columns[values.len()..] {
+            values.push(self.missing_value(column, kinds)?);
+        }
+        Ok(values)
+    }
+
+    fn missing_value(&self, column: &ColumnDef, _kinds: &[ValueKind]) -> Result<Value> {
+        match &column.missing_value {
+            None => Ok(Value::Null),
+            Some(bytes) => row::decode_row(bytes, &[column.ty.value_kind()])
+                .map_err(|e| {
+                    Error::new(
+                        sqlstate::DATA_CORRUPTED,
+                        format!("decode default of {}: {e}", column.name),
+                    )
+                })?
+                .pop()
+                .ok_or_else(|| Error::new(sqlstate::DATA_CORRUPTED, "empty stored default")),
+        }
+    }
+
+    /// Decodes the primary key part of a storage key (for error details).
+    pub fn describe_key(&self, key: &[u8]) -> String {
+        let prefix_len = self.rows_prefix().len();
+        let Some(encoded) = key.get(prefix_len..) else {
+            return String::from("(?)");
+        };
+        let (names, kinds): (Vec<&str>, Vec<ValueKind>) = if self.has_primary_key() {
+            self.primary_key
+                .iter()
+                .map(|&i| {
+                    (
+                        self.columns[i].name.as_str(),
+                        self.columns[i].ty.value_kind(),
+                    )
+                })
+                .unzip()
+        } else {
+            (vec![ROWID_COLUMN], vec![ValueKind::Int64])
+        };
+        match keycode::decode_key(encoded, &kinds) {
+            Ok(values) => {
+                let rendered: Vec<String> = values.iter().map(render_value).collect();
+                format!("({})=({})", names.join(", "), rendered.join(", "))
+            }
+            Err(_) => String::from("(?)"),
+        }
+    }
+
+    pub fn arrow_schema(&self) -> SchemaRef {
+        arrow_schema(
+            self.columns
+                .iter()
+                .map(|c| (c.name.as_str(), c.ty, c.nullable)),
+        )
+    }
+
+    /// The schema with the hidden key column appended (UPDATE/DELETE input).
+    pub fn arrow_schema_with_key(&self) -> SchemaRef {
+        let mut fields: Vec<Field> = self
+            .arrow_schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(KEY_COLUMN, DataType::Binary, false));
+        Arc::new(Schema::new(fields))
+    }
+}
+
+fn render_value(value: &Value) -> String {
+    match value {
+        Value::Null => "NULL".into(),
+        Value::Bool(v) => if *v { "t" } else { "f" }.into(),
+        Value::Int16(v) => v.to_string(),
+        Value::Int32(v) => v.to_string(),
+        Value::Int64(v) => v.to_string(),
+        Value::Float32(v) => v.to_string(),
+        Value::Float64(v) => v.to_string(),
+        Value::Decimal(v) => v.to_string(),
+        Value::Text(v) => v.clone(),
+        Value::Uuid(v) => crate::types::format_uuid(v),
+        other => format!("{other:?}"),
+    }
+}
+
+/// One consistent, immutable view of the catalog.
+#[derive(Debug, Default)]
+pub struct CatalogState {
+    pub version: u64,
+    pub schemas: BTreeMap<String, SchemaDef>,
+    pub tables: BTreeMap<(String, String), Arc<TableDef>>,
+}
+
+impl CatalogState {
+    /// Loads the whole catalog from a snapshot.
+    pub fn load(snapshot: &dyn Snapshot) -> Result<CatalogState> {
+        let (version, _) = read_counter(snapshot, &version_key())?;
+        let mut state = CatalogState {
+            version,
+            ..Default::default()
+        };
+        for name in BUILTIN_SCHEMAS {
+            state
+                .schemas
+                .insert(name.into(), SchemaDef { name: name.into() });
+        }
+        let range = KeyRange::prefix(&[CATALOG_PREFIX, b's']);
+        for (_, value) in scan_all(snapshot, &range)? {
+            let schema: SchemaDef = decode_json(&value)?;
+            state.schemas.insert(schema.name.clone(), schema);
+        }
+        let range = KeyRange::prefix(&[CATALOG_PREFIX, b't']);
+        for (_, value) in scan_all(snapshot, &range)? {
+            let table: TableDef = decode_json(&value)?;
+            state
+                .tables
+                .insert((table.schema.clone(), table.name.clone()), Arc::new(table));
+        }
+        Ok(state)
+    }
+
+    pub fn table(&self, schema: &str, name: &str) -> Option<&Arc<TableDef>> {
+        self.tables.get(&(schema.to_string(), name.to_string()))
+    }
+
+    pub fn tables_in<'a>(
+        &'a self,
+        schema: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<TableDef>> + 'a {
+        self.tables.values().filter(move |t| t.schema == schema)
+    }
+}
+
+pub fn scan_all(snapshot: &dyn Snapshot, range: &KeyRange) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    const PAGE: usize = 1024;
+    let mut out = Vec::new();
+    let mut range = range.clone();
+    loop {
+        let page = snapshot
+            .scan(Keyspace::Data, &range, PAGE)
+            .map_err(storage_error)?;
+        let done = page.len() < PAGE;
+        if let Some((last, _)) = page.last() {
+            range = range.resume_after(last);
+        }
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+fn decode_json<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        Error::new(
+            sqlstate::DATA_CORRUPTED,
+            format!("decode catalog entry: {e}"),
+        )
+    })
+}
+
+pub fn encode_json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("catalog definitions always serialize")
+}
+
+/// The catalog shared by all sessions of a node: the latest loaded state.
+#[derive(Debug, Default)]
+pub struct SharedCatalog {
+    state: RwLock<Arc<CatalogState>>,
+}
+
+impl SharedCatalog {
+    pub fn current(&self) -> Arc<CatalogState> {
+        self.state.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Reloads from `snapshot` if it holds a newer catalog version.
+    pub fn refresh(&self, snapshot: &dyn Snapshot) -> Result<Arc<CatalogState>> {
+        let (version, _) = read_counter(snapshot, &version_key())?;
+        let current = self.current();
+        if current.version == version && version != 0 {
+            return Ok(current);
+        }
+        let loaded = Arc::new(CatalogState::load(snapshot)?);
+        let mut guard = self.state.write().unwrap_or_else(|e| e.into_inner());
+        if loaded.version >= guard.version {
+            *guard = loaded.clone();
+        }
+        Ok(guard.clone())
+    }
+}
+
+/// A session's DataFusion catalog: the shared Sluice tables plus the
+/// per-session system schemas (pg_catalog, information_schema).
+pub struct SessionCatalog {
+    shared: Arc<SharedCatalog>,
+    defaults: Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>,
+    system_schemas: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
+    /// While UPDATE/DELETE is planned, the table whose scans expose the key column.
+    key_target: Mutex<Option<u64>>,
+}
+
+impl fmt::Debug for SessionCatalog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionCatalog").finish_non_exhaustive()
+    }
+}
+
+impl SessionCatalog {
+    pub fn new(
+        shared: Arc<SharedCatalog>,
+        defaults: Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>,
+    ) -> Self {
+        Self {
+            shared,
+            defaults,
+            system_schemas: RwLock::default(),
+            key_target: Mutex::new(None),
+        }
+    }
+
+    /// Makes scans of table `id` carry [`KEY_COLUMN`] until the guard drops.
+    pub fn expose_keys_of(self: &Arc<Self>, id: u64) -> KeyTargetGuard {
+        *self.key_target.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+        KeyTargetGuard {
+            catalog: self.clone(),
+        }
+    }
+
+    fn key_target(&self) -> Option<u64> {
+        *self.key_target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct KeyTargetGuard {
+    catalog: Arc<SessionCatalog>,
+}
+
+impl Drop for KeyTargetGuard {
+    fn drop(&mut self) {
+        *self
+            .catalog
+            .key_target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+impl CatalogProvider for SessionCatalog {
+    fn schema_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.shared.current().schemas.keys().cloned().collect();
+        names.extend(
+            self.system_schemas
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned(),
+        );
+        names
+    }
+
+    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
+        if let Some(system) = self
+            .system_schemas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+        {
+            return Some(system.clone());
+        }
+        let state = self.shared.current();
+        state.schemas.get(name)?;
+        Some(Arc::new(SluiceSchema {
+            name: name.to_string(),
+            state,
+            defaults: self.defaults.clone(),
+            key_target: self.key_target(),
+        }))
+    }
+
+    fn register_schema(
+        &self,
+        name: &str,
+        schema: Arc<dyn SchemaProvider>,
+    ) -> datafusion::common::Result<Option<Arc<dyn SchemaProvider>>> {
+        // Only system schemas are registered through DataFusion; user schemas
+        // are created with CREATE SCHEMA through Raft.
+        if !SYSTEM_SCHEMAS.contains(&name) {
+            return Err(DataFusionError::Plan(format!(
+                "schema {name} must be created with CREATE SCHEMA"
+            )));
+        }
+        Ok(self
+            .system_schemas
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.to_string(), schema))
+    }
+}
+
+/// One Sluice schema as DataFusion sees it, bound to one catalog state.
+#[derive(Clone)]
+struct SluiceSchema {
+    name: String,
+    state: Arc<CatalogState>,
+    defaults: Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>,
+    key_target: Option<u64>,
+}
+
+impl fmt::Debug for SluiceSchema {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SluiceSchema")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl SchemaProvider for SluiceSchema {
+    fn table_names(&self) -> Vec<String> {
+        self.state
+            .tables_in(&self.name)
+            .map(|t| t.name.clone())
+            .collect()
+    }
+
+    async fn table(
+        &self,
+        name: &str,
+    ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
+        let Some(def) = self.state.table(&self.name, name) else {
+            return Ok(None);
+        };
+        let with_key = self.key_target == Some(def.id);
+        let defaults = (self.defaults)(def);
+        Ok(Some(Arc::new(SluiceTable::new(
+            def.clone(),
+            defaults,
+            with_key,
+        ))))
+    }
+
+    fn table_exist(&self, name: &str) -> bool {
+        self.state.table(&self.name, name).is_some()
+    }
+}

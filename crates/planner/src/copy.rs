@@ -1,0 +1,416 @@
+//! COPY: planning `COPY … FROM STDIN` / `COPY … TO STDOUT`, and turning the
+//! text fields the frontend parsed into typed rows.
+//!
+//! Each batch of rows from the frontend becomes one Raft command, so a bulk
+//! load costs one proposal per batch, not per row. A failing batch writes
+//! nothing of itself; batches before it stay committed (documented: COPY is
+//! not atomic until interactive transactions land).
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::{ArrayRef, BinaryArray, StringArray};
+use datafusion::arrow::compute::{cast_with_options, CastOptions};
+use datafusion::arrow::datatypes::DataType;
+use datafusion::arrow::util::display::FormatOptions;
+use datafusion::sql::sqlparser::ast;
+use sluice_engine::Value;
+use sluice_raftstore::Mutation;
+
+use crate::api::{sqlstate, CopyIn, CopyOptions, Error, Result};
+use crate::catalog::TableDef;
+use crate::ddl::evaluate_constant;
+use crate::dml::{keyed_rows, lookup_table, not_null_violation, propose, quote_ident};
+use crate::session::{map_df_error, PreparedKind, Session};
+use crate::types::{value_at, SqlType};
+
+pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<PreparedKind> {
+    let ast::Statement::Copy {
+        source,
+        to,
+        target,
+        options,
+        legacy_options,
+        ..
+    } = statement
+    else {
+        return Err(Error::new(sqlstate::INTERNAL_ERROR, "not a COPY statement"));
+    };
+    let options = copy_options(options, legacy_options)?;
+    match (to, target) {
+        (false, ast::CopyTarget::Stdin) => {
+            let ast::CopySource::Table { table_name, columns } = source else {
+                return Err(Error::new(sqlstate::SYNTAX_ERROR, "COPY FROM needs a table"));
+            };
+            let table = lookup_table(session, table_name)?;
+            let columns = column_list(&table, columns)?;
+            Ok(PreparedKind::CopyIn(CopyIn { table: table.qualified_name(), columns, options }))
+        }
+        (true, ast::CopyTarget::Stdout) => {
+            let query = match source {
+                ast::CopySource::Table { table_name, columns } => {
+                    let table = lookup_table(session, table_name)?;
+                    let columns = column_list(&table, columns)?;
+                    let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
+                    let sql = format!(
+                        "SELECT {} FROM {}.{}",
+                        list.join(", "),
+                        quote_ident(&table.schema),
+                        quote_ident(&table.name)
+                    );
+                    session.parse(&sql)?.remove(0).ast
+                }
+                ast::CopySource::Query(query) => ast::Statement::Query(query.clone()),
+            };
+            let plan = session.plan(query).await?;
+            Ok(PreparedKind::CopyOut { plan, options })
+        }
+        _ => Err(Error::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            "COPY to or from a file or program is not allowed; use COPY … FROM STDIN / TO STDOUT (psql: \\copy)",
+        )),
+    }
+}
+
+fn column_list(table: &TableDef, columns: &[ast::Ident]) -> Result<Vec<String>> {
+    if columns.is_empty() {
+        return Ok(table.columns.iter().map(|c| c.name.clone()).collect());
+    }
+    columns
+        .iter()
+        .map(|ident| {
+            let name = if ident.quote_style.is_some() {
+                ident.value.clone()
+            } else {
+                ident.value.to_lowercase()
+            };
+            table
+                .column_index(&name)
+                .map(|_| name.clone())
+                .ok_or_else(|| {
+                    Error::new(
+                        sqlstate::UNDEFINED_COLUMN,
+                        format!(
+                            "column \"{name}\" of relation \"{}\" does not exist",
+                            table.name
+                        ),
+                    )
+                })
+        })
+        .collect()
+}
+
+fn copy_options(
+    options: &[ast::CopyOption],
+    legacy: &[ast::CopyLegacyOption],
+) -> Result<CopyOptions> {
+    let mut out = CopyOptions::text();
+    let mut format_set = false;
+    let ascii = |c: char, what: &str| -> Result<u8> {
+        u8::try_from(c).ok().filter(u8::is_ascii).ok_or_else(|| {
+            Error::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("COPY {what} must be a single one-byte character"),
+            )
+        })
+    };
+    let set_format = |out: &mut CopyOptions, csv: bool| {
+        let (null, delimiter) = if csv {
+            (String::new(), b',')
+        } else {
+            ("\\N".to_string(), b'\t')
+        };
+        out.format = if csv {
+            crate::api::CopyFormat::Csv
+        } else {
+            crate::api::CopyFormat::Text
+        };
+        out.null = null;
+        out.delimiter = delimiter;
+    };
+    // FORMAT first: it sets the defaults other options override.
+    for option in options {
+        if let ast::CopyOption::Format(name) = option {
+            match name.value.to_ascii_lowercase().as_str() {
+                "csv" => set_format(&mut out, true),
+                "text" => set_format(&mut out, false),
+                "binary" => {
+                    return Err(Error::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "COPY BINARY is not supported yet",
+                    ))
+                }
+                other => {
+                    return Err(Error::new(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        format!("COPY format \"{other}\" not recognized"),
+                    ))
+                }
+            }
+            format_set = true;
+        }
+    }
+    for option in legacy {
+        if let ast::CopyLegacyOption::Csv(_) = option {
+            set_format(&mut out, true);
+            format_set = true;
+        }
+    }
+    let _ = format_set;
+    for option in options {
+        match option {
+            ast::CopyOption::Format(_) => {}
+            ast::CopyOption::Delimiter(c) => out.delimiter = ascii(*c, "delimiter")?,
+            ast::CopyOption::Null(s) => out.null = s.clone(),
+            ast::CopyOption::Header(h) => out.header = *h,
+            ast::CopyOption::Quote(c) => out.quote = ascii(*c, "quote")?,
+            ast::CopyOption::Escape(c) => out.escape = ascii(*c, "escape")?,
+            ast::CopyOption::Encoding(e)
+                if e.eq_ignore_ascii_case("utf8") || e.eq_ignore_ascii_case("utf-8") => {}
+            other => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("COPY option {other} is not supported"),
+                ))
+            }
+        }
+    }
+    for option in legacy {
+        match option {
+            ast::CopyLegacyOption::Csv(csv) => {
+                for csv_option in csv {
+                    match csv_option {
+                        ast::CopyLegacyCsvOption::Header => out.header = true,
+                        ast::CopyLegacyCsvOption::Quote(c) => out.quote = ascii(*c, "quote")?,
+                        ast::CopyLegacyCsvOption::Escape(c) => out.escape = ascii(*c, "escape")?,
+                        other => {
+                            return Err(Error::new(
+                                sqlstate::FEATURE_NOT_SUPPORTED,
+                                format!("COPY option {other} is not supported"),
+                            ))
+                        }
+                    }
+                }
+            }
+            ast::CopyLegacyOption::Delimiter(c) => out.delimiter = ascii(*c, "delimiter")?,
+            ast::CopyLegacyOption::Null(s) => out.null = s.clone(),
+            ast::CopyLegacyOption::Header => out.header = true,
+            ast::CopyLegacyOption::Binary => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "COPY BINARY is not supported yet",
+                ))
+            }
+            other => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("COPY option {other} is not supported"),
+                ))
+            }
+        }
+    }
+    if out.format == crate::api::CopyFormat::Text && out.header {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "COPY HEADER available only in CSV mode",
+        ));
+    }
+    Ok(out)
+}
+
+/// Inserts one batch of COPY rows (fields in `copy.columns` order, already unescaped).
+pub async fn insert_rows(
+    session: &mut Session,
+    copy: &CopyIn,
+    rows: Vec<Vec<Option<String>>>,
+) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let table = session
+        .db
+        .catalog
+        .current()
+        .tables
+        .values()
+        .find(|t| t.qualified_name() == copy.table)
+        .cloned()
+        .ok_or_else(|| {
+            Error::new(
+                sqlstate::UNDEFINED_TABLE,
+                format!("relation \"{}\" does not exist", copy.table),
+            )
+        })?;
+    for (line, row) in rows.iter().enumerate() {
+        if row.len() != copy.columns.len() {
+            let what = if row.len() < copy.columns.len() {
+                "missing data for a column"
+            } else {
+                "extra data after last expected column"
+            };
+            return Err(
+                Error::new(sqlstate::BAD_COPY_FILE_FORMAT, what.to_string()).with_detail(format!(
+                    "row {} of this batch has {} fields, expected {}",
+                    line + 1,
+                    row.len(),
+                    copy.columns.len()
+                )),
+            );
+        }
+    }
+    let mut values: Vec<Vec<Value>> = vec![Vec::with_capacity(table.columns.len()); rows.len()];
+    for column in table.columns.iter() {
+        let column_values = match copy.columns.iter().position(|c| *c == column.name) {
+            Some(field) => parse_column(&rows, field, column.ty, &column.name)?,
+            None => {
+                let value = match &column.default {
+                    Some(sql) => evaluate_constant(session, &table, sql, column.ty).await?,
+                    None => Value::Null,
+                };
+                vec![value; rows.len()]
+            }
+        };
+        for (row, value) in values.iter_mut().zip(column_values) {
+            if value.is_null() && !column.nullable {
+                return Err(not_null_violation(&table, &column.name));
+            }
+            row.push(value);
+        }
+    }
+    let keyed = keyed_rows(session, &table, &values)?;
+    let mutations = keyed
+        .into_iter()
+        .map(|(key, value)| Mutation::Insert { key, value })
+        .collect();
+    let outcome = propose(session, &table, mutations).await?;
+    Ok(outcome.inserted)
+}
+
+/// Parses one column of text fields into typed values with Arrow's casts,
+/// after mapping PostgreSQL's text spellings Arrow does not know.
+fn parse_column(
+    rows: &[Vec<Option<String>>],
+    field: usize,
+    ty: SqlType,
+    name: &str,
+) -> Result<Vec<Value>> {
+    let target = ty.arrow_type();
+    let array: ArrayRef = if ty == SqlType::Bytea {
+        let decoded: Vec<Option<Vec<u8>>> = rows
+            .iter()
+            .map(|row| row[field].as_deref().map(decode_bytea).transpose())
+            .collect::<Result<_>>()?;
+        Arc::new(BinaryArray::from_iter(decoded))
+    } else {
+        let texts = StringArray::from_iter(
+            rows.iter()
+                .map(|row| row[field].as_deref().map(|t| normalize_text(t, ty))),
+        );
+        if target == DataType::Utf8 {
+            Arc::new(texts)
+        } else {
+            let options = CastOptions {
+                safe: false,
+                format_options: FormatOptions::default(),
+            };
+            cast_with_options(&texts, &target, &options).map_err(|e| {
+                let mut error = map_df_error(e.into());
+                if error.code == sqlstate::INTERNAL_ERROR {
+                    error.code = sqlstate::INVALID_TEXT_REPRESENTATION;
+                }
+                error.with_detail(format!("COPY column \"{name}\" of type {}", ty.pg_name()))
+            })?
+        }
+    };
+    (0..rows.len())
+        .map(|row| value_at(&array, row, ty, name))
+        .collect()
+}
+
+/// PostgreSQL text forms that Arrow's parsers spell differently.
+fn normalize_text(text: &str, ty: SqlType) -> std::borrow::Cow<'_, str> {
+    match ty {
+        // PostgreSQL prints `+00`; Arrow wants `+00:00`.
+        SqlType::TimestampTz => {
+            let bytes = text.as_bytes();
+            let n = bytes.len();
+            if n >= 3
+                && matches!(bytes[n - 3], b'+' | b'-')
+                && bytes[n - 2..].iter().all(u8::is_ascii_digit)
+            {
+                std::borrow::Cow::Owned(format!("{text}:00"))
+            } else {
+                std::borrow::Cow::Borrowed(text)
+            }
+        }
+        SqlType::Bool => match text.trim().to_ascii_lowercase().as_str() {
+            "t" | "true" | "y" | "yes" | "on" | "1" => "true".into(),
+            "f" | "false" | "n" | "no" | "off" | "0" => "false".into(),
+            _ => std::borrow::Cow::Borrowed(text),
+        },
+        _ => std::borrow::Cow::Borrowed(text),
+    }
+}
+
+/// bytea input: `\x` hex, or the raw bytes of the text.
+fn decode_bytea(text: &str) -> Result<Vec<u8>> {
+    let Some(hex) = text.strip_prefix("\\x") else {
+        return Ok(text.as_bytes().to_vec());
+    };
+    let invalid = || {
+        Error::new(
+            sqlstate::INVALID_TEXT_REPRESENTATION,
+            format!("invalid hexadecimal data for bytea: \"{text}\""),
+        )
+    };
+    if hex.len() % 2 != 0 {
+        return Err(invalid());
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(invalid)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytea_hex_decodes() {
+        assert_eq!(decode_bytea("\\x4142").unwrap(), b"AB");
+        assert_eq!(
+            decode_bytea("\\x414").unwrap_err().code,
+            sqlstate::INVALID_TEXT_REPRESENTATION
+        );
+        assert_eq!(decode_bytea("plain").unwrap(), b"plain");
+    }
+
+    #[test]
+    fn postgres_timestamptz_offsets_are_widened() {
+        assert_eq!(
+            normalize_text("2026-01-01 10:00:00+00", SqlType::TimestampTz),
+            "2026-01-01 10:00:00+00:00"
+        );
+        assert_eq!(
+            normalize_text("2026-01-01 10:00:00+05:30", SqlType::TimestampTz),
+            "2026-01-01 10:00:00+05:30"
+        );
+    }
+
+    #[test]
+    fn integer_columns_parse_and_reject_garbage() {
+        let rows = vec![
+            vec![Some("42".to_string())],
+            vec![None],
+            vec![Some("x".to_string())],
+        ];
+        let err = parse_column(&rows, 0, SqlType::Int4, "n").unwrap_err();
+        assert_eq!(err.code, sqlstate::INVALID_TEXT_REPRESENTATION);
+        let ok = parse_column(&rows[..2], 0, SqlType::Int4, "n").unwrap();
+        assert_eq!(ok, vec![Value::Int32(42), Value::Null]);
+    }
+}

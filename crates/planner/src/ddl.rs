@@ -1,0 +1,538 @@
+//! CREATE/DROP SCHEMA, CREATE/DROP/ALTER TABLE and TRUNCATE.
+//!
+//! Every DDL is one Raft command that also bumps the catalog version and
+//! `Check`s the version it was planned against: concurrent DDL statements
+//! serialize, and the loser gets 40001 and may retry on the new catalog.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::ArrayRef;
+use datafusion::common::DFSchema;
+use datafusion::logical_expr::{ExprSchemable, LogicalPlanBuilder};
+use datafusion::sql::sqlparser::ast;
+use futures::StreamExt;
+use sluice_engine::{row, KeyRange, Value};
+use sluice_raftstore::{Command, Mutation};
+
+use crate::api::{sqlstate, CommandTag, Error, Output, Result};
+use crate::catalog::{
+    encode_json, next_table_id_key, read_counter, schema_key, table_key, version_key, CatalogState,
+    ColumnDef, SchemaDef, TableDef, KEY_COLUMN, ROWID_COLUMN, SYSTEM_SCHEMAS,
+};
+use crate::dml::{raft_error, resolve_name};
+use crate::session::{map_df_error, Session};
+use crate::types::{value_at, SqlType};
+
+pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Result<Output> {
+    let snapshot = session.db.read_view().await?;
+    let catalog = session.db.catalog.current();
+    let (version, version_bytes) = read_counter(snapshot.as_ref(), &version_key())?;
+    let mut change = CatalogChange {
+        mutations: vec![Mutation::Check {
+            key: version_key(),
+            expected: version_bytes,
+        }],
+    };
+    let tag = match statement {
+        ast::Statement::CreateSchema {
+            schema_name,
+            if_not_exists,
+            ..
+        } => {
+            let name = match schema_name {
+                ast::SchemaName::Simple(name) => resolve_single_object(name)?,
+                _ => {
+                    return Err(Error::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "CREATE SCHEMA AUTHORIZATION is not supported",
+                    ))
+                }
+            };
+            if catalog.schemas.contains_key(&name) || SYSTEM_SCHEMAS.contains(&name.as_str()) {
+                if *if_not_exists {
+                    return Ok(Output::Command(CommandTag::new("CREATE SCHEMA")));
+                }
+                return Err(Error::new(
+                    sqlstate::DUPLICATE_SCHEMA,
+                    format!("schema \"{name}\" already exists"),
+                ));
+            }
+            change.put(schema_key(&name), encode_json(&SchemaDef { name }));
+            "CREATE SCHEMA"
+        }
+        ast::Statement::CreateTable(create) => {
+            let def = table_definition(session, &catalog, create)?;
+            let Some(def) = def else {
+                return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
+            };
+            let (next_id, next_bytes) = read_counter(snapshot.as_ref(), &next_table_id_key())?;
+            // Ids start at 1 and are never reused, even after DROP TABLE.
+            let id = next_id.max(1);
+            change.mutations.push(Mutation::Check {
+                key: next_table_id_key(),
+                expected: next_bytes,
+            });
+            change.put(next_table_id_key(), (id + 1).to_be_bytes().to_vec());
+            let def = TableDef { id, ..def };
+            change.put(table_key(id), encode_json(&def));
+            "CREATE TABLE"
+        }
+        ast::Statement::Drop {
+            object_type,
+            if_exists,
+            names,
+            cascade,
+            ..
+        } => match object_type {
+            ast::ObjectType::Table => {
+                for name in names {
+                    match lookup(&catalog, name)? {
+                        Some(def) => change.drop_table(&def),
+                        None if *if_exists => {}
+                        None => return Err(undefined_table(name)),
+                    }
+                }
+                "DROP TABLE"
+            }
+            ast::ObjectType::Schema => {
+                for name in names {
+                    let schema = resolve_single_object(name)?;
+                    if !catalog.schemas.contains_key(&schema) {
+                        if *if_exists {
+                            continue;
+                        }
+                        return Err(Error::new(
+                            sqlstate::INVALID_SCHEMA_NAME,
+                            format!("schema \"{schema}\" does not exist"),
+                        ));
+                    }
+                    let tables: Vec<Arc<TableDef>> = catalog.tables_in(&schema).cloned().collect();
+                    if !tables.is_empty() && !cascade {
+                        return Err(Error::new(
+                            "2BP01",
+                            format!(
+                                "cannot drop schema {schema} because other objects depend on it"
+                            ),
+                        )
+                        .with_detail("Use DROP ... CASCADE to drop the dependent objects too."));
+                    }
+                    for table in tables {
+                        change.drop_table(&table);
+                    }
+                    change.mutations.push(Mutation::Delete {
+                        key: schema_key(&schema),
+                    });
+                }
+                "DROP SCHEMA"
+            }
+            other => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("DROP {other} is not supported"),
+                ))
+            }
+        },
+        ast::Statement::Truncate(truncate) => {
+            for target in &truncate.table_names {
+                match lookup(&catalog, &target.name)? {
+                    Some(def) => {
+                        let range = def.rows_range();
+                        let (start, end) = range_bounds(&range);
+                        change.mutations.push(Mutation::DeleteRange { start, end });
+                    }
+                    None => return Err(undefined_table(&target.name)),
+                }
+            }
+            // No definition changes; the version bump still orders TRUNCATE against concurrent DDL.
+            "TRUNCATE TABLE"
+        }
+        ast::Statement::AlterTable(alter) => {
+            let Some(def) = lookup(&catalog, &alter.name)? else {
+                if alter.if_exists {
+                    return Ok(Output::Command(CommandTag::new("ALTER TABLE")));
+                }
+                return Err(undefined_table(&alter.name));
+            };
+            let mut def = def.as_ref().clone();
+            for operation in &alter.operations {
+                alter_table(session, &mut def, operation, snapshot.as_ref()).await?;
+            }
+            change.put(table_key(def.id), encode_json(&def));
+            "ALTER TABLE"
+        }
+        other => {
+            return Err(Error::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("{other} is not supported"),
+            ))
+        }
+    };
+    change.put(version_key(), (version + 1).to_be_bytes().to_vec());
+    session
+        .db
+        .raft()
+        .propose(Command {
+            mutations: change.mutations,
+        })
+        .await
+        .map_err(|e| match e {
+            sluice_raftstore::Error::Apply(sluice_raftstore::ApplyError::Conflict { .. }) => {
+                Error::new(
+                    sqlstate::SERIALIZATION_FAILURE,
+                    "could not serialize DDL: the catalog was changed concurrently; retry",
+                )
+            }
+            other => raft_error(other),
+        })?;
+    // Load the new catalog now so this session's next statement sees it.
+    session.db.read_view().await?;
+    Ok(Output::Command(CommandTag::new(tag)))
+}
+
+struct CatalogChange {
+    mutations: Vec<Mutation>,
+}
+
+impl CatalogChange {
+    fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
+        self.mutations.push(Mutation::Put { key, value });
+    }
+
+    fn drop_table(&mut self, def: &TableDef) {
+        let (start, end) = range_bounds(&def.rows_range());
+        self.mutations.push(Mutation::DeleteRange { start, end });
+        self.mutations.push(Mutation::Delete {
+            key: table_key(def.id),
+        });
+    }
+}
+
+fn range_bounds(range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
+    let start = match &range.start {
+        std::ops::Bound::Included(s) | std::ops::Bound::Excluded(s) => s.clone(),
+        std::ops::Bound::Unbounded => Vec::new(),
+    };
+    let end = match &range.end {
+        std::ops::Bound::Included(e) | std::ops::Bound::Excluded(e) => e.clone(),
+        std::ops::Bound::Unbounded => vec![0xff; 16],
+    };
+    (start, end)
+}
+
+fn undefined_table(name: &ast::ObjectName) -> Error {
+    Error::new(
+        sqlstate::UNDEFINED_TABLE,
+        format!("table \"{name}\" does not exist"),
+    )
+}
+
+fn lookup(catalog: &CatalogState, name: &ast::ObjectName) -> Result<Option<Arc<TableDef>>> {
+    let (schema, table) = resolve_name(name)?;
+    Ok(catalog.table(&schema, &table).cloned())
+}
+
+fn resolve_single_object(name: &ast::ObjectName) -> Result<String> {
+    match name.0.as_slice() {
+        [part] => {
+            Ok(ident_name(part.as_ident().ok_or_else(|| {
+                Error::new(sqlstate::SYNTAX_ERROR, "bad name")
+            })?))
+        }
+        _ => Err(Error::new(
+            sqlstate::SYNTAX_ERROR,
+            format!("improper name: {name}"),
+        )),
+    }
+}
+
+fn ident_name(ident: &ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+/// The definition CREATE TABLE asks for (id filled in later), or `None` when
+/// IF NOT EXISTS found the table already there.
+fn table_definition(
+    session: &Session,
+    catalog: &CatalogState,
+    create: &ast::CreateTable,
+) -> Result<Option<TableDef>> {
+    let (schema, name) = resolve_name(&create.name)?;
+    if create.query.is_some() {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "CREATE TABLE … AS is not supported yet",
+        ));
+    }
+    if create.temporary {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "temporary tables are not supported",
+        ));
+    }
+    if !catalog.schemas.contains_key(&schema) {
+        return Err(Error::new(
+            sqlstate::INVALID_SCHEMA_NAME,
+            format!("schema \"{schema}\" does not exist"),
+        ));
+    }
+    if catalog.table(&schema, &name).is_some() {
+        if create.if_not_exists {
+            return Ok(None);
+        }
+        return Err(Error::new(
+            sqlstate::DUPLICATE_TABLE,
+            format!("relation \"{name}\" already exists"),
+        ));
+    }
+    if create.columns.is_empty() {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "tables without columns are not supported",
+        ));
+    }
+    let mut columns: Vec<ColumnDef> = Vec::new();
+    let mut primary_key: Vec<usize> = Vec::new();
+    for column in &create.columns {
+        let (def, is_primary) = column_definition(column)?;
+        if columns.iter().any(|c| c.name == def.name) {
+            return Err(Error::new(
+                sqlstate::DUPLICATE_COLUMN,
+                format!("column \"{}\" specified more than once", def.name),
+            ));
+        }
+        if is_primary {
+            if !primary_key.is_empty() {
+                return Err(multiple_primary_keys(&name));
+            }
+            primary_key.push(columns.len());
+        }
+        columns.push(def);
+    }
+    for constraint in &create.constraints {
+        match constraint {
+            ast::TableConstraint::PrimaryKey(pk) => {
+                if !primary_key.is_empty() {
+                    return Err(multiple_primary_keys(&name));
+                }
+                for index_column in &pk.columns {
+                    let column_name = match &index_column.column.expr {
+                        ast::Expr::Identifier(ident) => ident_name(ident),
+                        other => {
+                            return Err(Error::new(
+                                sqlstate::FEATURE_NOT_SUPPORTED,
+                                format!("primary key on expression {other}"),
+                            ))
+                        }
+                    };
+                    let index = columns
+                        .iter()
+                        .position(|c| c.name == column_name)
+                        .ok_or_else(|| {
+                            Error::new(
+                                sqlstate::UNDEFINED_COLUMN,
+                                format!("column \"{column_name}\" named in key does not exist"),
+                            )
+                        })?;
+                    if primary_key.contains(&index) {
+                        return Err(Error::new(
+                            sqlstate::DUPLICATE_COLUMN,
+                            format!(
+                                "column \"{column_name}\" appears twice in primary key constraint"
+                            ),
+                        ));
+                    }
+                    primary_key.push(index);
+                }
+            }
+            other => return Err(unsupported_constraint(other)),
+        }
+    }
+    for &index in &primary_key {
+        columns[index].nullable = false;
+    }
+    for column in &columns {
+        if column.name == KEY_COLUMN || column.name == ROWID_COLUMN {
+            return Err(Error::new(
+                sqlstate::DUPLICATE_COLUMN,
+                format!("column name \"{}\" is reserved", column.name),
+            ));
+        }
+    }
+    let def = TableDef {
+        id: 0,
+        schema,
+        name,
+        columns,
+        primary_key,
+    };
+    validate_defaults(session, &def)?;
+    Ok(Some(def))
+}
+
+fn multiple_primary_keys(table: &str) -> Error {
+    Error::new(
+        sqlstate::INVALID_TABLE_DEFINITION,
+        format!("multiple primary keys for table \"{table}\" are not allowed"),
+    )
+}
+
+fn unsupported_constraint(constraint: &impl std::fmt::Display) -> Error {
+    Error::new(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        format!("constraint {constraint} is not supported yet (UNIQUE, CHECK and FOREIGN KEY need secondary indexes)"),
+    )
+}
+
+/// A column definition and whether it declares itself the primary key.
+fn column_definition(column: &ast::ColumnDef) -> Result<(ColumnDef, bool)> {
+    let ty = SqlType::from_ast(&column.data_type)?;
+    let mut def = ColumnDef {
+        name: ident_name(&column.name),
+        ty,
+        nullable: true,
+        default: None,
+        missing_value: None,
+    };
+    let mut primary = false;
+    for option in &column.options {
+        match &option.option {
+            ast::ColumnOption::Null => def.nullable = true,
+            ast::ColumnOption::NotNull => def.nullable = false,
+            ast::ColumnOption::Default(expr) => def.default = Some(expr.to_string()),
+            ast::ColumnOption::PrimaryKey(_) => primary = true,
+            other => return Err(unsupported_constraint(other)),
+        }
+    }
+    Ok((def, primary))
+}
+
+/// Plans every DEFAULT once so a bad one fails CREATE TABLE, not the first INSERT.
+fn validate_defaults(session: &Session, def: &TableDef) -> Result<()> {
+    let schema = DFSchema::try_from(def.arrow_schema().as_ref().clone()).map_err(map_df_error)?;
+    for column in &def.columns {
+        if let Some(sql) = &column.default {
+            let expr = session.db.compile_default(sql, &schema)?;
+            if !expr.column_refs().is_empty() {
+                return Err(Error::new(
+                    sqlstate::INVALID_COLUMN_DEFINITION,
+                    format!(
+                        "cannot use column reference in DEFAULT expression of column \"{}\"",
+                        column.name
+                    ),
+                ));
+            }
+            expr.cast_to(&column.ty.arrow_type(), &schema)
+                .map_err(map_df_error)?;
+        }
+    }
+    Ok(())
+}
+
+async fn alter_table(
+    session: &Session,
+    def: &mut TableDef,
+    operation: &ast::AlterTableOperation,
+    snapshot: &dyn sluice_engine::Snapshot,
+) -> Result<()> {
+    match operation {
+        ast::AlterTableOperation::AddColumn {
+            column_def,
+            if_not_exists,
+            ..
+        } => {
+            let (mut column, primary) = column_definition(column_def)?;
+            if primary {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "adding a primary key column is not supported",
+                ));
+            }
+            if def.column_index(&column.name).is_some() {
+                if *if_not_exists {
+                    return Ok(());
+                }
+                return Err(Error::new(
+                    sqlstate::DUPLICATE_COLUMN,
+                    format!(
+                        "column \"{}\" of relation \"{}\" already exists",
+                        column.name, def.name
+                    ),
+                ));
+            }
+            let mut with_column = def.clone();
+            with_column.columns.push(column.clone());
+            validate_defaults(session, &with_column)?;
+            // Rows already stored read the default as evaluated now (PostgreSQL
+            // does the same for non-volatile defaults), or NULL.
+            let existing = if let Some(sql) = &column.default {
+                let value = evaluate_constant(session, &with_column, sql, column.ty).await?;
+                if value.is_null() {
+                    None
+                } else {
+                    Some(
+                        row::encode_row(std::slice::from_ref(&value), &[column.ty.value_kind()])
+                            .map_err(|e| {
+                                Error::new(sqlstate::INTERNAL_ERROR, format!("encode default: {e}"))
+                            })?,
+                    )
+                }
+            } else {
+                None
+            };
+            if !column.nullable && existing.is_none() {
+                let any_row = snapshot
+                    .scan(sluice_engine::Keyspace::Data, &def.rows_range(), 1)
+                    .map_err(crate::catalog::storage_error)?;
+                if !any_row.is_empty() {
+                    return Err(Error::new(
+                        sqlstate::NOT_NULL_VIOLATION,
+                        format!(
+                            "column \"{}\" of relation \"{}\" contains null values",
+                            column.name, def.name
+                        ),
+                    ));
+                }
+            }
+            column.missing_value = existing;
+            def.columns.push(column);
+            Ok(())
+        }
+        other => Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("ALTER TABLE {other} is not supported yet"),
+        )),
+    }
+}
+
+/// Evaluates a constant expression (a DEFAULT) to a value of type `ty`.
+pub async fn evaluate_constant(
+    session: &Session,
+    def: &TableDef,
+    sql: &str,
+    ty: SqlType,
+) -> Result<Value> {
+    let schema = DFSchema::try_from(def.arrow_schema().as_ref().clone()).map_err(map_df_error)?;
+    let expr = session
+        .db
+        .compile_default(sql, &schema)?
+        .cast_to(&ty.arrow_type(), &schema)
+        .map_err(map_df_error)?;
+    let plan = LogicalPlanBuilder::empty(true)
+        .project(vec![expr.alias("value")])
+        .and_then(|b| b.build())
+        .map_err(map_df_error)?;
+    let snapshot = session.db.raft().local_snapshot();
+    let mut stream = session.run(&plan, snapshot).await?;
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(map_df_error)?;
+        if batch.num_rows() > 0 {
+            let array: ArrayRef = batch.column(0).clone();
+            return value_at(&array, 0, ty, "default");
+        }
+    }
+    Ok(Value::Null)
+}

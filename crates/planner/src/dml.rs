@@ -1,0 +1,874 @@
+//! INSERT, UPDATE and DELETE.
+//!
+//! DataFusion plans each statement into a `Dml` node whose input yields the
+//! rows to write: the new rows for INSERT, the updated rows for UPDATE, the
+//! doomed rows for DELETE. We never hand the statement to
+//! `TableProvider::update`/`delete_from`: on DataFusion 55 a `WHERE` with an
+//! `IN`/`EXISTS` subquery reaches those as *no filter* (apache/datafusion#24654).
+//! Instead the input plan runs in full (it evaluates the whole `WHERE`,
+//! subqueries included) and its rows become keyed [`Mutation`]s, proposed as
+//! one Raft [`Command`]. UPDATE and DELETE scan their target with a hidden
+//! key column ([`KEY_COLUMN`]) so each output row names the stored row it
+//! came from, whether the table has a primary key or a hidden row id.
+//!
+//! Read-modify-write safety: every updated or deleted row carries a `Check`
+//! of the exact bytes read, so a concurrent change between our snapshot and
+//! apply fails the statement with 40001 instead of being lost.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, UInt64Array};
+use datafusion::arrow::compute::{cast_with_options, CastOptions};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::arrow::util::display::FormatOptions;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::MemTable;
+use datafusion::logical_expr::{LogicalPlan, WriteOp};
+use datafusion::prelude::SessionContext;
+use datafusion::sql::sqlparser::ast;
+use futures::StreamExt;
+use sluice_engine::{Keyspace, Snapshot, Value};
+use sluice_raftstore::{ApplyError, Command, Mutation};
+
+use crate::api::{sqlstate, CommandTag, Error, Output, Result};
+use crate::catalog::{storage_error, TableDef, KEY_COLUMN};
+use crate::session::{bind, map_df_error, Session};
+use crate::types::{rows_to_batch, value_at};
+
+/// Row ids for tables without a primary key: unique per node and increasing,
+/// seeded from the clock so a restarted node does not reuse ids. A collision
+/// (clock moved back) is still caught at apply by the `Insert` check.
+pub struct RowIdGenerator {
+    next: AtomicI64,
+}
+
+impl RowIdGenerator {
+    pub fn new() -> Self {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        // 8 spare bits: 256 ids per microsecond before running ahead of the clock.
+        Self {
+            next: AtomicI64::new(micros << 8),
+        }
+    }
+
+    pub fn reserve(&self, count: usize) -> i64 {
+        self.next.fetch_add(count as i64, Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum OnConflict {
+    Error,
+    DoNothing,
+    DoUpdate {
+        assignments: Vec<ast::Assignment>,
+        selection: Option<ast::Expr>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmlOp {
+    Insert,
+    Update,
+    Delete,
+}
+
+impl DmlOp {
+    fn verb(self) -> &'static str {
+        match self {
+            DmlOp::Insert => "INSERT",
+            DmlOp::Update => "UPDATE",
+            DmlOp::Delete => "DELETE",
+        }
+    }
+}
+
+pub struct DmlPlan {
+    /// The `Dml` logical plan (its input yields the rows).
+    pub plan: LogicalPlan,
+    pub op: DmlOp,
+    pub table: Arc<TableDef>,
+    on_conflict: OnConflict,
+    returning: Option<Returning>,
+}
+
+struct Returning {
+    items: Vec<ast::SelectItem>,
+    schema: SchemaRef,
+}
+
+impl DmlPlan {
+    pub fn returning_schema(&self) -> Option<SchemaRef> {
+        self.returning.as_ref().map(|r| r.schema.clone())
+    }
+}
+
+/// Resolves an object name the way PostgreSQL does: unquoted parts fold to lower case.
+pub fn resolve_name(name: &ast::ObjectName) -> Result<(String, String)> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) if ident.quote_style.is_some() => ident.value.clone(),
+            Some(ident) => ident.value.to_lowercase(),
+            None => part.to_string(),
+        })
+        .collect();
+    match parts.as_slice() {
+        [table] => Ok((crate::catalog::DEFAULT_SCHEMA.to_string(), table.clone())),
+        [schema, table] => Ok((schema.clone(), table.clone())),
+        [_, schema, table] => Ok((schema.clone(), table.clone())),
+        _ => Err(Error::new(
+            sqlstate::SYNTAX_ERROR,
+            format!("improper qualified name: {name}"),
+        )),
+    }
+}
+
+pub fn lookup_table(session: &Session, name: &ast::ObjectName) -> Result<Arc<TableDef>> {
+    let (schema, table) = resolve_name(name)?;
+    session
+        .db
+        .catalog
+        .current()
+        .table(&schema, &table)
+        .cloned()
+        .ok_or_else(|| {
+            Error::new(
+                sqlstate::UNDEFINED_TABLE,
+                format!("relation \"{table}\" does not exist"),
+            )
+        })
+}
+
+fn table_factor_name(table: &ast::TableWithJoins) -> Result<&ast::ObjectName> {
+    match &table.relation {
+        ast::TableFactor::Table { name, .. } => Ok(name),
+        other => Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("cannot modify {other}"),
+        )),
+    }
+}
+
+pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<DmlPlan> {
+    let mut statement = statement.clone();
+    let (op, table, on_conflict, returning_items) = match &mut statement {
+        ast::Statement::Insert(insert) => {
+            let name = match &insert.table {
+                ast::TableObject::TableName(name) => name.clone(),
+                other => {
+                    return Err(Error::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("cannot insert into {other}"),
+                    ))
+                }
+            };
+            let table = lookup_table(session, &name)?;
+            let on_conflict = match insert.on.take() {
+                None => OnConflict::Error,
+                Some(ast::OnInsert::OnConflict(conflict)) => {
+                    check_conflict_target(&table, conflict.conflict_target.as_ref())?;
+                    match conflict.action {
+                        ast::OnConflictAction::DoNothing => OnConflict::DoNothing,
+                        ast::OnConflictAction::DoUpdate(update) => {
+                            if conflict.conflict_target.is_none() {
+                                return Err(Error::new(
+                                    sqlstate::SYNTAX_ERROR,
+                                    "ON CONFLICT DO UPDATE requires inference specification or constraint name",
+                                ));
+                            }
+                            OnConflict::DoUpdate {
+                                assignments: update.assignments,
+                                selection: update.selection,
+                            }
+                        }
+                    }
+                }
+                Some(other) => {
+                    return Err(Error::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("{other} is not supported"),
+                    ))
+                }
+            };
+            (DmlOp::Insert, table, on_conflict, insert.returning.take())
+        }
+        ast::Statement::Update(update) => {
+            let table = lookup_table(session, table_factor_name(&update.table)?)?;
+            for assignment in &update.assignments {
+                if assignment
+                    .target
+                    .to_string()
+                    .eq_ignore_ascii_case(KEY_COLUMN)
+                {
+                    return Err(Error::new(
+                        sqlstate::UNDEFINED_COLUMN,
+                        format!("column \"{KEY_COLUMN}\" does not exist"),
+                    ));
+                }
+            }
+            (
+                DmlOp::Update,
+                table,
+                OnConflict::Error,
+                update.returning.take(),
+            )
+        }
+        ast::Statement::Delete(delete) => {
+            let tables = match &delete.from {
+                ast::FromTable::WithFromKeyword(t) | ast::FromTable::WithoutKeyword(t) => t,
+            };
+            let [target] = tables.as_slice() else {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "DELETE from several tables is not supported",
+                ));
+            };
+            let table = lookup_table(session, table_factor_name(target)?)?;
+            (
+                DmlOp::Delete,
+                table,
+                OnConflict::Error,
+                delete.returning.take(),
+            )
+        }
+        _ => return Err(Error::new(sqlstate::INTERNAL_ERROR, "not a DML statement")),
+    };
+    let plan = {
+        let _exposed = (op != DmlOp::Insert).then(|| session.catalog.expose_keys_of(table.id));
+        session.plan(statement).await?
+    };
+    if !matches!(&plan, LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_) | WriteOp::Update | WriteOp::Delete))
+    {
+        return Err(Error::new(
+            sqlstate::INTERNAL_ERROR,
+            "DML statement did not plan to a DML node",
+        ));
+    }
+    let returning = match returning_items {
+        None => None,
+        Some(items) => {
+            let empty = RecordBatch::new_empty(table.arrow_schema());
+            let plan = returning_plan(&table, &items, empty).await?;
+            Some(Returning {
+                items,
+                schema: Arc::new(plan.schema().as_arrow().clone()),
+            })
+        }
+    };
+    Ok(DmlPlan {
+        plan,
+        op,
+        table,
+        on_conflict,
+        returning,
+    })
+}
+
+fn check_conflict_target(table: &TableDef, target: Option<&ast::ConflictTarget>) -> Result<()> {
+    let Some(target) = target else { return Ok(()) };
+    let ast::ConflictTarget::Columns(columns) = target else {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "ON CONFLICT ON CONSTRAINT is not supported",
+        ));
+    };
+    let named: HashSet<String> = columns
+        .iter()
+        .map(|c| {
+            if c.quote_style.is_some() {
+                c.value.clone()
+            } else {
+                c.value.to_lowercase()
+            }
+        })
+        .collect();
+    let key: HashSet<String> = table
+        .primary_key
+        .iter()
+        .map(|&i| table.columns[i].name.clone())
+        .collect();
+    if !table.has_primary_key() || named != key {
+        return Err(Error::new(
+            sqlstate::INVALID_COLUMN_DEFINITION,
+            "there is no unique or exclusion constraint matching the ON CONFLICT specification",
+        ));
+    }
+    Ok(())
+}
+
+/// Plans `SELECT <items> FROM <table>` over `rows`, the RETURNING projection.
+async fn returning_plan(
+    table: &TableDef,
+    items: &[ast::SelectItem],
+    rows: RecordBatch,
+) -> Result<LogicalPlan> {
+    let ctx = scratch_context(&[(&table.name, rows)])?;
+    let list: Vec<String> = items.iter().map(ToString::to_string).collect();
+    let sql = format!(
+        "SELECT {} FROM {}",
+        list.join(", "),
+        quote_ident(&table.name)
+    );
+    ctx.state()
+        .create_logical_plan(&sql)
+        .await
+        .map_err(map_df_error)
+}
+
+/// A throwaway DataFusion context holding only in-memory tables.
+fn scratch_context(tables: &[(&str, RecordBatch)]) -> Result<SessionContext> {
+    let ctx = SessionContext::new();
+    for (name, batch) in tables {
+        let table =
+            MemTable::try_new(batch.schema(), vec![vec![batch.clone()]]).map_err(map_df_error)?;
+        ctx.register_table(*name, Arc::new(table))
+            .map_err(map_df_error)?;
+    }
+    Ok(ctx)
+}
+
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+pub async fn execute(
+    session: &mut Session,
+    plan: &DmlPlan,
+    types: &[DataType],
+    params: Vec<ScalarValue>,
+) -> Result<Output> {
+    let LogicalPlan::Dml(dml) = &plan.plan else {
+        return Err(Error::new(
+            sqlstate::INTERNAL_ERROR,
+            "DML plan lost its DML node",
+        ));
+    };
+    let input = bind(&dml.input, types, params)?;
+    let snapshot = session.db.read_view().await?;
+    let batches = collect(session.run(&input, snapshot.clone()).await?).await?;
+    let table = &plan.table;
+    let with_key = plan.op != DmlOp::Insert;
+    let mut rows = Vec::new();
+    for batch in &batches {
+        rows.extend(batch_rows(table, batch, with_key)?);
+    }
+    let (count, returned) = match plan.op {
+        DmlOp::Insert => insert(session, table, rows, &plan.on_conflict, snapshot.as_ref()).await?,
+        DmlOp::Update => update(session, table, rows, snapshot.as_ref()).await?,
+        DmlOp::Delete => delete(session, table, rows, snapshot.as_ref()).await?,
+    };
+    match &plan.returning {
+        None => Ok(Output::Command(CommandTag::with_rows(
+            plan.op.verb(),
+            count,
+        ))),
+        Some(returning) => {
+            let batch = rows_to_batch(&table.arrow_schema(), &table.types(), &returned)?;
+            let plan_r = returning_plan(table, &returning.items, batch).await?;
+            let ctx = scratch_context(&[])?;
+            let frame = ctx
+                .execute_logical_plan(plan_r)
+                .await
+                .map_err(map_df_error)?;
+            let stream = frame.execute_stream().await.map_err(map_df_error)?;
+            Ok(Output::Rows {
+                schema: returning.schema.clone(),
+                stream,
+                verb: plan.op.verb(),
+            })
+        }
+    }
+}
+
+async fn collect(
+    mut stream: datafusion::execution::SendableRecordBatchStream,
+) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    while let Some(batch) = stream.next().await {
+        out.push(batch.map_err(map_df_error)?);
+    }
+    Ok(out)
+}
+
+/// One row of DML input: its column values and, for UPDATE/DELETE, the key
+/// of the stored row it came from.
+pub struct InputRow {
+    pub values: Vec<Value>,
+    pub source_key: Option<Vec<u8>>,
+}
+
+/// Converts a batch shaped like the table (plus the key column when
+/// `with_key`) into typed rows, casting each column to its declared type.
+pub fn batch_rows(table: &TableDef, batch: &RecordBatch, with_key: bool) -> Result<Vec<InputRow>> {
+    let columns = table.columns.len();
+    let expected = columns + usize::from(with_key);
+    if batch.num_columns() != expected {
+        return Err(Error::new(
+            sqlstate::INTERNAL_ERROR,
+            format!(
+                "DML input has {} columns, table {} has {columns}",
+                batch.num_columns(),
+                table.qualified_name()
+            ),
+        ));
+    }
+    let cast_options = CastOptions {
+        safe: false,
+        format_options: FormatOptions::default(),
+    };
+    let mut arrays: Vec<ArrayRef> = Vec::with_capacity(columns);
+    for (index, column) in table.columns.iter().enumerate() {
+        let target = column.ty.arrow_type();
+        let array = batch.column(index);
+        let array = if array.data_type() == &target {
+            array.clone()
+        } else {
+            cast_with_options(array, &target, &cast_options).map_err(|e| {
+                map_df_error(e.into()).with_detail(format!(
+                    "column \"{}\" of type {}",
+                    column.name,
+                    column.ty.pg_name()
+                ))
+            })?
+        };
+        arrays.push(array);
+    }
+    let keys = if with_key {
+        Some(
+            batch
+                .column(columns)
+                .as_any()
+                .downcast_ref::<BinaryArray>()
+                .ok_or_else(|| {
+                    Error::new(sqlstate::INTERNAL_ERROR, "DML key column is not binary")
+                })?,
+        )
+    } else {
+        None
+    };
+    let mut rows = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let mut values = Vec::with_capacity(columns);
+        for (index, column) in table.columns.iter().enumerate() {
+            let value = value_at(&arrays[index], row, column.ty, &column.name)?;
+            if value.is_null() && !column.nullable {
+                return Err(not_null_violation(table, &column.name));
+            }
+            values.push(value);
+        }
+        let source_key = keys.map(|k| k.value(row).to_vec());
+        rows.push(InputRow { values, source_key });
+    }
+    Ok(rows)
+}
+
+pub fn not_null_violation(table: &TableDef, column: &str) -> Error {
+    Error::new(
+        sqlstate::NOT_NULL_VIOLATION,
+        format!(
+            "null value in column \"{column}\" of relation \"{}\" violates not-null constraint",
+            table.name
+        ),
+    )
+}
+
+/// Keys and encoded rows for new rows, drawing hidden row ids where needed.
+pub fn keyed_rows(
+    session: &Session,
+    table: &TableDef,
+    rows: &[Vec<Value>],
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let first_rowid = if table.has_primary_key() {
+        0
+    } else {
+        session.db.rowids.reserve(rows.len())
+    };
+    rows.iter()
+        .enumerate()
+        .map(|(i, values)| {
+            let key = if table.has_primary_key() {
+                table.key_for_row(values)?
+            } else {
+                table.key_for_rowid(first_rowid + i as i64)?
+            };
+            Ok((key, table.encode_row(values)?))
+        })
+        .collect()
+}
+
+async fn insert(
+    session: &Session,
+    table: &Arc<TableDef>,
+    rows: Vec<InputRow>,
+    on_conflict: &OnConflict,
+    snapshot: &dyn Snapshot,
+) -> Result<(u64, Vec<Vec<Value>>)> {
+    let values: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+    let keyed = keyed_rows(session, table, &values)?;
+    match on_conflict {
+        OnConflict::Error => {
+            let mutations = keyed
+                .into_iter()
+                .map(|(key, value)| Mutation::Insert { key, value })
+                .collect();
+            let outcome = propose(session, table, mutations).await?;
+            Ok((outcome.inserted, values))
+        }
+        OnConflict::DoNothing => {
+            let mut returned = Vec::new();
+            let mut mutations = Vec::with_capacity(keyed.len());
+            for ((key, value), row) in keyed.into_iter().zip(values) {
+                // RETURNING lists the rows that did not conflict in our snapshot;
+                // the count comes from apply, which is authoritative.
+                if get(snapshot, &key)?.is_none() {
+                    returned.push(row);
+                }
+                mutations.push(Mutation::InsertIfAbsent { key, value });
+            }
+            let outcome = propose(session, table, mutations).await?;
+            Ok((outcome.inserted, returned))
+        }
+        OnConflict::DoUpdate {
+            assignments,
+            selection,
+        } => {
+            upsert(
+                session,
+                table,
+                keyed,
+                values,
+                assignments,
+                selection.as_ref(),
+                snapshot,
+            )
+            .await
+        }
+    }
+}
+
+/// INSERT … ON CONFLICT (pk) DO UPDATE: new rows are inserted; rows whose key
+/// exists get the assignments, evaluated with `excluded` bound to the
+/// proposed row, exactly as PostgreSQL scopes them.
+async fn upsert(
+    session: &Session,
+    table: &Arc<TableDef>,
+    keyed: Vec<(Vec<u8>, Vec<u8>)>,
+    values: Vec<Vec<Value>>,
+    assignments: &[ast::Assignment],
+    selection: Option<&ast::Expr>,
+    snapshot: &dyn Snapshot,
+) -> Result<(u64, Vec<Vec<Value>>)> {
+    let kinds = table.kinds();
+    let mut seen = HashSet::new();
+    let mut mutations = Vec::new();
+    let mut returned = Vec::new();
+    let mut existing_rows = Vec::new();
+    let mut excluded_rows = Vec::new();
+    let mut conflict_keys = Vec::new();
+    for ((key, encoded), row) in keyed.into_iter().zip(values) {
+        if !seen.insert(key.clone()) {
+            return Err(Error::new(
+                sqlstate::CARDINALITY_VIOLATION,
+                "ON CONFLICT DO UPDATE command cannot affect row a second time",
+            )
+            .with_detail("Ensure that no rows proposed for insertion within the same command have duplicate constrained values."));
+        }
+        match get(snapshot, &key)? {
+            None => {
+                mutations.push(Mutation::Insert {
+                    key,
+                    value: encoded,
+                });
+                returned.push(row);
+            }
+            Some(old) => {
+                existing_rows.push(table.decode_row(&kinds, &old)?);
+                excluded_rows.push(row);
+                conflict_keys.push((key, old));
+            }
+        }
+    }
+    let inserted = returned.len() as u64;
+    let mut updated = 0u64;
+    if !conflict_keys.is_empty() {
+        let new_rows = evaluate_conflict_updates(
+            table,
+            assignments,
+            selection,
+            &existing_rows,
+            &excluded_rows,
+        )
+        .await?;
+        for (ordinal, new_values) in new_rows {
+            let (old_key, old_bytes) = &conflict_keys[ordinal];
+            let new_key = table.key_for_row(&new_values)?;
+            mutations.push(Mutation::Check {
+                key: old_key.clone(),
+                expected: Some(old_bytes.clone()),
+            });
+            if &new_key != old_key {
+                mutations.push(Mutation::Delete {
+                    key: old_key.clone(),
+                });
+                mutations.push(Mutation::Insert {
+                    key: new_key,
+                    value: table.encode_row(&new_values)?,
+                });
+            } else {
+                mutations.push(Mutation::Put {
+                    key: new_key,
+                    value: table.encode_row(&new_values)?,
+                });
+            }
+            returned.push(new_values);
+            updated += 1;
+        }
+    }
+    propose(session, table, mutations).await?;
+    Ok((inserted + updated, returned))
+}
+
+async fn evaluate_conflict_updates(
+    table: &Arc<TableDef>,
+    assignments: &[ast::Assignment],
+    selection: Option<&ast::Expr>,
+    existing: &[Vec<Value>],
+    excluded: &[Vec<Value>],
+) -> Result<Vec<(usize, Vec<Value>)>> {
+    const ORDINAL: &str = "__sluice_ordinal";
+    let with_ordinal = |rows: &[Vec<Value>]| -> Result<RecordBatch> {
+        let batch = rows_to_batch(&table.arrow_schema(), &table.types(), rows)?;
+        let mut fields: Vec<Field> = batch
+            .schema()
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.push(Field::new(ORDINAL, DataType::UInt64, false));
+        let mut columns = batch.columns().to_vec();
+        columns.push(Arc::new(UInt64Array::from_iter_values(
+            0..rows.len() as u64,
+        )));
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, e.to_string()))
+    };
+    let ctx = scratch_context(&[
+        (&table.name, with_ordinal(existing)?),
+        ("excluded", with_ordinal(excluded)?),
+    ])?;
+    let mut assigned: HashMap<String, String> = HashMap::new();
+    for assignment in assignments {
+        let target = assignment.target.to_string();
+        let name = target
+            .rsplit('.')
+            .next()
+            .unwrap_or(&target)
+            .trim_matches('"')
+            .to_lowercase();
+        if table.column_index(&name).is_none() {
+            return Err(Error::new(
+                sqlstate::UNDEFINED_COLUMN,
+                format!(
+                    "column \"{name}\" of relation \"{}\" does not exist",
+                    table.name
+                ),
+            ));
+        }
+        assigned.insert(name, assignment.value.to_string());
+    }
+    let target = quote_ident(&table.name);
+    let mut select = vec![format!("{target}.{ORDINAL}")];
+    for column in &table.columns {
+        let expr = assigned
+            .get(&column.name)
+            .cloned()
+            .unwrap_or_else(|| format!("{target}.{}", quote_ident(&column.name)));
+        select.push(format!(
+            "CAST({expr} AS {}) AS {}",
+            cast_type(column.ty),
+            quote_ident(&column.name)
+        ));
+    }
+    let mut sql = format!(
+        "SELECT {} FROM {target} JOIN excluded ON {target}.{ORDINAL} = excluded.{ORDINAL}",
+        select.join(", ")
+    );
+    if let Some(selection) = selection {
+        sql.push_str(&format!(" WHERE {selection}"));
+    }
+    let frame = ctx.sql(&sql).await.map_err(map_df_error)?;
+    let batches = frame.collect().await.map_err(map_df_error)?;
+    let mut out = Vec::new();
+    for batch in batches {
+        let ordinals = batch
+            .column(0)
+            .as_any()
+            .downcast_ref::<UInt64Array>()
+            .cloned()
+            .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "ordinal column lost its type"))?;
+        let projected = batch
+            .project(&(1..batch.num_columns()).collect::<Vec<_>>())
+            .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
+        for (i, row) in batch_rows(table, &projected, false)?
+            .into_iter()
+            .enumerate()
+        {
+            out.push((ordinals.value(i) as usize, row.values));
+        }
+    }
+    Ok(out)
+}
+
+/// The SQL spelling of a column type for CAST in scratch queries.
+fn cast_type(ty: crate::types::SqlType) -> String {
+    use crate::types::SqlType as T;
+    match ty {
+        T::Varchar(_) | T::Char(_) | T::Json | T::Jsonb | T::Uuid => "TEXT".into(),
+        T::TimestampTz => "TIMESTAMPTZ".into(),
+        T::Time => "TIME".into(),
+        T::Timestamp => "TIMESTAMP".into(),
+        other => other.pg_name().to_uppercase(),
+    }
+}
+
+async fn update(
+    session: &Session,
+    table: &Arc<TableDef>,
+    rows: Vec<InputRow>,
+    snapshot: &dyn Snapshot,
+) -> Result<(u64, Vec<Vec<Value>>)> {
+    let mut seen = HashSet::new();
+    let mut checks = Vec::new();
+    let mut moves = Vec::new();
+    let mut writes = Vec::new();
+    let mut returned = Vec::new();
+    for row in rows {
+        let old_key = row
+            .source_key
+            .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "UPDATE row without key"))?;
+        // UPDATE … FROM may join a row several times: PostgreSQL updates it once.
+        if !seen.insert(old_key.clone()) {
+            continue;
+        }
+        let expected = get(snapshot, &old_key)?;
+        checks.push(Mutation::Check {
+            key: old_key.clone(),
+            expected,
+        });
+        let new_key = if table.has_primary_key() {
+            table.key_for_row(&row.values)?
+        } else {
+            old_key.clone()
+        };
+        let encoded = table.encode_row(&row.values)?;
+        if new_key == old_key {
+            writes.push(Mutation::Put {
+                key: new_key,
+                value: encoded,
+            });
+        } else {
+            // All moved rows leave before any arrives, so `SET id = id + 1` works.
+            moves.push(Mutation::Delete { key: old_key });
+            writes.push(Mutation::Insert {
+                key: new_key,
+                value: encoded,
+            });
+        }
+        returned.push(row.values);
+    }
+    let count = returned.len() as u64;
+    let mut mutations = checks;
+    mutations.extend(moves);
+    mutations.extend(writes);
+    propose(session, table, mutations).await?;
+    Ok((count, returned))
+}
+
+async fn delete(
+    session: &Session,
+    table: &Arc<TableDef>,
+    rows: Vec<InputRow>,
+    snapshot: &dyn Snapshot,
+) -> Result<(u64, Vec<Vec<Value>>)> {
+    let mut seen = HashSet::new();
+    let mut mutations = Vec::new();
+    let mut returned = Vec::new();
+    for row in rows {
+        let key = row
+            .source_key
+            .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "DELETE row without key"))?;
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let expected = get(snapshot, &key)?;
+        mutations.push(Mutation::Check {
+            key: key.clone(),
+            expected,
+        });
+        mutations.push(Mutation::Delete { key });
+        returned.push(row.values);
+    }
+    let count = returned.len() as u64;
+    propose(session, table, mutations).await?;
+    Ok((count, returned))
+}
+
+fn get(snapshot: &dyn Snapshot, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    snapshot.get(Keyspace::Data, key).map_err(storage_error)
+}
+
+/// Proposes row mutations of `table`, translating apply rejections into
+/// PostgreSQL errors that name the table and key.
+pub async fn propose(
+    session: &Session,
+    table: &TableDef,
+    mutations: Vec<Mutation>,
+) -> Result<sluice_raftstore::ApplyOutcome> {
+    if mutations.is_empty() {
+        return Ok(Default::default());
+    }
+    match session.db.raft().propose(Command { mutations }).await {
+        Ok(outcome) => Ok(outcome),
+        Err(sluice_raftstore::Error::Apply(ApplyError::DuplicateKey { key })) => Err(Error::new(
+            sqlstate::UNIQUE_VIOLATION,
+            format!(
+                "duplicate key value violates unique constraint \"{}_pkey\"",
+                table.name
+            ),
+        )
+        .with_detail(format!("Key {} already exists.", table.describe_key(&key)))),
+        Err(e) => Err(raft_error(e)),
+    }
+}
+
+/// Maps a Raft-layer failure to a SQLSTATE.
+pub fn raft_error(error: sluice_raftstore::Error) -> Error {
+    use sluice_raftstore::Error as R;
+    match error {
+        R::Apply(ApplyError::DuplicateKey { .. }) => Error::new(sqlstate::UNIQUE_VIOLATION, "duplicate key value violates unique constraint"),
+        R::Apply(ApplyError::Conflict { .. }) => Error::new(
+            sqlstate::SERIALIZATION_FAILURE,
+            "could not serialize access due to concurrent update",
+        )
+        .with_detail("A row this statement read was changed by another statement before it committed; retry."),
+        R::CommandTooLarge { bytes, limit } => Error::new(
+            sqlstate::PROGRAM_LIMIT_EXCEEDED,
+            format!("statement writes {bytes} bytes, more than the limit of {limit} bytes for one command"),
+        ),
+        R::NotLeader { .. } | R::Unavailable(_) => Error::new(
+            sqlstate::CANNOT_CONNECT_NOW,
+            format!("no Raft leader is available to accept the statement; retry: {error}"),
+        ),
+        R::Storage(e) => storage_error(e),
+        R::ShuttingDown => Error::new(sqlstate::ADMIN_SHUTDOWN, "the node is shutting down"),
+        other => Error::new(sqlstate::INTERNAL_ERROR, other.to_string()),
+    }
+}

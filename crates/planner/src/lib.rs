@@ -1,0 +1,38 @@
+//! The SQL layer: turns statements into DataFusion plans over Sluice tables
+//! and into replicated commands.
+//!
+//! Main flow, for one statement of a [`Session`]:
+//!
+//! 1. [`Session::parse`] splits the text into statements with a
+//!    PostgreSQL-compatible parser (rewriting `::regclass` and friends).
+//! 2. [`Session::prepare`] classifies the statement: DDL, DML, COPY, SET/SHOW,
+//!    or a query; queries and DML are planned by DataFusion against the
+//!    catalog ([`catalog`]), whose tables are [`table::SluiceTable`]s.
+//!    The plan is kept in the [`Prepared`] statement so that executing it
+//!    again pays no parsing or planning (the extended protocol's point).
+//! 3. [`Session::execute`] binds parameters and runs it:
+//!    - a query takes a linearizable snapshot from the Raft node and streams
+//!      record batches from key-range scans of that snapshot;
+//!    - DML runs its input plan (which evaluates the whole `WHERE`, subqueries
+//!      included), turns the resulting rows into keyed [`Mutation`]s and
+//!      proposes them as one [`Command`] through Raft ([`dml`]);
+//!    - DDL writes catalog entries through the same path ([`ddl`]).
+//! 4. The result is an [`Output`] that the frontend encodes for the wire.
+//!
+//! [`Mutation`]: sluice_raftstore::Mutation
+//! [`Command`]: sluice_raftstore::Command
+
+mod api;
+
+pub use api::{sqlstate, CommandTag, CopyFormat, CopyIn, CopyOptions, Error, Output, Result};
+mod catalog;
+mod copy;
+mod ddl;
+mod dml;
+mod functions;
+mod session;
+mod table;
+mod types;
+
+pub use session::{Database, Prepared, Session, Statement, SERVER_VERSION};
+pub use types::SqlType;

@@ -1,0 +1,915 @@
+//! Databases and sessions: statement classification, plan caching,
+//! execution, and session settings.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::common::{DFSchema, DataFusionError, ParamValues, ScalarValue};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::execute_stream;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use sluice_engine::Snapshot;
+use sluice_raftstore::RaftNode;
+
+use crate::api::{sqlstate, CommandTag, Error, Output, Result};
+use crate::catalog::{SessionCatalog, SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
+use crate::table::ReadView;
+use crate::{copy, ddl, dml};
+
+/// The version clients see; drivers parse the leading number.
+pub const SERVER_VERSION: &str = "15.8 (Sluice 0.1.0)";
+
+/// State shared by every session of a node.
+pub struct Database {
+    raft: Arc<RaftNode>,
+    pub(crate) catalog: Arc<SharedCatalog>,
+    parser: PostgresCompatibilityParser,
+    /// Evaluates DEFAULT expressions; kept apart from sessions' settings.
+    expr_context: SessionContext,
+    defaults: Mutex<HashMap<u64, (Arc<TableDef>, HashMap<String, Expr>)>>,
+    pub(crate) rowids: dml::RowIdGenerator,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database").finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Loads the catalog through a linearizable read and returns the database.
+    pub async fn open(raft: Arc<RaftNode>) -> Result<Arc<Database>> {
+        let catalog = Arc::new(SharedCatalog::default());
+        let snapshot = raft.read_snapshot().await.map_err(dml::raft_error)?;
+        catalog.refresh(snapshot.as_ref())?;
+        Ok(Arc::new(Database {
+            raft,
+            catalog,
+            parser: PostgresCompatibilityParser::new(),
+            expr_context: SessionContext::new_with_config(base_config()),
+            defaults: Mutex::default(),
+            rowids: dml::RowIdGenerator::new(),
+        }))
+    }
+
+    pub fn raft(&self) -> &Arc<RaftNode> {
+        &self.raft
+    }
+
+    pub fn new_session(self: &Arc<Self>, startup: &[(String, String)]) -> Session {
+        Session::new(self.clone(), startup)
+    }
+
+    /// DataFusion expressions of a table's DEFAULT clauses, cached per definition.
+    fn defaults_for(&self, def: &Arc<TableDef>) -> HashMap<String, Expr> {
+        let mut cache = self.defaults.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached_def, exprs)) = cache.get(&def.id) {
+            if Arc::ptr_eq(cached_def, def) {
+                return exprs.clone();
+            }
+        }
+        let exprs = self.compile_defaults(def);
+        cache.insert(def.id, (def.clone(), exprs.clone()));
+        exprs
+    }
+
+    fn compile_defaults(&self, def: &TableDef) -> HashMap<String, Expr> {
+        let mut exprs = HashMap::new();
+        let Ok(schema) = DFSchema::try_from(def.arrow_schema().as_ref().clone()) else {
+            return exprs;
+        };
+        for column in &def.columns {
+            let Some(sql) = &column.default else { continue };
+            match self.compile_default(sql, &schema) {
+                Ok(expr) => {
+                    exprs.insert(column.name.clone(), expr);
+                }
+                // Validated at CREATE TABLE; reaching this means a newer
+                // version wrote a default this one cannot plan.
+                Err(e) => {
+                    tracing::error!(table = %def.qualified_name(), column = %column.name, "default expression: {e}")
+                }
+            }
+        }
+        exprs
+    }
+
+    pub(crate) fn compile_default(&self, sql: &str, schema: &DFSchema) -> Result<Expr> {
+        self.expr_context
+            .state()
+            .create_logical_expr(sql, schema)
+            .map_err(map_df_error)
+    }
+
+    /// A linearizable snapshot and the catalog as of that snapshot.
+    pub(crate) async fn read_view(&self) -> Result<Arc<dyn Snapshot>> {
+        let snapshot = self.raft.read_snapshot().await.map_err(dml::raft_error)?;
+        self.catalog.refresh(snapshot.as_ref())?;
+        Ok(snapshot)
+    }
+}
+
+fn base_config() -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(true);
+    let options = config.options_mut();
+    options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    // PostgreSQL: ASC puts NULLs last, DESC first.
+    options.sql_parser.default_null_ordering = "nulls_max".into();
+    options.execution.time_zone = Some("+00:00".into());
+    config
+}
+
+/// One parsed SQL statement.
+#[derive(Clone, Debug)]
+pub struct Statement {
+    pub(crate) ast: ast::Statement,
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.ast)
+    }
+}
+
+/// A planned statement, reusable across executions.
+pub struct Prepared {
+    pub statement: Statement,
+    pub param_types: Vec<DataType>,
+    pub result_schema: Option<SchemaRef>,
+    pub(crate) kind: PreparedKind,
+    catalog_version: u64,
+}
+
+impl fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Prepared")
+            .field("statement", &self.statement.to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+pub(crate) enum PreparedKind {
+    Query(LogicalPlan),
+    Dml(dml::DmlPlan),
+    Ddl,
+    Set {
+        name: String,
+        value: Option<String>,
+    },
+    Show(String),
+    /// COMMIT/ROLLBACK with no transaction open (always, until interactive
+    /// transactions land): PostgreSQL warns and succeeds.
+    NoTransaction(&'static str),
+    CopyIn(crate::api::CopyIn),
+    CopyOut {
+        plan: LogicalPlan,
+        options: crate::api::CopyOptions,
+    },
+    Tag(&'static str),
+}
+
+impl PreparedKind {
+    fn uses_catalog(&self) -> bool {
+        matches!(
+            self,
+            PreparedKind::Query(_) | PreparedKind::Dml(_) | PreparedKind::CopyOut { .. }
+        )
+    }
+}
+
+/// One client connection's state.
+pub struct Session {
+    pub(crate) db: Arc<Database>,
+    pub(crate) ctx: SessionContext,
+    pub(crate) catalog: Arc<SessionCatalog>,
+    settings: BTreeMap<String, String>,
+    changed: Vec<(String, String)>,
+}
+
+/// Settings reported to the client at startup and whenever they change.
+const REPORTED: [&str; 11] = [
+    "server_version",
+    "server_encoding",
+    "client_encoding",
+    "DateStyle",
+    "IntervalStyle",
+    "integer_datetimes",
+    "standard_conforming_strings",
+    "TimeZone",
+    "application_name",
+    "is_superuser",
+    "session_authorization",
+];
+
+fn default_settings() -> BTreeMap<String, String> {
+    [
+        ("server_version", SERVER_VERSION),
+        ("server_version_num", "150008"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("IntervalStyle", "postgres"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("TimeZone", "UTC"),
+        ("application_name", ""),
+        ("is_superuser", "on"),
+        ("session_authorization", "sluice"),
+        ("search_path", "\"$user\", public"),
+        ("statement_timeout", "0"),
+        ("lock_timeout", "0"),
+        ("idle_in_transaction_session_timeout", "0"),
+        ("extra_float_digits", "1"),
+        ("max_identifier_length", "63"),
+        ("default_transaction_isolation", "read committed"),
+        ("transaction_isolation", "read committed"),
+        ("default_transaction_read_only", "off"),
+        ("transaction_read_only", "off"),
+        ("bytea_output", "hex"),
+        ("client_min_messages", "notice"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// The canonical spelling of a setting name (PostgreSQL names are case-insensitive).
+fn canonical_setting(name: &str) -> Option<String> {
+    let lower = name.to_ascii_lowercase();
+    if let Some(reported) = REPORTED.iter().find(|r| r.eq_ignore_ascii_case(&lower)) {
+        return Some(reported.to_string());
+    }
+    if default_settings().contains_key(&lower) {
+        return Some(lower);
+    }
+    // Custom settings with a dotted prefix are accepted, as in PostgreSQL.
+    lower.contains('.').then_some(lower)
+}
+
+impl Session {
+    fn new(db: Arc<Database>, startup: &[(String, String)]) -> Session {
+        let ctx = SessionContext::new_with_config(base_config());
+        let defaults_db = db.clone();
+        let catalog = Arc::new(SessionCatalog::new(
+            db.catalog.clone(),
+            Arc::new(move |def: &Arc<TableDef>| defaults_db.defaults_for(def)),
+        ));
+        ctx.register_catalog(CATALOG_NAME, catalog.clone());
+        if let Err(e) =
+            datafusion_pg_catalog::setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
+        {
+            tracing::error!("pg_catalog setup failed: {e}");
+        }
+        crate::functions::register(&ctx);
+        let mut settings = default_settings();
+        for (name, value) in startup {
+            match name.as_str() {
+                "user" => {
+                    settings.insert("session_authorization".into(), value.clone());
+                }
+                "database" | "replication" | "options" => {}
+                other => {
+                    if let Some(canonical) = canonical_setting(other) {
+                        settings.insert(canonical, value.clone());
+                    }
+                }
+            }
+        }
+        Session {
+            db,
+            ctx,
+            catalog,
+            settings,
+            changed: Vec::new(),
+        }
+    }
+
+    /// Splits and parses SQL text; empty text yields no statements.
+    ///
+    /// Statements are parsed as plain PostgreSQL. Only statements that read
+    /// the system catalogs (psql's `\d`, drivers' type lookups) go through
+    /// datafusion-pg-catalog's compatibility parser: some of its rewrites
+    /// (subqueries in a select list replaced by NULL or given `LIMIT 1`,
+    /// unqualified names re-qualified) would change the answer of a user
+    /// query, so they must never touch one.
+    pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        if sql.trim().trim_matches(';').trim().is_empty() {
+            return Ok(Vec::new());
+        }
+        let syntax_error = |e: datafusion::sql::sqlparser::parser::ParserError| {
+            let message = e.to_string();
+            let message = message
+                .strip_prefix("sql parser error: ")
+                .unwrap_or(&message)
+                .to_string();
+            Error::new(sqlstate::SYNTAX_ERROR, format!("syntax error: {message}"))
+        };
+        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+        let mut statements = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+            .with_recursion_limit(MAX_PARSE_DEPTH)
+            .try_with_sql(sql)
+            .and_then(|mut parser| parser.parse_statements())
+            .map_err(syntax_error)?;
+        if statements.iter().any(reads_system_catalog) {
+            statements = self.db.parser.parse(sql).map_err(syntax_error)?;
+        }
+        Ok(statements
+            .into_iter()
+            .map(|ast| Statement { ast })
+            .collect())
+    }
+
+    pub fn reported_parameters(&self) -> Vec<(String, String)> {
+        REPORTED
+            .iter()
+            .map(|name| (name.to_string(), self.setting(name)))
+            .collect()
+    }
+
+    pub fn take_parameter_changes(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.changed)
+    }
+
+    pub fn statement_timeout(&self) -> Option<Duration> {
+        parse_duration_ms(&self.setting("statement_timeout")).filter(|d| !d.is_zero())
+    }
+
+    pub fn user(&self) -> String {
+        self.setting("session_authorization")
+    }
+
+    fn setting(&self, name: &str) -> String {
+        self.settings.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Plans `statement`. `param_types` are the client-declared types of `$n`.
+    pub async fn prepare(
+        &mut self,
+        statement: Statement,
+        param_types: &[Option<DataType>],
+    ) -> Result<Arc<Prepared>> {
+        let catalog_version = self.db.catalog.current().version;
+        let text_column = |name: &str| {
+            Some(Arc::new(Schema::new(vec![Field::new(
+                name,
+                DataType::Utf8,
+                true,
+            )])))
+        };
+        let (kind, result_schema) = match &statement.ast {
+            ast::Statement::Query(_) | ast::Statement::Explain { .. } => {
+                let plan = self.plan(statement.ast.clone()).await?;
+                let schema = Arc::new(plan.schema().as_arrow().clone());
+                (PreparedKind::Query(plan), Some(schema))
+            }
+            ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
+                let plan = dml::prepare(self, &statement.ast).await?;
+                let schema = plan.returning_schema();
+                (PreparedKind::Dml(plan), schema)
+            }
+            ast::Statement::CreateTable(_)
+            | ast::Statement::CreateSchema { .. }
+            | ast::Statement::Drop { .. }
+            | ast::Statement::AlterTable(_)
+            | ast::Statement::Truncate(_) => (PreparedKind::Ddl, None),
+            ast::Statement::Set(set) => {
+                let (name, value) = parse_set(set)?;
+                (PreparedKind::Set { name, value }, None)
+            }
+            ast::Statement::ShowVariable { variable } => {
+                let name = variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join(" ");
+                let canonical = canonical_setting(&name).ok_or_else(|| unknown_setting(&name))?;
+                (PreparedKind::Show(canonical.clone()), text_column(&canonical.to_ascii_lowercase()))
+            }
+            ast::Statement::StartTransaction { .. } | ast::Statement::Savepoint { .. } => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "interactive transactions are not supported yet; every statement commits on its own",
+                ))
+            }
+            ast::Statement::Commit { .. } => (PreparedKind::NoTransaction("COMMIT"), None),
+            ast::Statement::Rollback { savepoint: None, .. } => (PreparedKind::NoTransaction("ROLLBACK"), None),
+            ast::Statement::Copy { .. } => {
+                let kind = copy::prepare(self, &statement.ast).await?;
+                (kind, None)
+            }
+            ast::Statement::Discard { .. } => (PreparedKind::Tag("DISCARD ALL"), None),
+            ast::Statement::Deallocate { .. } => (PreparedKind::Tag("DEALLOCATE"), None),
+            other => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("statement not supported: {}", first_words(&other.to_string())),
+                ))
+            }
+        };
+        let param_types = match &kind {
+            PreparedKind::Query(plan) => parameter_types(plan, param_types)?,
+            PreparedKind::Dml(plan) => parameter_types(&plan.plan, param_types)?,
+            _ => Vec::new(),
+        };
+        Ok(Arc::new(Prepared {
+            statement,
+            param_types,
+            result_schema,
+            kind,
+            catalog_version,
+        }))
+    }
+
+    /// Plans a statement with DataFusion against the current catalog.
+    pub(crate) async fn plan(&self, statement: ast::Statement) -> Result<LogicalPlan> {
+        self.ctx
+            .state()
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+            .await
+            .map_err(map_df_error)
+    }
+
+    /// Executes a prepared statement with bound parameters.
+    pub async fn execute(
+        &mut self,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output> {
+        if prepared.kind.uses_catalog()
+            && prepared.catalog_version != self.db.catalog.current().version
+        {
+            // A DDL changed the catalog since planning: plan again, keeping the parameter types.
+            let types: Vec<Option<DataType>> =
+                prepared.param_types.iter().cloned().map(Some).collect();
+            let fresh = Box::pin(self.prepare(prepared.statement.clone(), &types)).await?;
+            return Box::pin(self.execute_current(&fresh, params)).await;
+        }
+        self.execute_current(prepared, params).await
+    }
+
+    async fn execute_current(
+        &mut self,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output> {
+        match &prepared.kind {
+            PreparedKind::Query(plan) => {
+                let plan = bind(plan, &prepared.param_types, params)?;
+                let snapshot = self.db.read_view().await?;
+                let stream = self.run(&plan, snapshot).await?;
+                Ok(Output::Rows {
+                    schema: stream.schema(),
+                    stream,
+                    verb: "SELECT",
+                })
+            }
+            PreparedKind::Dml(plan) => {
+                dml::execute(self, plan, &prepared.param_types, params).await
+            }
+            PreparedKind::Ddl => ddl::execute(self, &prepared.statement.ast).await,
+            PreparedKind::Set { name, value } => {
+                self.apply_set(name, value.clone())?;
+                Ok(Output::Command(CommandTag::new("SET")))
+            }
+            PreparedKind::Show(name) => {
+                let schema = prepared
+                    .result_schema
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(Schema::empty()));
+                let value = self.setting(name);
+                let batch = RecordBatch::try_new(
+                    schema.clone(),
+                    vec![Arc::new(datafusion::arrow::array::StringArray::from(vec![
+                        value,
+                    ]))],
+                )
+                .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, e.to_string()))?;
+                let stream = datafusion::physical_plan::memory::MemoryStream::try_new(
+                    vec![batch],
+                    schema.clone(),
+                    None,
+                )
+                .map_err(map_df_error)?;
+                Ok(Output::Rows {
+                    schema,
+                    stream: Box::pin(stream),
+                    verb: "SHOW",
+                })
+            }
+            PreparedKind::NoTransaction(tag) => Ok(Output::Command(CommandTag::new(*tag))),
+            PreparedKind::CopyIn(copy) => Ok(Output::CopyIn(copy.clone())),
+            PreparedKind::CopyOut { plan, options } => {
+                let snapshot = self.db.read_view().await?;
+                let stream = self.run(plan, snapshot).await?;
+                Ok(Output::CopyOut {
+                    schema: stream.schema(),
+                    stream,
+                    options: options.clone(),
+                })
+            }
+            PreparedKind::Tag(tag) => {
+                if *tag == "DISCARD ALL" {
+                    self.settings = default_settings();
+                }
+                Ok(Output::Command(CommandTag::new(*tag)))
+            }
+        }
+    }
+
+    /// Runs a logical plan against `snapshot`, streaming its batches.
+    pub(crate) async fn run(
+        &self,
+        plan: &LogicalPlan,
+        snapshot: Arc<dyn Snapshot>,
+    ) -> Result<SendableRecordBatchStream> {
+        let state = self.ctx.state();
+        let physical = state
+            .create_physical_plan(plan)
+            .await
+            .map_err(map_df_error)?;
+        let mut config = state.config().clone();
+        config.set_extension(Arc::new(ReadView { snapshot }));
+        let task = TaskContext::from(&state).with_session_config(config);
+        execute_stream(physical, Arc::new(task)).map_err(map_df_error)
+    }
+
+    /// COPY FROM STDIN data rows: see [`copy::insert_rows`].
+    pub async fn copy_rows(
+        &mut self,
+        copy: &crate::api::CopyIn,
+        rows: Vec<Vec<Option<String>>>,
+    ) -> Result<u64> {
+        copy::insert_rows(self, copy, rows).await
+    }
+
+    fn apply_set(&mut self, name: &str, value: Option<String>) -> Result<()> {
+        let value = match value {
+            Some(v) => v,
+            None => default_settings().get(name).cloned().unwrap_or_default(),
+        };
+        match name {
+            "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => {
+                if parse_duration_ms(&value).is_none() {
+                    return Err(Error::new(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        format!("invalid value for parameter \"{name}\": \"{value}\""),
+                    ));
+                }
+            }
+            "TimeZone"
+                if !matches!(
+                    value.to_ascii_uppercase().as_str(),
+                    "UTC" | "GMT" | "Z" | "ETC/UTC" | "+00:00"
+                ) =>
+            {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("time zone \"{value}\" is not supported yet; sessions run in UTC"),
+                ));
+            }
+            "client_encoding"
+                if !matches!(
+                    value.to_ascii_uppercase().replace('-', "").as_str(),
+                    "UTF8" | "UNICODE"
+                ) =>
+            {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("client_encoding \"{value}\" is not supported; only UTF8"),
+                ));
+            }
+            "server_version"
+            | "server_encoding"
+            | "integer_datetimes"
+            | "server_version_num"
+            | "max_identifier_length"
+            | "is_superuser" => {
+                return Err(Error::new(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("parameter \"{name}\" cannot be changed"),
+                ));
+            }
+            _ => {}
+        }
+        if REPORTED.contains(&name) && self.settings.get(name) != Some(&value) {
+            self.changed.push((name.to_string(), value.clone()));
+        }
+        self.settings.insert(name.to_string(), value);
+        Ok(())
+    }
+}
+
+/// Nesting depth beyond which a statement is refused rather than risking the stack.
+const MAX_PARSE_DEPTH: usize = 100;
+
+/// Whether a statement reads `pg_catalog` or `information_schema` relations.
+fn reads_system_catalog(statement: &ast::Statement) -> bool {
+    let mut found = false;
+    let _ = ast::visit_relations(statement, |name: &ast::ObjectName| {
+        let first = name
+            .0
+            .first()
+            .map(|part| part.to_string().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.0.len() > 1 && crate::catalog::SYSTEM_SCHEMAS.contains(&first.as_str())
+            || name.0.len() == 1 && first.starts_with("pg_")
+        {
+            found = true;
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    found
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+fn unknown_setting(name: &str) -> Error {
+    Error::new(
+        sqlstate::UNDEFINED_OBJECT,
+        format!("unrecognized configuration parameter \"{name}\""),
+    )
+}
+
+fn parse_set(set: &ast::Set) -> Result<(String, Option<String>)> {
+    match set {
+        ast::Set::SingleAssignment {
+            variable, values, ..
+        } => {
+            let raw = variable.to_string();
+            let canonical = canonical_setting(&raw).ok_or_else(|| unknown_setting(&raw))?;
+            let value = set_value(values);
+            Ok((canonical, value))
+        }
+        ast::Set::SetTimeZone { value, .. } => {
+            Ok(("TimeZone".into(), set_value(std::slice::from_ref(value))))
+        }
+        ast::Set::SetNames { charset_name, .. } => {
+            Ok(("client_encoding".into(), Some(charset_name.to_string())))
+        }
+        other => Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("{other} is not supported"),
+        )),
+    }
+}
+
+/// The text of a SET value list; `None` for DEFAULT.
+fn set_value(values: &[ast::Expr]) -> Option<String> {
+    let parts: Vec<String> = values
+        .iter()
+        .map(|v| match v {
+            ast::Expr::Value(value) => match &value.value {
+                ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
+                other => other.to_string(),
+            },
+            ast::Expr::Identifier(ident) => ident.value.clone(),
+            other => other.to_string(),
+        })
+        .collect();
+    if parts.len() == 1 && parts[0].eq_ignore_ascii_case("default") {
+        return None;
+    }
+    Some(parts.join(", "))
+}
+
+/// Parses a PostgreSQL duration setting: bare numbers are milliseconds.
+pub fn parse_duration_ms(text: &str) -> Option<Duration> {
+    let text = text.trim().trim_matches('\'').trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let millis = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "ms" => number,
+        "us" => number / 1000.0,
+        "s" => number * 1000.0,
+        "min" => number * 60_000.0,
+        "h" => number * 3_600_000.0,
+        "d" => number * 86_400_000.0,
+        _ => return None,
+    };
+    (millis >= 0.0).then(|| Duration::from_micros((millis * 1000.0) as u64))
+}
+
+/// One type per `$n`, ordered by n: the client's where given, else DataFusion's
+/// inference, else text (the client may send any literal as text).
+fn parameter_types(plan: &LogicalPlan, declared: &[Option<DataType>]) -> Result<Vec<DataType>> {
+    let inferred = plan.get_parameter_types().map_err(map_df_error)?;
+    let mut max = declared.len();
+    for name in inferred.keys() {
+        if let Some(n) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            max = max.max(n);
+        }
+    }
+    Ok((1..=max)
+        .map(|n| {
+            declared
+                .get(n - 1)
+                .cloned()
+                .flatten()
+                .or_else(|| inferred.get(&format!("${n}")).cloned().flatten())
+                .unwrap_or(DataType::Utf8)
+        })
+        .collect())
+}
+
+/// Substitutes parameter values, cast to the types the plan expects.
+pub(crate) fn bind(
+    plan: &LogicalPlan,
+    types: &[DataType],
+    params: Vec<ScalarValue>,
+) -> Result<LogicalPlan> {
+    if params.len() != types.len() {
+        return Err(Error::new(
+            sqlstate::PROTOCOL_VIOLATION,
+            format!(
+                "bind message supplies {} parameters, but prepared statement requires {}",
+                params.len(),
+                types.len()
+            ),
+        ));
+    }
+    if params.is_empty() {
+        return Ok(plan.clone());
+    }
+    let inferred = plan.get_parameter_types().map_err(map_df_error)?;
+    let mut values = Vec::with_capacity(params.len());
+    for (i, value) in params.into_iter().enumerate() {
+        let target = inferred
+            .get(&format!("${}", i + 1))
+            .cloned()
+            .flatten()
+            .unwrap_or_else(|| types[i].clone());
+        let value = if value.data_type() == target || value.is_null() && target == DataType::Null {
+            value
+        } else {
+            value
+                .cast_to(&target)
+                .map_err(|e| map_df_error(e).with_detail(format!("parameter ${}", i + 1)))?
+        };
+        values.push(value);
+    }
+    plan.clone()
+        .with_param_values(ParamValues::from(values))
+        .map_err(map_df_error)
+}
+
+/// Maps a DataFusion error to the SQLSTATE PostgreSQL would report.
+pub fn map_df_error(error: DataFusionError) -> Error {
+    let error = match error {
+        DataFusionError::Context(_, inner) => return map_df_error(*inner),
+        DataFusionError::Diagnostic(_, inner) => return map_df_error(*inner),
+        DataFusionError::Collection(mut errors) if !errors.is_empty() => {
+            return map_df_error(errors.remove(0))
+        }
+        DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
+            Ok(inner) => return map_df_error(inner),
+            Err(shared) => DataFusionError::Execution(shared.to_string()),
+        },
+        DataFusionError::External(external) => match external.downcast::<Error>() {
+            Ok(ours) => return *ours,
+            Err(other) => match other.downcast::<DataFusionError>() {
+                Ok(inner) => return map_df_error(*inner),
+                Err(other) => DataFusionError::Execution(other.to_string()),
+            },
+        },
+        other => other,
+    };
+    let message = error.to_string();
+    let code = match &error {
+        DataFusionError::SQL(..) => sqlstate::SYNTAX_ERROR,
+        DataFusionError::NotImplemented(_) => sqlstate::FEATURE_NOT_SUPPORTED,
+        DataFusionError::ResourcesExhausted(_) => sqlstate::INSUFFICIENT_RESOURCES,
+        DataFusionError::SchemaError(e, _) => match e.as_ref() {
+            datafusion::common::SchemaError::FieldNotFound { .. } => sqlstate::UNDEFINED_COLUMN,
+            datafusion::common::SchemaError::AmbiguousReference { .. } => {
+                sqlstate::AMBIGUOUS_COLUMN
+            }
+            datafusion::common::SchemaError::DuplicateQualifiedField { .. }
+            | datafusion::common::SchemaError::DuplicateUnqualifiedField { .. } => {
+                sqlstate::DUPLICATE_COLUMN
+            }
+        },
+        DataFusionError::ArrowError(e, _) => arrow_error_code(e, &message),
+        DataFusionError::Plan(m) => plan_error_code(m),
+        DataFusionError::Execution(m) => message_code(m).unwrap_or(sqlstate::DATA_EXCEPTION),
+        _ => message_code(&message).unwrap_or(sqlstate::INTERNAL_ERROR),
+    };
+    Error::new(code, clean_message(&message))
+}
+
+fn arrow_error_code(error: &datafusion::arrow::error::ArrowError, message: &str) -> &'static str {
+    use datafusion::arrow::error::ArrowError as A;
+    match error {
+        A::DivideByZero => sqlstate::DIVISION_BY_ZERO,
+        A::ArithmeticOverflow(_) => sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+        A::CastError(_) | A::ParseError(_) | A::InvalidArgumentError(_) | A::ComputeError(_) => {
+            message_code(message).unwrap_or(sqlstate::INVALID_TEXT_REPRESENTATION)
+        }
+        _ => message_code(message).unwrap_or(sqlstate::INTERNAL_ERROR),
+    }
+}
+
+fn plan_error_code(message: &str) -> &'static str {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("table") && (lower.contains("not found") || lower.contains("doesn't exist")) {
+        sqlstate::UNDEFINED_TABLE
+    } else if lower.contains("no field named")
+        || lower.contains("column") && lower.contains("not found")
+    {
+        sqlstate::UNDEFINED_COLUMN
+    } else if lower.contains("invalid function") || lower.contains("no function matches") {
+        sqlstate::UNDEFINED_FUNCTION
+    } else if lower.contains("placeholder") || lower.contains("parameter") {
+        sqlstate::PROTOCOL_VIOLATION
+    } else if let Some(code) = message_code(message) {
+        code
+    } else if lower.contains("cannot") && lower.contains("coerce") || lower.contains("type") {
+        sqlstate::DATATYPE_MISMATCH
+    } else {
+        sqlstate::SYNTAX_ERROR
+    }
+}
+
+/// SQLSTATEs recognisable from the text of arithmetic and cast errors.
+fn message_code(message: &str) -> Option<&'static str> {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("divide by zero") || lower.contains("division by zero") {
+        Some(sqlstate::DIVISION_BY_ZERO)
+    } else if lower.contains("overflow")
+        || lower.contains("too large to store")
+        || lower.contains("out of range")
+        || lower.contains("can't cast value")
+        || lower.contains("is too large")
+        || lower.contains("precision")
+    {
+        Some(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE)
+    } else if lower.contains("cannot cast string")
+        || lower.contains("error parsing")
+        || lower.contains("invalid") && lower.contains("cast")
+    {
+        Some(sqlstate::INVALID_TEXT_REPRESENTATION)
+    } else {
+        None
+    }
+}
+
+/// Strips DataFusion's layer prefixes so clients see one sentence.
+fn clean_message(message: &str) -> String {
+    let mut text = message;
+    for prefix in [
+        "Error during planning: ",
+        "Arrow error: ",
+        "Execution error: ",
+        "Schema error: ",
+        "This feature is not implemented: ",
+        "Optimizer rule 'simplify_expressions' failed\ncaused by\n",
+        "SQL error: ",
+        "Cast error: ",
+        "Parser error: ",
+        "Invalid argument error: ",
+        "Compute error: ",
+    ] {
+        while let Some(rest) = text.strip_prefix(prefix) {
+            text = rest;
+        }
+    }
+    text.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_postgres() {
+        assert_eq!(parse_duration_ms("50"), Some(Duration::from_millis(50)));
+        assert_eq!(parse_duration_ms("50ms"), Some(Duration::from_millis(50)));
+        assert_eq!(parse_duration_ms("'5s'"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_duration_ms("1min"), Some(Duration::from_secs(60)));
+        assert_eq!(parse_duration_ms("soon"), None);
+    }
+
+    #[test]
+    fn setting_names_are_case_insensitive() {
+        assert_eq!(canonical_setting("timezone").as_deref(), Some("TimeZone"));
+        assert_eq!(canonical_setting("DATESTYLE").as_deref(), Some("DateStyle"));
+        assert_eq!(
+            canonical_setting("sluice.read_consistency").as_deref(),
+            Some("sluice.read_consistency")
+        );
+        assert_eq!(canonical_setting("no_such_thing"), None);
+    }
+}

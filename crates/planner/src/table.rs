@@ -1,0 +1,498 @@
+//! A Sluice table as a DataFusion `TableProvider`, and its scan.
+//!
+//! Equality and range predicates on a prefix of the primary key become one
+//! key range ([`key_range_for`]); the predicates are still reported
+//! `Inexact`, so DataFusion re-checks them and a narrow range is only ever an
+//! optimisation. The scan reads the statement's snapshot ([`ReadView`],
+//! carried in the task's session config) page by page, so results stream.
+//!
+//! Hot path: [`SluiceScanExec::execute`] for every query.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::ops::Bound;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::{ArrayRef, BinaryBuilder};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::catalog::{Session as DfSession, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::datasource::TableType;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
+};
+use sluice_engine::{keycode, prefix_successor, KeyRange, Keyspace, Snapshot, Value};
+
+use crate::api::{sqlstate, Error};
+use crate::catalog::TableDef;
+use crate::types::{rows_to_batch_projected, SqlType};
+
+/// The snapshot a statement reads, handed to scans through the task's
+/// session config so that a cached plan binds to a fresh snapshot per run.
+pub struct ReadView {
+    pub snapshot: Arc<dyn Snapshot>,
+}
+
+pub struct SluiceTable {
+    def: Arc<TableDef>,
+    schema: SchemaRef,
+    defaults: HashMap<String, Expr>,
+    with_key: bool,
+}
+
+impl fmt::Debug for SluiceTable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SluiceTable")
+            .field("table", &self.def.qualified_name())
+            .finish()
+    }
+}
+
+impl SluiceTable {
+    pub fn new(def: Arc<TableDef>, defaults: HashMap<String, Expr>, with_key: bool) -> Self {
+        let schema = if with_key {
+            def.arrow_schema_with_key()
+        } else {
+            def.arrow_schema()
+        };
+        Self {
+            def,
+            schema,
+            defaults,
+            with_key,
+        }
+    }
+}
+
+#[async_trait]
+impl TableProvider for SluiceTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn get_column_default(&self, column: &str) -> Option<&Expr> {
+        self.defaults.get(column)
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|filter| {
+                if key_bounds_of(&self.def, std::slice::from_ref(*filter)).is_empty() {
+                    TableProviderFilterPushDown::Unsupported
+                } else {
+                    TableProviderFilterPushDown::Inexact
+                }
+            })
+            .collect())
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        let schema = Arc::new(self.schema.project(&projection)?);
+        let (range, range_text) = key_range_for(&self.def, filters);
+        let batch_size = state.config().batch_size().clamp(64, 8192);
+        Ok(Arc::new(SluiceScanExec::new(
+            self.def.clone(),
+            schema,
+            projection,
+            self.with_key,
+            range,
+            range_text,
+            limit,
+            batch_size,
+        )))
+    }
+}
+
+/// Bounds found for one primary-key column.
+#[derive(Default, Debug)]
+struct ColumnBounds {
+    eq: Option<Value>,
+    lower: Option<(Value, bool)>,
+    upper: Option<(Value, bool)>,
+}
+
+impl ColumnBounds {
+    fn is_empty(&self) -> bool {
+        self.eq.is_none() && self.lower.is_none() && self.upper.is_none()
+    }
+}
+
+/// Bounds per primary-key column implied by `filters` (conjunctions of
+/// `column <op> literal`). Empty when nothing constrains the key.
+fn key_bounds_of(def: &TableDef, filters: &[Expr]) -> Vec<ColumnBounds> {
+    let mut bounds: Vec<ColumnBounds> = def
+        .primary_key
+        .iter()
+        .map(|_| ColumnBounds::default())
+        .collect();
+    let mut any = false;
+    for filter in filters {
+        for conjunct in split_conjunction(filter) {
+            let Some((column, op, literal)) = column_comparison(conjunct) else {
+                continue;
+            };
+            let Some(position) = def
+                .primary_key
+                .iter()
+                .position(|&i| def.columns[i].name == column)
+            else {
+                continue;
+            };
+            let ty = def.columns[def.primary_key[position]].ty;
+            let Some(value) = literal_value(literal, ty) else {
+                continue;
+            };
+            let b = &mut bounds[position];
+            match op {
+                Operator::Eq => b.eq = Some(value),
+                Operator::Gt => b.lower = Some((value, false)),
+                Operator::GtEq => b.lower = Some((value, true)),
+                Operator::Lt => b.upper = Some((value, false)),
+                Operator::LtEq => b.upper = Some((value, true)),
+                _ => continue,
+            }
+            any = true;
+        }
+    }
+    if any {
+        bounds
+    } else {
+        Vec::new()
+    }
+}
+
+/// `column op literal`, normalising `literal op column` by flipping `op`.
+fn column_comparison(expr: &Expr) -> Option<(&str, Operator, &ScalarValue)> {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
+        return None;
+    };
+    let op = *op;
+    if !matches!(
+        op,
+        Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+    ) {
+        return None;
+    }
+    match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Literal(v, _)) => Some((c.name.as_str(), op, v)),
+        (Expr::Literal(v, _), Expr::Column(c)) => Some((c.name.as_str(), op.swap()?, v)),
+        _ => None,
+    }
+}
+
+/// The literal as a key value of a column of type `ty`, if it converts
+/// without loss (otherwise the predicate is left to DataFusion).
+fn literal_value(literal: &ScalarValue, ty: SqlType) -> Option<Value> {
+    if literal.is_null() {
+        return None;
+    }
+    let target = ty.arrow_type();
+    let cast = literal.cast_to(&target).ok()?;
+    if literal.data_type() != target && cast.cast_to(&literal.data_type()).ok()? != *literal {
+        return None;
+    }
+    let array = cast.to_array().ok()?;
+    crate::types::value_at(&array, 0, ty, "")
+        .ok()
+        .filter(|v| !v.is_null())
+}
+
+/// The key range that covers every row `filters` can select, and its
+/// description for EXPLAIN.
+pub fn key_range_for(def: &TableDef, filters: &[Expr]) -> (KeyRange, String) {
+    let bounds = key_bounds_of(def, filters);
+    let mut prefix = def.rows_prefix();
+    let mut described = Vec::new();
+    let full = (def.rows_range(), "full".to_string());
+    for (position, b) in bounds.iter().enumerate() {
+        let name = &def.columns[def.primary_key[position]].name;
+        if let Some(value) = &b.eq {
+            if keycode::encode_value(&mut prefix, value).is_err() {
+                return full;
+            }
+            described.push(format!("{name} = {value:?}"));
+            continue;
+        }
+        if b.is_empty() {
+            break;
+        }
+        let encode = |value: &Value| {
+            let mut key = prefix.clone();
+            keycode::encode_value(&mut key, value).ok().map(|()| key)
+        };
+        let start = match &b.lower {
+            Some((value, inclusive)) => {
+                let Some(key) = encode(value) else {
+                    return full;
+                };
+                described.push(format!(
+                    "{name} {} {value:?}",
+                    if *inclusive { ">=" } else { ">" }
+                ));
+                if *inclusive {
+                    Bound::Included(key)
+                } else {
+                    successor_bound(&key, true)
+                }
+            }
+            None => Bound::Included(prefix.clone()),
+        };
+        let end = match &b.upper {
+            Some((value, inclusive)) => {
+                let Some(key) = encode(value) else {
+                    return full;
+                };
+                described.push(format!(
+                    "{name} {} {value:?}",
+                    if *inclusive { "<=" } else { "<" }
+                ));
+                if *inclusive {
+                    successor_bound(&key, false)
+                } else {
+                    Bound::Excluded(key)
+                }
+            }
+            None => successor_bound(&prefix, false),
+        };
+        return (KeyRange { start, end }, described.join(" AND "));
+    }
+    if described.is_empty() {
+        return full;
+    }
+    (KeyRange::prefix(&prefix), described.join(" AND "))
+}
+
+/// The bound just past every key that starts with `key`.
+fn successor_bound(key: &[u8], as_start: bool) -> Bound<Vec<u8>> {
+    match prefix_successor(key) {
+        Some(next) if as_start => Bound::Included(next),
+        Some(next) => Bound::Excluded(next),
+        None => Bound::Unbounded,
+    }
+}
+
+/// Reads one table's rows in key order from the statement's snapshot.
+#[derive(Debug)]
+pub struct SluiceScanExec {
+    def: Arc<TableDef>,
+    schema: SchemaRef,
+    projection: Vec<usize>,
+    with_key: bool,
+    range: KeyRange,
+    range_text: String,
+    limit: Option<usize>,
+    batch_size: usize,
+    properties: Arc<PlanProperties>,
+}
+
+impl SluiceScanExec {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        def: Arc<TableDef>,
+        schema: SchemaRef,
+        projection: Vec<usize>,
+        with_key: bool,
+        range: KeyRange,
+        range_text: String,
+        limit: Option<usize>,
+        batch_size: usize,
+    ) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        Self {
+            def,
+            schema,
+            projection,
+            with_key,
+            range,
+            range_text,
+            limit,
+            batch_size,
+            properties,
+        }
+    }
+}
+
+impl DisplayAs for SluiceScanExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(
+            f,
+            "SluiceScan: table={}, range={}",
+            self.def.qualified_name(),
+            self.range_text
+        )?;
+        let names: Vec<&str> = self
+            .schema
+            .fields()
+            .iter()
+            .map(|f| f.name().as_str())
+            .collect();
+        write!(f, ", projection=[{}]", names.join(", "))?;
+        if let Some(limit) = self.limit {
+            write!(f, ", limit={limit}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ExecutionPlan for SluiceScanExec {
+    fn name(&self) -> &str {
+        "SluiceScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        Vec::new()
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> datafusion::common::Result<TreeNodeRecursion>,
+    ) -> datafusion::common::Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(
+        self: Arc<Self>,
+        _children: Vec<Arc<dyn ExecutionPlan>>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(
+        &self,
+        _partition: usize,
+        context: Arc<TaskContext>,
+    ) -> datafusion::common::Result<SendableRecordBatchStream> {
+        let view = context
+            .session_config()
+            .get_extension::<ReadView>()
+            .ok_or_else(|| {
+                DataFusionError::Internal("table scan executed without a read snapshot".to_string())
+            })?;
+        let mut reader = ScanReader {
+            def: self.def.clone(),
+            snapshot: view.snapshot.clone(),
+            schema: self.schema.clone(),
+            projection: self.projection.clone(),
+            with_key: self.with_key,
+            range: Some(self.range.clone()),
+            remaining: self.limit.unwrap_or(usize::MAX),
+            batch_size: self.batch_size,
+        };
+        let schema = self.schema.clone();
+        let stream = futures::stream::poll_fn(move |_cx| {
+            std::task::Poll::Ready(reader.next_batch().transpose())
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+    }
+}
+
+struct ScanReader {
+    def: Arc<TableDef>,
+    snapshot: Arc<dyn Snapshot>,
+    schema: SchemaRef,
+    projection: Vec<usize>,
+    with_key: bool,
+    /// What is left to read; `None` once exhausted.
+    range: Option<KeyRange>,
+    remaining: usize,
+    batch_size: usize,
+}
+
+impl ScanReader {
+    fn next_batch(&mut self) -> datafusion::common::Result<Option<RecordBatch>> {
+        let Some(range) = self.range.take() else {
+            return Ok(None);
+        };
+        if self.remaining == 0 {
+            return Ok(None);
+        }
+        let want = self.batch_size.min(self.remaining);
+        let page = self
+            .snapshot
+            .scan(Keyspace::Data, &range, want)
+            .map_err(|e| DataFusionError::External(Box::new(crate::catalog::storage_error(e))))?;
+        if page.len() == want {
+            if let Some((last, _)) = page.last() {
+                self.range = Some(range.resume_after(last));
+            }
+        }
+        self.remaining -= page.len();
+        if page.is_empty() {
+            return Ok(None);
+        }
+        self.decode(page)
+            .map(Some)
+            .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    fn decode(&self, page: Vec<(Vec<u8>, Vec<u8>)>) -> Result<RecordBatch, Error> {
+        let kinds = self.def.kinds();
+        let types = self.def.types();
+        let visible = self.def.columns.len();
+        let mut rows = Vec::with_capacity(page.len());
+        for (_, value) in &page {
+            rows.push(self.def.decode_row(&kinds, value)?);
+        }
+        let value_projection: Vec<usize> = self
+            .projection
+            .iter()
+            .copied()
+            .filter(|&i| i < visible)
+            .collect();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(self.projection.len());
+        let value_columns = rows_to_batch_projected(&types, &rows, &value_projection)?;
+        let mut value_columns = value_columns.into_iter();
+        for &index in &self.projection {
+            if index < visible {
+                columns.push(value_columns.next().ok_or_else(|| {
+                    Error::new(sqlstate::INTERNAL_ERROR, "scan projection out of step")
+                })?);
+            } else if self.with_key {
+                let mut keys = BinaryBuilder::new();
+                for (key, _) in &page {
+                    keys.append_value(key);
+                }
+                columns.push(Arc::new(keys.finish()));
+            }
+        }
+        let options = RecordBatchOptions::new().with_row_count(Some(page.len()));
+        RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
+            .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, format!("build scan batch: {e}")))
+    }
+}

@@ -1,0 +1,150 @@
+//! openraft type configuration and the helpers the log store and the state
+//! machine share: `Meta` keys, value encoding, and storage-error plumbing.
+
+use std::error::Error as StdError;
+use std::sync::{Arc, Mutex};
+
+use openraft::{AnyError, BasicNode, ErrorSubject, ErrorVerb, StorageError, StorageIOError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sluice_engine::Error as EngineError;
+
+use crate::command::{CommandBatch, CommandResponse};
+
+openraft::declare_raft_types!(
+    /// The openraft types of a Sluice Raft group.
+    pub TypeConfig:
+        D = CommandBatch,
+        R = Vec<CommandResponse>,
+        NodeId = u64,
+        Node = BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub(crate) type NodeId = u64;
+pub(crate) type LogId = openraft::LogId<NodeId>;
+pub(crate) type Vote = openraft::Vote<NodeId>;
+pub(crate) type Entry = openraft::Entry<TypeConfig>;
+pub(crate) type StoredMembership = openraft::StoredMembership<NodeId, BasicNode>;
+pub(crate) type SnapshotMeta = openraft::SnapshotMeta<NodeId, BasicNode>;
+pub(crate) type RaftStorageError = StorageError<NodeId>;
+
+/// Keys of the `Meta` keyspace. Each value is postcard-encoded.
+pub(crate) mod meta_key {
+    /// `Vote`, written with `Sync` before `save_vote` returns.
+    pub const VOTE: &[u8] = b"raft/vote";
+    /// `Option<LogId>` of the last committed entry.
+    pub const COMMITTED: &[u8] = b"raft/committed";
+    /// `Option<LogId>` of the last purged entry.
+    pub const LAST_PURGED: &[u8] = b"raft/last_purged";
+    /// `Option<LogId>` of the last entry in the log, written in the same batch
+    /// as the entries (the engine has no reverse scan to find it).
+    pub const LAST_LOG: &[u8] = b"raft/last_log";
+    /// `Option<LogId>` applied to `Data`, written in the same batch as the data.
+    pub const APPLIED: &[u8] = b"sm/applied";
+    /// `StoredMembership` as of `APPLIED`.
+    pub const MEMBERSHIP: &[u8] = b"sm/membership";
+    /// File name of a snapshot whose install began but has not finished:
+    /// `Data` is garbage until the install is resumed from that file.
+    pub const INSTALLING: &[u8] = b"sm/installing_snapshot";
+}
+
+/// Big-endian so that the engine's byte order is the log's index order.
+pub(crate) fn log_key(index: u64) -> [u8; 8] {
+    index.to_be_bytes()
+}
+
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EngineError> {
+    postcard::to_stdvec(value).map_err(|e| EngineError::Encode(format!("postcard: {e}")))
+}
+
+pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, EngineError> {
+    postcard::from_bytes(bytes).map_err(|e| EngineError::Corrupt(format!("decode {what}: {e}")))
+}
+
+pub(crate) fn storage_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    error: &(dyn StdError + 'static),
+) -> RaftStorageError {
+    StorageIOError::new(subject, verb, AnyError::from_dyn(error, None)).into()
+}
+
+/// The first storage failure seen by the log store or the state machine.
+///
+/// openraft stops the node when they return a `StorageError`; the node keeps
+/// the engine error here so that callers get `Error::Storage` with the real
+/// cause instead of a bare "raft stopped".
+#[derive(Clone, Default)]
+pub(crate) struct FatalSlot {
+    inner: Arc<Mutex<Option<EngineError>>>,
+}
+
+impl FatalSlot {
+    /// Records `error` (the first one wins) and returns it as openraft's error.
+    pub(crate) fn fail(
+        &self,
+        subject: ErrorSubject<NodeId>,
+        verb: ErrorVerb,
+        error: EngineError,
+    ) -> RaftStorageError {
+        tracing::error!(%error, ?subject, ?verb, "raft storage failure; the node stops");
+        let converted = storage_error(subject, verb, &error);
+        let mut slot = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_none() {
+            *slot = Some(error);
+        }
+        converted
+    }
+
+    pub(crate) fn get(&self) -> Option<EngineError> {
+        let slot = self
+            .inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.as_ref().map(clone_engine_error)
+    }
+}
+
+pub(crate) fn clone_engine_error(error: &EngineError) -> EngineError {
+    match error {
+        EngineError::Storage(msg) => EngineError::Storage(msg.clone()),
+        EngineError::Corrupt(msg) => EngineError::Corrupt(msg.clone()),
+        EngineError::Encode(msg) => EngineError::Encode(msg.clone()),
+    }
+}
+
+/// Held by everything openraft owns that uses the engine (log store, log
+/// readers, state machine, snapshot builders). openraft drops some of them
+/// in background tasks after `Raft::shutdown` returns; `RaftNode::shutdown`
+/// waits until only its own handle is left, so that the engine can be
+/// closed and reopened right after.
+#[derive(Clone, Default)]
+pub(crate) struct StorageUsers(Arc<()>);
+
+impl StorageUsers {
+    /// Handles other than this one.
+    pub(crate) fn others(&self) -> usize {
+        Arc::strong_count(&self.0) - 1
+    }
+}
+
+/// Runs a blocking engine call (fsync, large batch, file I/O) off the async
+/// workers, so that the Raft core and client tasks keep running meanwhile.
+pub(crate) async fn blocking<T, F>(f: F) -> Result<T, EngineError>
+where
+    F: FnOnce() -> Result<T, EngineError> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(join) => Err(EngineError::Storage(format!(
+            "blocking storage task failed: {join}"
+        ))),
+    }
+}

@@ -1,0 +1,194 @@
+//! Hostile or clumsy clients cannot take the server down: garbage on the socket closes only that
+//! connection, a client vanishing mid-query leaves the server serving, a 100 MB value is either
+//! stored or refused with a SQLSTATE, and degenerate statements get PostgreSQL's answers. The
+//! HTTP endpoints answer for probes and Prometheus.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use tokio_postgres::SimpleQueryMessage;
+
+use common::{describe, expect_sqlstate, simple_rows, TestServer};
+
+fn one() -> Vec<Vec<Option<String>>> {
+    vec![vec![Some("1".to_string())]]
+}
+
+/// Sends `bytes` on a fresh connection and expects the server to close it within 10 s.
+fn expect_closed_after(server: &TestServer, what: &str, bytes: &[u8]) {
+    let mut stream = TcpStream::connect(("127.0.0.1", server.sql_port)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set read timeout");
+    // The server may close while we are still writing; that is a fine outcome too.
+    let _ = stream.write_all(bytes);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0_u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return,
+            // Anything sent before closing (an ErrorResponse) is fine.
+            Ok(_) if Instant::now() < deadline => {}
+            Ok(_) => server.fail(&format!("{what}: server kept the connection open")),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                server.fail(&format!("{what}: server kept the connection open for 10 s"))
+            }
+            // Reset by peer: closed.
+            Err(_) => return,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_closes_only_that_connection() {
+    let server = TestServer::start();
+    let bystander = server.client().await;
+    assert_eq!(simple_rows(&bystander, "SELECT 1").await, one());
+
+    expect_closed_after(
+        &server,
+        "an HTTP request on the SQL port",
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    );
+    // A plausible startup length followed by noise: an unknown protocol version.
+    let mut noise = vec![0_u8; 64 * 1024];
+    StdRng::seed_from_u64(7).fill_bytes(&mut noise);
+    noise[..8].copy_from_slice(&[0, 0, 0, 16, 0x12, 0x34, 0x56, 0x78]);
+    expect_closed_after(&server, "random bytes after a startup length", &noise);
+    // A startup length far beyond any real startup packet.
+    expect_closed_after(
+        &server,
+        "a 2 GB startup length",
+        &[0x7f, 0xff, 0xff, 0xff, 0, 3, 0, 0],
+    );
+
+    assert_eq!(
+        simple_rows(&bystander, "SELECT 1").await,
+        one(),
+        "an existing session is unaffected"
+    );
+    let fresh = server.client().await;
+    assert_eq!(simple_rows(&fresh, "SELECT 1").await, one());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_vanishing_mid_query_leaves_server_serving() {
+    let server = TestServer::start();
+    let doomed = server.client().await;
+    let query = tokio::spawn(async move {
+        let result = doomed
+            .simple_query("SELECT count(*) FROM generate_series(1, 1000000000)")
+            .await;
+        drop(doomed);
+        result.map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Aborting drops the future and the client, which closes the socket under the running query.
+    query.abort();
+    let _ = query.await;
+
+    let started = Instant::now();
+    let other = tokio::time::timeout(Duration::from_secs(20), async {
+        let client = server.client().await;
+        simple_rows(&client, "SELECT 1").await
+    })
+    .await
+    .unwrap_or_else(|_| server.fail("no answer within 20 s after a client vanished mid-query"));
+    assert_eq!(other, one());
+    println!(
+        "a new session answered {:?} after the client vanished",
+        started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_megabyte_value_is_stored_or_refused_cleanly() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    client
+        .batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap_or_else(|e| panic!("create: {}", describe(&e)));
+    let value = "0123456789abcdef".repeat(100 * 1024 * 1024 / 16);
+    match client
+        .execute("INSERT INTO big VALUES (1, $1)", &[&value])
+        .await
+    {
+        Ok(n) => {
+            println!("a 100 MB value was stored");
+            assert_eq!(n, 1);
+            let len: i32 = client
+                .query_one("SELECT length(v) FROM big WHERE id = 1", &[])
+                .await
+                .unwrap_or_else(|e| panic!("read back: {}", describe(&e)))
+                .get(0);
+            assert_eq!(len as usize, value.len());
+        }
+        Err(e) => {
+            println!("a 100 MB value was refused: {}", describe(&e));
+            assert!(
+                e.code().is_some(),
+                "refusal must be a server error with a SQLSTATE, not a dropped connection: {e:?}"
+            );
+            assert_eq!(
+                simple_rows(&client, "SELECT 1").await,
+                one(),
+                "the session survives the refusal"
+            );
+        }
+    }
+    let fresh = server.client().await;
+    assert_eq!(simple_rows(&fresh, "SELECT 1").await, one());
+}
+
+#[tokio::test]
+async fn degenerate_statements() {
+    let server = TestServer::start();
+    let client = server.client().await;
+
+    for sql in ["", ";", "  ;  ; "] {
+        let messages = client
+            .simple_query(sql)
+            .await
+            .unwrap_or_else(|e| panic!("{sql:?}: {}", describe(&e)));
+        assert!(
+            !messages
+                .iter()
+                .any(|m| matches!(m, SimpleQueryMessage::Row(_))),
+            "{sql:?} returned rows"
+        );
+    }
+    expect_sqlstate(client.simple_query("FOO BAR").await, "42601");
+    expect_sqlstate(client.query("FOO BAR", &[]).await, "42601");
+    assert_eq!(simple_rows(&client, "SELECT 1").await, one());
+}
+
+#[tokio::test]
+async fn http_health_ready_and_metrics() {
+    let server = TestServer::start();
+    let (status, body) = server.http_get("/health");
+    assert_eq!(status, 200, "/health: {body}");
+    let (status, body) = server.http_get("/ready");
+    assert_eq!(status, 200, "/ready: {body}");
+
+    // Metrics should reflect some activity.
+    let client = server.client().await;
+    assert_eq!(simple_rows(&client, "SELECT 1").await, one());
+    let (status, body) = server.http_get("/metrics");
+    assert_eq!(status, 200, "/metrics: {body}");
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("sluice_") || l.starts_with("# TYPE sluice_")),
+        "/metrics has no sluice_ metrics:\n{body}"
+    );
+}
