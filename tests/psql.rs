@@ -35,42 +35,59 @@ fn psql_ok(server: &TestServer, command: &str) -> String {
     stdout
 }
 
-#[tokio::test]
-async fn psql_describes_and_loads_tables() {
+const CREATE_ACCOUNTS: &str = "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, \
+     balance numeric(12,2) DEFAULT 0, opened date)";
+
+async fn server_with_accounts() -> TestServer {
     let server = TestServer::start();
     let client = server.client().await;
     client
-        .batch_execute(
-            "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, \
-             balance numeric(12,2) DEFAULT 0, opened date)",
-        )
+        .batch_execute(CREATE_ACCOUNTS)
         .await
         .expect("create accounts");
+    server
+}
 
+#[tokio::test]
+async fn psql_describes_tables() {
+    let server = server_with_accounts().await;
     let tables = psql_ok(&server, r"\dt");
     assert!(tables.contains("accounts"), "\\dt output:\n{tables}");
 
     let described = psql_ok(&server, r"\d accounts");
-    for (column, ty) in [
+    let missing: Vec<String> = [
         ("id", "bigint"),
         ("owner", "text"),
         ("balance", "numeric(12,2)"),
         ("opened", "date"),
-    ] {
-        let found = described.lines().any(|line| {
+    ]
+    .into_iter()
+    .filter(|(column, ty)| {
+        !described.lines().any(|line| {
             let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-            cells.len() >= 2 && cells[0] == column && cells[1] == ty
-        });
-        assert!(
-            found,
-            "column {column} of type {ty} missing from \\d:\n{described}"
-        );
-    }
+            cells.len() >= 2 && cells[0] == *column && cells[1] == *ty
+        })
+    })
+    .map(|(column, ty)| format!("{column} {ty}"))
+    .collect();
+    assert!(
+        missing.is_empty(),
+        "columns missing from \\d: {missing:?}\n{described}"
+    );
+}
 
-    psql_ok(&server, r"\dn");
+#[tokio::test]
+async fn psql_lists_schemas_and_databases() {
+    let server = server_with_accounts().await;
+    let schemas = psql_ok(&server, r"\dn");
+    assert!(schemas.contains("public"), "\\dn output:\n{schemas}");
     let databases = psql_ok(&server, r"\l");
     assert!(databases.contains("sluice"), "\\l output:\n{databases}");
+}
 
+#[tokio::test]
+async fn psql_copy_loads_csv() {
+    let server = server_with_accounts().await;
     let csv = server.temp_dir().join("accounts.csv");
     std::fs::write(
         &csv,
@@ -79,6 +96,7 @@ async fn psql_describes_and_loads_tables() {
     .expect("write csv");
     let copied = psql_ok(&server, r"\copy accounts FROM 'accounts.csv' CSV");
     assert!(copied.contains("COPY 3"), "\\copy output:\n{copied}");
+    let client = server.client().await;
     assert_eq!(
         simple_rows(
             &client,

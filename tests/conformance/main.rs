@@ -38,10 +38,19 @@ async fn check_file(name: &str) {
             (report, Some(server))
         }
     };
-    println!("{report}");
-    for (i, failure) in report.first_failures.iter().enumerate() {
-        println!("--- failure {} of {} ---\n{failure}", i + 1, report.failed);
+    // One print, so that files running in parallel do not interleave their reports.
+    let mut summary = format!("{report}\n");
+    for (cause, n) in report.top_causes() {
+        summary.push_str(&format!("  {n:>6} x {cause}\n"));
     }
+    for (i, failure) in report.first_failures.iter().enumerate() {
+        summary.push_str(&format!(
+            "--- {name}: failure {} of {} ---\n{failure}\n",
+            i + 1,
+            report.failed
+        ));
+    }
+    println!("{summary}");
     assert_eq!(report.failed, 0, "{report}");
     assert!(report.executed > 0, "{name} ran no records");
 }

@@ -6,6 +6,7 @@
 //! own text output functions render them, so the expected results of the corpus, which pass
 //! against PostgreSQL, apply unchanged.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
 use std::time::Duration;
@@ -287,6 +288,19 @@ pub struct FileReport {
     pub failed: usize,
     /// The first failures, each with its location, SQL and the expected/actual difference.
     pub first_failures: Vec<String>,
+    /// How many failures share each cause (the failure's first line: the error message, or
+    /// "query result mismatch").
+    pub causes: BTreeMap<String, usize>,
+}
+
+impl FileReport {
+    /// The causes, most frequent first.
+    pub fn top_causes(&self) -> Vec<(&str, usize)> {
+        let mut causes: Vec<(&str, usize)> =
+            self.causes.iter().map(|(c, n)| (c.as_str(), *n)).collect();
+        causes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        causes
+    }
 }
 
 impl fmt::Display for FileReport {
@@ -321,6 +335,7 @@ pub async fn run_file(path: &Path, conninfo: &str) -> Result<FileReport, String>
         executed: 0,
         failed: 0,
         first_failures: Vec::new(),
+        causes: BTreeMap::new(),
     };
     for record in records {
         if matches!(record, Record::Halt { .. }) {
@@ -341,6 +356,7 @@ pub async fn run_file(path: &Path, conninfo: &str) -> Result<FileReport, String>
         }
         if let Some(failure) = failure {
             report.failed += 1;
+            *report.causes.entry(cause(&failure)).or_default() += 1;
             if report.first_failures.len() < KEPT_FAILURES {
                 report.first_failures.push(failure);
             }
@@ -348,6 +364,29 @@ pub async fn run_file(path: &Path, conninfo: &str) -> Result<FileReport, String>
     }
     runner.shutdown_async().await;
     Ok(report)
+}
+
+/// The first line of a failure, without the literals that vary between otherwise equal errors.
+fn cause(failure: &str) -> String {
+    let first = failure.lines().next().unwrap_or_default();
+    let mut out = String::with_capacity(first.len());
+    let mut in_quotes = false;
+    for c in first.chars() {
+        match c {
+            '"' | '\'' => {
+                in_quotes = !in_quotes;
+                out.push(c);
+            }
+            _ if in_quotes => {}
+            c if c.is_ascii_digit() => {
+                if !out.ends_with('#') {
+                    out.push('#');
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.chars().take(160).collect()
 }
 
 fn record_location(record: &Record<DefaultColumnType>) -> Option<String> {

@@ -8,6 +8,8 @@ use std::ops::Bound;
 use std::sync::Arc;
 use std::thread;
 
+use rand::Rng;
+
 use sluice_engine::{
     Durability, Engine, KeyRange, Keyspace, MemoryEngine, RocksConfig, RocksEngine, WriteBatch,
 };
@@ -519,4 +521,33 @@ fn rocks_stats_report_named_figures() {
     }
     assert!(stats["rocksdb_memtable_size_bytes"] > 0.0, "{stats:?}");
     assert!(stats["rocksdb_estimate_num_keys"] >= 1000.0, "{stats:?}");
+}
+
+/// A full disk surfaces as a storage error that `is_disk_full` recognises,
+/// carrying RocksDB's own text, instead of a panic or a silent loss.
+/// Needs a small filesystem, e.g. as root:
+/// `mount -t tmpfs -o size=8m tmpfs /mnt/small`, then run with
+/// `SLUICE_TEST_SMALL_FS=/mnt/small` and `--ignored`.
+#[test]
+#[ignore = "needs SLUICE_TEST_SMALL_FS pointing at a small filesystem"]
+fn rocks_disk_full_is_reported() {
+    let root = std::env::var_os("SLUICE_TEST_SMALL_FS").expect("SLUICE_TEST_SMALL_FS is not set");
+    let dir = tempfile::tempdir_in(root).unwrap();
+    let mut config = RocksConfig::new(dir.path().join("db"));
+    config.write_buffer_bytes = 1 << 20;
+    let engine = RocksEngine::open(config).unwrap();
+    // Incompressible values, so that flushed tables fill the disk too.
+    let mut rng = rand::rng();
+    let err = (0u32..100_000)
+        .find_map(|i| {
+            let mut value = vec![0u8; 64 << 10];
+            rng.fill(&mut value[..]);
+            let mut batch = WriteBatch::new();
+            batch.put(Keyspace::Data, i.to_be_bytes(), value);
+            engine.write(batch, Durability::Sync).err()
+        })
+        .expect("the filesystem never filled up");
+    assert!(err.is_disk_full(), "{err}");
+    assert!(err.is_fatal());
+    assert!(err.to_string().contains("write batch"), "{err}");
 }

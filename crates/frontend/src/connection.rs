@@ -7,7 +7,9 @@
 
 use std::collections::HashMap;
 use std::fmt::Debug;
+use std::net::TcpStream;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::Sink;
@@ -24,6 +26,7 @@ use sluice_planner::Session;
 
 use crate::copy::CopyInState;
 use crate::error::{internal, normalize, sqlstate_class};
+use crate::interrupt::Interrupt;
 use crate::query::Parser;
 use crate::server::{ScramSecret, Shared};
 
@@ -33,10 +36,12 @@ pub(crate) struct Connection {
     pub(crate) parser: Arc<Parser>,
     /// The COPY FROM STDIN in progress, between CopyData messages.
     pub(crate) copy_in: Mutex<Option<CopyInState>>,
+    /// A second handle on the socket, for noticing a hung-up client.
+    probe: Option<Arc<TcpStream>>,
 }
 
 impl Connection {
-    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(shared: Arc<Shared>, probe: Option<TcpStream>) -> Self {
         let session = Arc::new(SessionSlot {
             db: shared.db.clone(),
             session: OnceLock::new(),
@@ -47,7 +52,17 @@ impl Connection {
             session,
             parser,
             copy_in: Mutex::new(None),
+            probe: probe.map(Arc::new),
         }
+    }
+
+    /// Arms the interrupt for a statement starting now.
+    pub(crate) async fn interrupt<C: ClientInfo>(
+        &self,
+        client: &C,
+        timeout: Option<Duration>,
+    ) -> Interrupt {
+        Interrupt::arm(client, timeout, &self.shared.shutdown, self.probe.clone()).await
     }
 
     /// Counts an error about to be sent to the client and returns whether it

@@ -6,6 +6,8 @@
 //! streaming of its results, so that a slow scan is stopped wherever it is.
 
 use std::future::{pending, Future};
+use std::io;
+use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,10 +20,16 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{fatal, to_wire};
 
+/// How often a running statement checks that its client is still there.
+const CLIENT_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
 pub(crate) struct Interrupt {
     cancel: Option<oneshot::Receiver<()>>,
     deadline: Option<Instant>,
     shutdown: CancellationToken,
+    /// A second handle on the client's socket, to notice a client that
+    /// hung up while a statement runs without writing anything.
+    probe: Option<Arc<TcpStream>>,
 }
 
 impl Interrupt {
@@ -31,6 +39,7 @@ impl Interrupt {
         client: &C,
         timeout: Option<Duration>,
         shutdown: &CancellationToken,
+        probe: Option<Arc<TcpStream>>,
     ) -> Self {
         let cancel = match client.session_extensions().get::<Arc<ConnectionHandle>>() {
             Some(handle) => Some(handle.start_query().await),
@@ -40,6 +49,7 @@ impl Interrupt {
             cancel,
             deadline: timeout.map(|t| Instant::now() + t),
             shutdown: shutdown.clone(),
+            probe,
         }
     }
 
@@ -49,6 +59,7 @@ impl Interrupt {
             cancel,
             deadline,
             shutdown,
+            probe,
         } = self;
         let canceled_now = async {
             match cancel.as_mut() {
@@ -67,10 +78,17 @@ impl Interrupt {
                 None => pending().await,
             }
         };
+        let hung_up = async {
+            match probe {
+                Some(socket) => wait_for_hangup(socket).await,
+                None => pending().await,
+            }
+        };
         let error = tokio::select! {
             () = canceled_now => None,
             () = timeout => Some(timed_out()),
             () = shutdown.cancelled() => Some(shutting_down()),
+            () = hung_up => Some(client_gone()),
         };
         error.unwrap_or_else(|| {
             // The receiver has fired; a second wait must not see it again.
@@ -110,6 +128,31 @@ impl Interrupt {
     }
 }
 
+/// Resolves once the peer has closed the connection. The socket is
+/// non-blocking (shared with tokio's handle), so a peek never waits: no data
+/// is `WouldBlock`, pending messages are data, end of stream is 0 bytes.
+async fn wait_for_hangup(socket: &TcpStream) {
+    let mut ticks = tokio::time::interval(CLIENT_CHECK_INTERVAL);
+    loop {
+        ticks.tick().await;
+        match socket.peek(&mut [0u8; 1]) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+fn client_gone() -> PgWireError {
+    fatal(Error::new(
+        sqlstate::CONNECTION_FAILURE,
+        "terminating statement: the client closed the connection",
+    ))
+}
+
 fn canceled() -> PgWireError {
     to_wire(Error::new(
         sqlstate::QUERY_CANCELED,
@@ -146,6 +189,7 @@ mod tests {
             cancel: None,
             deadline: Some(Instant::now() + Duration::from_millis(20)),
             shutdown: CancellationToken::new(),
+            probe: None,
         };
         let result = interrupt
             .run(async { pending::<PgWireResult<()>>().await })
@@ -163,6 +207,7 @@ mod tests {
             cancel: Some(rx),
             deadline: None,
             shutdown: CancellationToken::new(),
+            probe: None,
         };
         tx.send(()).unwrap();
         let error = interrupt
@@ -176,6 +221,7 @@ mod tests {
             cancel: Some(rx),
             deadline: None,
             shutdown: CancellationToken::new(),
+            probe: None,
         };
         drop(tx);
         let value = interrupt.run(async { Ok(7) }).await.unwrap();
@@ -190,9 +236,32 @@ mod tests {
             cancel: None,
             deadline: None,
             shutdown: shutdown.clone(),
+            probe: None,
         };
         shutdown.cancel();
         let error = interrupt.check().unwrap_err();
         assert_eq!(code(error), "57P01");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_hangs_up_interrupts_the_statement() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        server.set_nonblocking(true).unwrap();
+        let mut interrupt = Interrupt {
+            cancel: None,
+            deadline: None,
+            shutdown: CancellationToken::new(),
+            probe: Some(Arc::new(server)),
+        };
+        drop(client);
+        let started = std::time::Instant::now();
+        let error = interrupt
+            .run(async { pending::<PgWireResult<()>>().await })
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert!(error.to_string().contains("08006"), "{error}");
     }
 }

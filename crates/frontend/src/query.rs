@@ -270,8 +270,7 @@ impl Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut session = self.session.lock().await?;
-        let mut interrupt =
-            Interrupt::arm(client, session.statement_timeout(), &self.shared.shutdown).await;
+        let mut interrupt = self.interrupt(client, session.statement_timeout()).await;
         let output = interrupt
             .run(async {
                 let prepared = session.prepare(statement, &[]).await.map_err(to_wire)?;
@@ -383,9 +382,7 @@ impl Connection {
             Output::CopyIn(copy) => {
                 let columns = copy.columns.len();
                 // The copy runs under its own interrupt, armed now.
-                let copy_interrupt =
-                    Interrupt::arm(client, session.statement_timeout(), &self.shared.shutdown)
-                        .await;
+                let copy_interrupt = self.interrupt(client, session.statement_timeout()).await;
                 self.put_copy_in(start_copy_in(&self.shared, copy, copy_interrupt));
                 Response::CopyIn(CopyResponse::new(0, columns, futures::stream::empty()))
             }
@@ -658,7 +655,7 @@ impl ExtendedQueryHandler for Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let timeout = self.timeout().await?;
-        let mut interrupt = Interrupt::arm(client, timeout, &self.shared.shutdown).await;
+        let mut interrupt = self.interrupt(client, timeout).await;
         self.execute_portal(client, portal, &mut interrupt).await
     }
 }
@@ -677,7 +674,7 @@ impl Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let timeout = self.timeout().await?;
-        let mut interrupt = Interrupt::arm(client, timeout, &self.shared.shutdown).await;
+        let mut interrupt = self.interrupt(client, timeout).await;
         let state = portal.state();
         let mut state = state.lock().await;
         let result = match &mut *state {

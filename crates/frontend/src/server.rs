@@ -154,12 +154,16 @@ async fn drive(
     admitted: bool,
 ) -> std::io::Result<()> {
     tcp.set_nodelay(true)?;
+    // A duplicate handle that statements use to notice a hung-up client.
+    let std_socket = tcp.into_std()?;
+    let probe = std_socket.try_clone().ok();
+    let tcp = TcpStream::from_std(std_socket)?;
     let io = LimitedIo::new(tcp, shared.config.max_message_bytes);
     let mut socket = Framed::new(
         io,
         PgWireMessageServerCodec::new(DefaultClient::new(peer, false)),
     );
-    let connection = Arc::new(Connection::new(shared.clone()));
+    let connection = Arc::new(Connection::new(shared.clone(), probe));
     let startup = Arc::new(Startup::new(connection.clone()));
     let cancel_handler = Arc::new(DefaultCancelHandler::new(shared.cancels.clone()));
     let startup_deadline = tokio::time::sleep(STARTUP_TIMEOUT);

@@ -35,7 +35,7 @@ use crate::types::{arrow_schema, SqlType};
 pub const CATALOG_NAME: &str = "sluice";
 pub const DEFAULT_SCHEMA: &str = "public";
 /// Name of the hidden column that carries a row's storage key through the
-/// input plan of UPDATE and DELETE (see [`SessionCatalog::expose_keys_of`]).
+/// input plan of UPDATE and DELETE (see [`SessionCatalog::dml_target`]).
 pub const KEY_COLUMN: &str = "__sluice_key";
 /// Name of the hidden row id of tables without a primary key.
 pub const ROWID_COLUMN: &str = "__sluice_rowid";
@@ -241,15 +241,19 @@ impl TableDef {
         )
     }
 
-    /// The schema with the hidden key column appended (UPDATE/DELETE input).
-    pub fn arrow_schema_with_key(&self) -> SchemaRef {
+    /// The schema DML statements are planned against: every column
+    /// nullable (the executor checks NOT NULL and names the column as
+    /// PostgreSQL does), plus the hidden key column for UPDATE/DELETE.
+    pub fn dml_schema(&self, with_key: bool) -> SchemaRef {
         let mut fields: Vec<Field> = self
             .arrow_schema()
             .fields()
             .iter()
-            .map(|f| f.as_ref().clone())
+            .map(|f| f.as_ref().clone().with_nullable(true))
             .collect();
-        fields.push(Field::new(KEY_COLUMN, DataType::Binary, false));
+        if with_key {
+            fields.push(Field::new(KEY_COLUMN, DataType::Binary, false));
+        }
         Arc::new(Schema::new(fields))
     }
 }
@@ -383,8 +387,8 @@ pub struct SessionCatalog {
     shared: Arc<SharedCatalog>,
     defaults: Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>,
     system_schemas: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
-    /// While UPDATE/DELETE is planned, the table whose scans expose the key column.
-    key_target: Mutex<Option<u64>>,
+    /// While DML is planned: the target table, and whether its scans expose the key column.
+    dml_target: Mutex<Option<DmlTarget>>,
 }
 
 impl fmt::Debug for SessionCatalog {
@@ -402,32 +406,42 @@ impl SessionCatalog {
             shared,
             defaults,
             system_schemas: RwLock::default(),
-            key_target: Mutex::new(None),
+            dml_target: Mutex::new(None),
         }
     }
 
-    /// Makes scans of table `id` carry [`KEY_COLUMN`] until the guard drops.
-    pub fn expose_keys_of(self: &Arc<Self>, id: u64) -> KeyTargetGuard {
-        *self.key_target.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
-        KeyTargetGuard {
+    /// Plans table `id` as the target of a DML statement until the guard
+    /// drops: all its columns read as nullable (NOT NULL is checked by the
+    /// DML executor, which names the column as PostgreSQL does), and with
+    /// `with_key` its scans carry [`KEY_COLUMN`].
+    pub fn dml_target(self: &Arc<Self>, id: u64, with_key: bool) -> DmlTargetGuard {
+        *self.dml_target.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some(DmlTarget { id, with_key });
+        DmlTargetGuard {
             catalog: self.clone(),
         }
     }
 
-    fn key_target(&self) -> Option<u64> {
-        *self.key_target.lock().unwrap_or_else(|e| e.into_inner())
+    fn current_dml_target(&self) -> Option<DmlTarget> {
+        *self.dml_target.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
-pub struct KeyTargetGuard {
+#[derive(Debug, Clone, Copy)]
+struct DmlTarget {
+    id: u64,
+    with_key: bool,
+}
+
+pub struct DmlTargetGuard {
     catalog: Arc<SessionCatalog>,
 }
 
-impl Drop for KeyTargetGuard {
+impl Drop for DmlTargetGuard {
     fn drop(&mut self) {
         *self
             .catalog
-            .key_target
+            .dml_target
             .lock()
             .unwrap_or_else(|e| e.into_inner()) = None;
     }
@@ -461,7 +475,7 @@ impl CatalogProvider for SessionCatalog {
             name: name.to_string(),
             state,
             defaults: self.defaults.clone(),
-            key_target: self.key_target(),
+            dml_target: self.current_dml_target(),
         }))
     }
 
@@ -491,7 +505,7 @@ struct SluiceSchema {
     name: String,
     state: Arc<CatalogState>,
     defaults: Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>,
-    key_target: Option<u64>,
+    dml_target: Option<DmlTarget>,
 }
 
 impl fmt::Debug for SluiceSchema {
@@ -518,13 +532,14 @@ impl SchemaProvider for SluiceSchema {
         let Some(def) = self.state.table(&self.name, name) else {
             return Ok(None);
         };
-        let with_key = self.key_target == Some(def.id);
         let defaults = (self.defaults)(def);
-        Ok(Some(Arc::new(SluiceTable::new(
-            def.clone(),
-            defaults,
-            with_key,
-        ))))
+        let table = match self.dml_target {
+            Some(target) if target.id == def.id => {
+                SluiceTable::dml_target(def.clone(), defaults, target.with_key)
+            }
+            _ => SluiceTable::new(def.clone(), defaults),
+        };
+        Ok(Some(Arc::new(table)))
     }
 
     fn table_exist(&self, name: &str) -> bool {

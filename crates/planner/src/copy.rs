@@ -21,7 +21,7 @@ use crate::catalog::TableDef;
 use crate::ddl::evaluate_constant;
 use crate::dml::{keyed_rows, lookup_table, not_null_violation, propose, quote_ident};
 use crate::session::{map_df_error, PreparedKind, Session};
-use crate::types::{value_at, SqlType};
+use crate::types::{decode_bytea, value_at, SqlType};
 
 pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<PreparedKind> {
     let ast::Statement::Copy {
@@ -349,30 +349,6 @@ fn normalize_text(text: &str, ty: SqlType) -> std::borrow::Cow<'_, str> {
         },
         _ => std::borrow::Cow::Borrowed(text),
     }
-}
-
-/// bytea input: `\x` hex, or the raw bytes of the text.
-fn decode_bytea(text: &str) -> Result<Vec<u8>> {
-    let Some(hex) = text.strip_prefix("\\x") else {
-        return Ok(text.as_bytes().to_vec());
-    };
-    let invalid = || {
-        Error::new(
-            sqlstate::INVALID_TEXT_REPRESENTATION,
-            format!("invalid hexadecimal data for bytea: \"{text}\""),
-        )
-    };
-    if hex.len() % 2 != 0 {
-        return Err(invalid());
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| {
-            hex.get(i..i + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .ok_or_else(invalid)
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -242,7 +242,7 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Dm
         _ => return Err(Error::new(sqlstate::INTERNAL_ERROR, "not a DML statement")),
     };
     let plan = {
-        let _exposed = (op != DmlOp::Insert).then(|| session.catalog.expose_keys_of(table.id));
+        let _target = session.catalog.dml_target(table.id, op != DmlOp::Insert);
         session.plan(statement).await?
     };
     if !matches!(&plan, LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(_) | WriteOp::Update | WriteOp::Delete))

@@ -30,6 +30,7 @@ mod copy;
 mod ddl;
 mod dml;
 mod functions;
+mod names;
 mod session;
 mod table;
 mod types;

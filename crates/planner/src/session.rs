@@ -128,6 +128,9 @@ fn base_config() -> SessionConfig {
     // PostgreSQL: ASC puts NULLs last, DESC first.
     options.sql_parser.default_null_ordering = "nulls_max".into();
     options.execution.time_zone = Some("+00:00".into());
+    // Scans produce one partition in key order; spreading it round-robin only
+    // costs point queries a repartition and buys nothing for small results.
+    options.optimizer.enable_round_robin_repartition = false;
     config
 }
 
@@ -369,7 +372,12 @@ impl Session {
             )])))
         };
         let (kind, result_schema) = match &statement.ast {
-            ast::Statement::Query(_) | ast::Statement::Explain { .. } => {
+            ast::Statement::Query(query) => {
+                let plan = self.plan(statement.ast.clone()).await?;
+                let schema = crate::names::postgres_column_names(query, plan.schema().as_arrow());
+                (PreparedKind::Query(plan), Some(schema))
+            }
+            ast::Statement::Explain { .. } => {
                 let plan = self.plan(statement.ast.clone()).await?;
                 let schema = Arc::new(plan.schema().as_arrow().clone());
                 (PreparedKind::Query(plan), Some(schema))
@@ -465,8 +473,13 @@ impl Session {
                 let plan = bind(plan, &prepared.param_types, params)?;
                 let snapshot = self.db.read_view().await?;
                 let stream = self.run(&plan, snapshot).await?;
+                let schema = prepared
+                    .result_schema
+                    .clone()
+                    .unwrap_or_else(|| stream.schema());
+                let stream = crate::names::with_schema(stream, schema.clone());
                 Ok(Output::Rows {
-                    schema: stream.schema(),
+                    schema,
                     stream,
                     verb: "SELECT",
                 })
@@ -707,6 +720,7 @@ pub fn parse_duration_ms(text: &str) -> Option<Duration> {
 /// inference, else text (the client may send any literal as text).
 fn parameter_types(plan: &LogicalPlan, declared: &[Option<DataType>]) -> Result<Vec<DataType>> {
     let inferred = plan.get_parameter_types().map_err(map_df_error)?;
+    let cast = cast_parameter_types(plan);
     let mut max = declared.len();
     for name in inferred.keys() {
         if let Some(n) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
@@ -720,9 +734,37 @@ fn parameter_types(plan: &LogicalPlan, declared: &[Option<DataType>]) -> Result<
                 .cloned()
                 .flatten()
                 .or_else(|| inferred.get(&format!("${n}")).cloned().flatten())
+                .or_else(|| cast.get(&format!("${n}")).cloned())
                 .unwrap_or(DataType::Utf8)
         })
         .collect())
+}
+
+/// Types of parameters that appear only under a cast (`$1::int`), which
+/// DataFusion leaves uninferred but PostgreSQL types by the cast.
+fn cast_parameter_types(plan: &LogicalPlan) -> HashMap<String, DataType> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = HashMap::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                let cast = match e {
+                    Expr::Cast(c) => Some((&c.expr, &c.field)),
+                    Expr::TryCast(c) => Some((&c.expr, &c.field)),
+                    _ => None,
+                };
+                if let Some((inner, field)) = cast {
+                    if let Expr::Placeholder(p) = inner.as_ref() {
+                        found
+                            .entry(p.id.clone())
+                            .or_insert_with(|| field.data_type().clone());
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
 }
 
 /// Substitutes parameter values, cast to the types the plan expects.
@@ -848,6 +890,14 @@ fn message_code(message: &str) -> Option<&'static str> {
     let lower = message.to_ascii_lowercase();
     if lower.contains("divide by zero") || lower.contains("division by zero") {
         Some(sqlstate::DIVISION_BY_ZERO)
+    } else if let Some(text) = uncastable_string(message) {
+        // A well-formed number that does not fit the type is out of range;
+        // anything else is not a number at all.
+        if text.trim().parse::<f64>().is_ok() {
+            Some(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE)
+        } else {
+            Some(sqlstate::INVALID_TEXT_REPRESENTATION)
+        }
     } else if lower.contains("overflow")
         || lower.contains("too large to store")
         || lower.contains("out of range")
@@ -856,14 +906,18 @@ fn message_code(message: &str) -> Option<&'static str> {
         || lower.contains("precision")
     {
         Some(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE)
-    } else if lower.contains("cannot cast string")
-        || lower.contains("error parsing")
-        || lower.contains("invalid") && lower.contains("cast")
+    } else if lower.contains("error parsing") || lower.contains("invalid") && lower.contains("cast")
     {
         Some(sqlstate::INVALID_TEXT_REPRESENTATION)
     } else {
         None
     }
+}
+
+/// The string in Arrow's "Cannot cast string 'X' to value of T type".
+fn uncastable_string(message: &str) -> Option<&str> {
+    let rest = &message[message.find("Cannot cast string '")? + "Cannot cast string '".len()..];
+    Some(&rest[..rest.rfind("' to value of")?])
 }
 
 /// Strips DataFusion's layer prefixes so clients see one sentence.
@@ -900,6 +954,20 @@ mod tests {
         assert_eq!(parse_duration_ms("'5s'"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration_ms("1min"), Some(Duration::from_secs(60)));
         assert_eq!(parse_duration_ms("soon"), None);
+    }
+
+    #[test]
+    fn cast_failures_distinguish_range_from_syntax() {
+        let range = "Cannot cast string '99999999999' to value of Int32 type";
+        assert_eq!(
+            message_code(range),
+            Some(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE)
+        );
+        let syntax = "Cannot cast string 'abc' to value of Int32 type";
+        assert_eq!(
+            message_code(syntax),
+            Some(sqlstate::INVALID_TEXT_REPRESENTATION)
+        );
     }
 
     #[test]

@@ -58,12 +58,19 @@ impl fmt::Debug for SluiceTable {
 }
 
 impl SluiceTable {
-    pub fn new(def: Arc<TableDef>, defaults: HashMap<String, Expr>, with_key: bool) -> Self {
-        let schema = if with_key {
-            def.arrow_schema_with_key()
-        } else {
-            def.arrow_schema()
-        };
+    pub fn new(def: Arc<TableDef>, defaults: HashMap<String, Expr>) -> Self {
+        let schema = def.arrow_schema();
+        Self {
+            def,
+            schema,
+            defaults,
+            with_key: false,
+        }
+    }
+
+    /// The table as the target of a DML statement (see `SessionCatalog::dml_target`).
+    pub fn dml_target(def: Arc<TableDef>, defaults: HashMap<String, Expr>, with_key: bool) -> Self {
+        let schema = def.dml_schema(with_key);
         Self {
             def,
             schema,

@@ -518,6 +518,55 @@ fn check_length(text: &str, limit: u32, type_name: &str) -> Result<()> {
     Ok(())
 }
 
+/// PostgreSQL's bytea input: `\\x` followed by hex digits, or the escape
+/// format where `\\\\` is a backslash and `\\nnn` an octal byte.
+pub fn decode_bytea(text: &str) -> Result<Vec<u8>> {
+    let invalid = || {
+        Error::new(
+            sqlstate::INVALID_TEXT_REPRESENTATION,
+            format!("invalid input syntax for type bytea: \"{text}\""),
+        )
+    };
+    if let Some(hex) = text.strip_prefix("\\x") {
+        let digits: Vec<u8> = hex.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+        if digits.len() % 2 != 0 {
+            return Err(invalid());
+        }
+        return digits
+            .chunks(2)
+            .map(|pair| {
+                std::str::from_utf8(pair)
+                    .ok()
+                    .and_then(|p| u8::from_str_radix(p, 16).ok())
+                    .ok_or_else(invalid)
+            })
+            .collect();
+    }
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+        } else if bytes.get(i + 1) == Some(&b'\\') {
+            out.push(b'\\');
+            i += 2;
+        } else {
+            let octal = bytes.get(i + 1..i + 4).ok_or_else(invalid)?;
+            let value = std::str::from_utf8(octal)
+                .ok()
+                .filter(|o| o.bytes().all(|b| (b'0'..=b'7').contains(&b)))
+                .and_then(|o| u16::from_str_radix(o, 8).ok())
+                .filter(|v| *v <= 0xff)
+                .ok_or_else(invalid)?;
+            out.push(value as u8);
+            i += 4;
+        }
+    }
+    Ok(out)
+}
+
 pub fn format_uuid(bytes: &[u8; 16]) -> String {
     let mut out = String::with_capacity(36);
     for (i, byte) in bytes.iter().enumerate() {
@@ -571,6 +620,20 @@ mod tests {
             parse_uuid("nope").unwrap_err().code,
             sqlstate::INVALID_TEXT_REPRESENTATION
         );
+    }
+
+    #[test]
+    fn bytea_input_accepts_hex_and_escape_formats() {
+        assert_eq!(
+            decode_bytea("\\xdeadBEEF").unwrap(),
+            [0xde, 0xad, 0xbe, 0xef]
+        );
+        assert_eq!(decode_bytea("a\\\\b\\001").unwrap(), b"a\\b\x01");
+        assert_eq!(
+            decode_bytea("\\x414").unwrap_err().code,
+            sqlstate::INVALID_TEXT_REPRESENTATION
+        );
+        assert!(decode_bytea("bad\\9").is_err());
     }
 
     #[test]

@@ -1,0 +1,172 @@
+//! PostgreSQL's names for unnamed result columns.
+//!
+//! DataFusion names `SELECT sum(x)` `sum(t.x)`; PostgreSQL names it `sum`,
+//! and `?column?` for an expression it cannot name. Drivers that look
+//! columns up by name see PostgreSQL's names. Only the reported schema
+//! changes (PostgreSQL allows duplicate output names; DataFusion plans do
+//! not), and each batch is relabelled with it as it streams.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
+use datafusion::common::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::sql::sqlparser::ast;
+use futures::StreamExt;
+
+/// The schema `query` reports under PostgreSQL's naming rules. Columns that
+/// cannot be matched to a select item (wildcards expand to several) keep
+/// DataFusion's names, which are already the column names.
+pub fn postgres_column_names(query: &ast::Query, schema: &Schema) -> SchemaRef {
+    let ast::SetExpr::Select(select) = query.body.as_ref() else {
+        return Arc::new(schema.clone());
+    };
+    if select.projection.len() != schema.fields().len() {
+        return Arc::new(schema.clone());
+    }
+    let fields: Vec<Field> = select
+        .projection
+        .iter()
+        .zip(schema.fields())
+        .map(|(item, field)| match item {
+            ast::SelectItem::UnnamedExpr(expr) => {
+                field.as_ref().clone().with_name(expression_name(expr))
+            }
+            _ => field.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// PostgreSQL's FigureColname: columns by their name, functions by theirs,
+/// casts by their operand (or type), everything else `?column?`.
+fn expression_name(expr: &ast::Expr) -> String {
+    match expr {
+        ast::Expr::Identifier(ident) => normalize(ident),
+        ast::Expr::CompoundIdentifier(parts) => parts.last().map(normalize).unwrap_or_else(unknown),
+        ast::Expr::Function(function) => function
+            .name
+            .0
+            .last()
+            .and_then(|part| part.as_ident())
+            .map(normalize)
+            .unwrap_or_else(unknown),
+        ast::Expr::Cast {
+            expr, data_type, ..
+        } => match expression_name(expr).as_str() {
+            "?column?" => type_name(data_type),
+            name => name.to_string(),
+        },
+        ast::Expr::Nested(inner) => expression_name(inner),
+        ast::Expr::Case { .. } => "case".into(),
+        ast::Expr::Exists { .. } => "exists".into(),
+        ast::Expr::Subquery(query) => match query.body.as_ref() {
+            ast::SetExpr::Select(select) => match select.projection.as_slice() {
+                [ast::SelectItem::UnnamedExpr(inner)] => expression_name(inner),
+                [ast::SelectItem::ExprWithAlias { alias, .. }] => normalize(alias),
+                _ => unknown(),
+            },
+            _ => unknown(),
+        },
+        _ => unknown(),
+    }
+}
+
+fn type_name(data_type: &ast::DataType) -> String {
+    use ast::DataType as D;
+    match data_type {
+        D::Int(_) | D::Integer(_) | D::Int4(_) => "int4".into(),
+        D::BigInt(_) | D::Int8(_) => "int8".into(),
+        D::SmallInt(_) | D::Int2(_) => "int2".into(),
+        D::Text => "text".into(),
+        D::Boolean | D::Bool => "bool".into(),
+        D::Real | D::Float4 => "float4".into(),
+        D::DoublePrecision | D::Float8 => "float8".into(),
+        D::Numeric(_) | D::Decimal(_) => "numeric".into(),
+        D::Varchar(_) | D::CharacterVarying(_) => "varchar".into(),
+        D::Date => "date".into(),
+        D::Timestamp(_, ast::TimezoneInfo::WithTimeZone | ast::TimezoneInfo::Tz) => {
+            "timestamptz".into()
+        }
+        D::Timestamp(..) => "timestamp".into(),
+        other => other.to_string().to_lowercase(),
+    }
+}
+
+fn normalize(ident: &ast::Ident) -> String {
+    if ident.quote_style.is_some() {
+        ident.value.clone()
+    } else {
+        ident.value.to_lowercase()
+    }
+}
+
+fn unknown() -> String {
+    "?column?".into()
+}
+
+/// Relabels every batch of `stream` with `schema` (same types, new names).
+pub fn with_schema(
+    stream: SendableRecordBatchStream,
+    schema: SchemaRef,
+) -> SendableRecordBatchStream {
+    if stream
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name())
+        .eq(schema.fields().iter().map(|f| f.name()))
+    {
+        return stream;
+    }
+    let target = schema.clone();
+    let relabelled = stream.map(move |batch| {
+        let batch = batch?;
+        let options = RecordBatchOptions::new().with_row_count(Some(batch.num_rows()));
+        RecordBatch::try_new_with_options(target.clone(), batch.columns().to_vec(), &options)
+            .map_err(|e| DataFusionError::ArrowError(Box::new(e), None))
+    });
+    Box::pin(RecordBatchStreamAdapter::new(schema, relabelled))
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    use super::*;
+
+    fn names(sql: &str) -> Vec<String> {
+        let statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        let ast::Statement::Query(query) = statement else {
+            panic!("not a query")
+        };
+        let ast::SetExpr::Select(select) = query.body.as_ref() else {
+            panic!("not a select")
+        };
+        select
+            .projection
+            .iter()
+            .map(|item| match item {
+                ast::SelectItem::UnnamedExpr(expr) => expression_name(expr),
+                other => other.to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unnamed_columns_are_named_as_postgres_names_them() {
+        assert_eq!(
+            names("SELECT owner, sum(balance), count(*), a + b, t.id, '1'::int, x::text, CASE WHEN true THEN 1 END FROM t"),
+            ["owner", "sum", "count", "?column?", "id", "int4", "x", "case"]
+        );
+        assert_eq!(
+            names("SELECT \"Mixed\", (SELECT max(y) FROM u)"),
+            ["Mixed", "max"]
+        );
+    }
+}
