@@ -491,6 +491,14 @@ impl CatalogProvider for SessionCatalog {
                 "schema {name} must be created with CREATE SCHEMA"
             )));
         }
+        let schema: Arc<dyn SchemaProvider> = if name == "pg_catalog" {
+            Arc::new(crate::pg_overlay::PgCatalogOverlay::new(
+                schema,
+                self.shared.clone(),
+            ))
+        } else {
+            schema
+        };
         Ok(self
             .system_schemas
             .write()

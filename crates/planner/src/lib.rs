@@ -31,6 +31,7 @@ mod ddl;
 mod dml;
 mod functions;
 mod names;
+mod pg_overlay;
 mod session;
 mod table;
 mod types;
