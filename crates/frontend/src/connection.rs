@@ -19,13 +19,15 @@ use pgwire::api::auth::{
     finish_authentication, protocol_negotiation, save_startup_parameters_to_metadata, AuthSource,
     LoginInfo, Password, ServerParameterProvider, StartupHandler,
 };
-use pgwire::api::{ClientInfo, ConnectionGuard, ConnectionHandle, PidSecretKeyGenerator};
+use pgwire::api::{
+    ClientInfo, ConnectionGuard, ConnectionHandle, PidSecretKeyGenerator, METADATA_USER,
+};
 use pgwire::error::{PgWireError, PgWireResult};
 use pgwire::messages::{PgWireBackendMessage, PgWireFrontendMessage};
-use sluice_planner::Session;
+use sluice_planner::{Error, Session};
 
 use crate::copy::CopyInState;
-use crate::error::{internal, normalize, sqlstate_class};
+use crate::error::{fatal, internal, normalize, sqlstate_class};
 use crate::interrupt::Interrupt;
 use crate::query::Parser;
 use crate::server::{ScramSecret, Shared};
@@ -178,7 +180,21 @@ impl StartupHandler for Startup {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         if let Some(sasl) = &self.sasl {
-            return sasl.on_startup(client, message).await;
+            return match sasl.on_startup(client, message).await {
+                // pgwire names the SCRAM username, which libpq leaves empty.
+                Err(PgWireError::InvalidPassword(_)) => {
+                    let user = client
+                        .metadata()
+                        .get(METADATA_USER)
+                        .cloned()
+                        .unwrap_or_default();
+                    Err(fatal(Error::new(
+                        INVALID_PASSWORD,
+                        format!("password authentication failed for user \"{user}\""),
+                    )))
+                }
+                other => other,
+            };
         }
         let PgWireFrontendMessage::Startup(startup) = message else {
             return Ok(());
@@ -199,12 +215,23 @@ impl StartupHandler for Startup {
     }
 }
 
+/// `invalid_password`.
+const INVALID_PASSWORD: &str = "28P01";
+
 /// The one configured user; any other name fails the SCRAM exchange the
 /// same way a wrong password does, so names cannot be probed.
-#[derive(Debug)]
 struct SingleUser {
     user: String,
     secret: Password,
+}
+
+/// pgwire wants `Debug`; the salted password stays out of logs.
+impl Debug for SingleUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SingleUser")
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
 }
 
 #[async_trait]

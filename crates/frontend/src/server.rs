@@ -48,7 +48,6 @@ pub(crate) struct Shared {
     pub(crate) scram: Option<ScramSecret>,
 }
 
-#[derive(Debug)]
 pub(crate) struct ScramSecret {
     pub(crate) user: String,
     pub(crate) salt: Vec<u8>,
