@@ -1026,6 +1026,34 @@ async fn set_show_and_statement_timeout() {
     );
 }
 
+/// A query that computes for a long time inside one batch of a join, over a Sluice table, is still
+/// interrupted by statement_timeout on time, and the session carries on.
+#[tokio::test]
+async fn cpu_bound_join_is_interrupted_by_statement_timeout() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    batch(
+        &client,
+        "CREATE TABLE big (id bigint PRIMARY KEY, v bigint); \
+         INSERT INTO big SELECT value, value % 97 FROM generate_series(1, 20000)",
+    )
+    .await;
+    batch(&client, "SET statement_timeout = '300ms'").await;
+    let started = std::time::Instant::now();
+    expect_sqlstate(
+        client
+            .simple_query("SELECT count(*) FROM big a, big b WHERE a.v + b.v = 7")
+            .await,
+        "57014",
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the timeout fired only after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(simple_rows(&client, "SELECT 1").await, vec![vec![s("1")]]);
+}
+
 /// Interactive transactions are not implemented yet: BEGIN must say so with 0A000 rather than
 /// pretend, and the session must carry on in autocommit.
 ///

@@ -12,11 +12,13 @@ use datafusion::common::{DFSchema, DataFusionError, ParamValues, ScalarValue};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::stream::RecordBatchReceiverStream;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::StreamExt;
 use sluice_engine::Snapshot;
 use sluice_raftstore::RaftNode;
 
@@ -551,7 +553,22 @@ impl Session {
         let mut config = state.config().clone();
         config.set_extension(Arc::new(ReadView { snapshot }));
         let task = TaskContext::from(&state).with_session_config(config);
-        execute_stream(physical, Arc::new(task)).map_err(map_df_error)
+        let mut stream = execute_stream(physical, Arc::new(task)).map_err(map_df_error)?;
+        // The plan runs in a task of its own: one batch of a join can compute
+        // for seconds without yielding, and the connection's task must stay
+        // free to answer a cancel or statement_timeout on time. Dropping the
+        // returned stream aborts the task.
+        let mut builder = RecordBatchReceiverStream::builder(stream.schema(), 2);
+        let tx = builder.tx();
+        builder.spawn(async move {
+            while let Some(batch) = stream.next().await {
+                if tx.send(batch).await.is_err() {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        Ok(builder.build())
     }
 
     /// COPY FROM STDIN data rows: see [`copy::insert_rows`].

@@ -25,7 +25,8 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::coop::make_cooperative;
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
@@ -331,12 +332,15 @@ impl SluiceScanExec {
         limit: Option<usize>,
         batch_size: usize,
     ) -> Self {
-        let properties = Arc::new(PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(1),
-            EmissionType::Incremental,
-            Boundedness::Bounded,
-        ));
+        let properties = Arc::new(
+            PlanProperties::new(
+                EquivalenceProperties::new(schema.clone()),
+                Partitioning::UnknownPartitioning(1),
+                EmissionType::Incremental,
+                Boundedness::Bounded,
+            )
+            .with_scheduling_type(SchedulingType::Cooperative),
+        );
         Self {
             def,
             schema,
@@ -425,7 +429,12 @@ impl ExecutionPlan for SluiceScanExec {
         let stream = futures::stream::poll_fn(move |_cx| {
             std::task::Poll::Ready(reader.next_batch().transpose())
         });
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
+        // Reading never waits, so without tokio's budget a CPU-bound plan over
+        // this scan would never yield: cancel, statement_timeout and shutdown
+        // could not interrupt it.
+        Ok(make_cooperative(Box::pin(RecordBatchStreamAdapter::new(
+            schema, stream,
+        ))))
     }
 }
 
