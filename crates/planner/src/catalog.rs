@@ -274,6 +274,9 @@ fn render_value(value: &Value) -> String {
     }
 }
 
+/// Compiles a table's DEFAULT expressions (provided by the session layer).
+pub type DefaultsFn = Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>;
+
 /// One consistent, immutable view of the catalog.
 #[derive(Debug, Default)]
 pub struct CatalogState {
@@ -385,7 +388,7 @@ impl SharedCatalog {
 /// per-session system schemas (pg_catalog, information_schema).
 pub struct SessionCatalog {
     shared: Arc<SharedCatalog>,
-    defaults: Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>,
+    defaults: DefaultsFn,
     system_schemas: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
     /// While DML is planned: the target table, and whether its scans expose the key column.
     dml_target: Mutex<Option<DmlTarget>>,
@@ -398,10 +401,7 @@ impl fmt::Debug for SessionCatalog {
 }
 
 impl SessionCatalog {
-    pub fn new(
-        shared: Arc<SharedCatalog>,
-        defaults: Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>,
-    ) -> Self {
+    pub fn new(shared: Arc<SharedCatalog>, defaults: DefaultsFn) -> Self {
         Self {
             shared,
             defaults,
@@ -512,7 +512,7 @@ impl CatalogProvider for SessionCatalog {
 struct SluiceSchema {
     name: String,
     state: Arc<CatalogState>,
-    defaults: Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>,
+    defaults: DefaultsFn,
     dml_target: Option<DmlTarget>,
 }
 

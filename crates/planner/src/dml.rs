@@ -68,7 +68,7 @@ pub enum OnConflict {
     DoNothing,
     DoUpdate {
         assignments: Vec<ast::Assignment>,
-        selection: Option<ast::Expr>,
+        selection: Option<Box<ast::Expr>>,
     },
 }
 
@@ -186,7 +186,7 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Dm
                             }
                             OnConflict::DoUpdate {
                                 assignments: update.assignments,
-                                selection: update.selection,
+                                selection: update.selection.map(Box::new),
                             }
                         }
                     }
@@ -546,7 +546,7 @@ async fn insert(
                 keyed,
                 values,
                 assignments,
-                selection.as_ref(),
+                selection.as_deref(),
                 snapshot,
             )
             .await

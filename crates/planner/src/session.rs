@@ -30,6 +30,9 @@ use crate::{copy, ddl, dml};
 /// The version clients see; drivers parse the leading number.
 pub const SERVER_VERSION: &str = "15.8 (Sluice 0.1.0)";
 
+/// Compiled DEFAULT expressions per table id, with the definition they were compiled from.
+type DefaultsCache = HashMap<u64, (Arc<TableDef>, HashMap<String, Expr>)>;
+
 /// State shared by every session of a node.
 pub struct Database {
     raft: Arc<RaftNode>,
@@ -37,7 +40,7 @@ pub struct Database {
     parser: PostgresCompatibilityParser,
     /// Evaluates DEFAULT expressions; kept apart from sessions' settings.
     expr_context: SessionContext,
-    defaults: Mutex<HashMap<u64, (Arc<TableDef>, HashMap<String, Expr>)>>,
+    defaults: Mutex<DefaultsCache>,
     pub(crate) rowids: dml::RowIdGenerator,
 }
 
@@ -167,7 +170,7 @@ impl fmt::Debug for Prepared {
 
 pub(crate) enum PreparedKind {
     Query(LogicalPlan),
-    Dml(dml::DmlPlan),
+    Dml(Box<dml::DmlPlan>),
     Ddl,
     Set {
         name: String,
@@ -387,7 +390,7 @@ impl Session {
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
                 let plan = dml::prepare(self, &statement.ast).await?;
                 let schema = plan.returning_schema();
-                (PreparedKind::Dml(plan), schema)
+                (PreparedKind::Dml(Box::new(plan)), schema)
             }
             ast::Statement::CreateTable(_)
             | ast::Statement::CreateSchema { .. }
@@ -586,13 +589,13 @@ impl Session {
             None => default_settings().get(name).cloned().unwrap_or_default(),
         };
         match name {
-            "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout" => {
-                if parse_duration_ms(&value).is_none() {
-                    return Err(Error::new(
-                        sqlstate::INVALID_PARAMETER_VALUE,
-                        format!("invalid value for parameter \"{name}\": \"{value}\""),
-                    ));
-                }
+            "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout"
+                if parse_duration_ms(&value).is_none() =>
+            {
+                return Err(Error::new(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for parameter \"{name}\": \"{value}\""),
+                ));
             }
             "TimeZone"
                 if !matches!(
@@ -866,7 +869,12 @@ pub fn map_df_error(error: DataFusionError) -> Error {
         DataFusionError::Execution(m) => message_code(m).unwrap_or(sqlstate::DATA_EXCEPTION),
         _ => message_code(&message).unwrap_or(sqlstate::INTERNAL_ERROR),
     };
-    Error::new(code, clean_message(&message))
+    let message = match code {
+        // PostgreSQL's wording; DataFusion says "Divide by zero error".
+        sqlstate::DIVISION_BY_ZERO => "division by zero".to_string(),
+        _ => clean_message(&message),
+    };
+    Error::new(code, message)
 }
 
 fn arrow_error_code(error: &datafusion::arrow::error::ArrowError, message: &str) -> &'static str {
@@ -984,6 +992,19 @@ mod tests {
         assert_eq!(
             message_code(syntax),
             Some(sqlstate::INVALID_TEXT_REPRESENTATION)
+        );
+    }
+
+    #[test]
+    fn division_by_zero_reads_as_in_postgres() {
+        let error = DataFusionError::ArrowError(
+            Box::new(datafusion::arrow::error::ArrowError::DivideByZero),
+            None,
+        );
+        let mapped = map_df_error(error);
+        assert_eq!(
+            (mapped.code, mapped.message.as_str()),
+            (sqlstate::DIVISION_BY_ZERO, "division by zero")
         );
     }
 

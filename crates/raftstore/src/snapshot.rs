@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sluice_engine::{Error as EngineError, KeyRange, Keyspace, Snapshot};
+use sluice_engine::{Error as EngineError, KeyRange, Keyspace, KvPair, Snapshot};
 
 use crate::types::{decode, encode, SnapshotMeta};
 
@@ -260,7 +260,7 @@ impl SnapshotReader {
 
     /// The next pair, or `None` after the end record once the pair count and
     /// the CRC have been checked.
-    pub(crate) fn next_pair(&mut self) -> Result<Option<(Vec<u8>, Vec<u8>)>, EngineError> {
+    pub(crate) fn next_pair(&mut self) -> Result<Option<KvPair>, EngineError> {
         if self.finished {
             return Ok(None);
         }
