@@ -185,12 +185,12 @@ impl TableDef {
             )
         })?;
         for column in &self.columns[values.len()..] {
-            values.push(self.missing_value(column, kinds)?);
+            values.push(self.missing_value(column)?);
         }
         Ok(values)
     }
 
-    fn missing_value(&self, column: &ColumnDef, _kinds: &[ValueKind]) -> Result<Value> {
+    fn missing_value(&self, column: &ColumnDef) -> Result<Value> {
         match &column.missing_value {
             None => Ok(Value::Null),
             Some(bytes) => row::decode_row(bytes, &[column.ty.value_kind()])

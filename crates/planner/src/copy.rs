@@ -104,7 +104,6 @@ fn copy_options(
     legacy: &[ast::CopyLegacyOption],
 ) -> Result<CopyOptions> {
     let mut out = CopyOptions::text();
-    let mut format_set = false;
     let ascii = |c: char, what: &str| -> Result<u8> {
         u8::try_from(c).ok().filter(u8::is_ascii).ok_or_else(|| {
             Error::new(
@@ -146,16 +145,13 @@ fn copy_options(
                     ))
                 }
             }
-            format_set = true;
         }
     }
     for option in legacy {
         if let ast::CopyLegacyOption::Csv(_) = option {
             set_format(&mut out, true);
-            format_set = true;
         }
     }
-    let _ = format_set;
     for option in options {
         match option {
             ast::CopyOption::Format(_) => {}
