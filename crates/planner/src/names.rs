@@ -16,10 +16,14 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::sql::sqlparser::ast;
 use futures::StreamExt;
 
-/// The schema `query` reports under PostgreSQL's naming rules. Columns that
-/// cannot be matched to a select item (wildcards expand to several) keep
-/// DataFusion's names, which are already the column names.
-pub fn postgres_column_names(query: &ast::Query, schema: &Schema) -> SchemaRef {
+/// The schema `statement` reports under PostgreSQL's naming rules. Only a
+/// plain SELECT is renamed; columns that cannot be matched to a select item
+/// (wildcards expand to several) keep DataFusion's names, which are already
+/// the column names.
+pub fn postgres_column_names(statement: &ast::Statement, schema: &Schema) -> SchemaRef {
+    let ast::Statement::Query(query) = statement else {
+        return Arc::new(schema.clone());
+    };
     let ast::SetExpr::Select(select) = query.body.as_ref() else {
         return Arc::new(schema.clone());
     };

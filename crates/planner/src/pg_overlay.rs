@@ -74,19 +74,21 @@ impl PgCatalogOverlay {
     }
 
     async fn attribute_view(&self) -> Result<Option<Arc<dyn TableProvider>>> {
-        let (Some(attribute), Some(class), Some(namespace)) = (
-            self.inner.table("pg_attribute").await?,
+        let Some(attribute) = self.inner.table("pg_attribute").await? else {
+            return Ok(None);
+        };
+        let (Some(class), Some(namespace)) = (
             self.inner.table("pg_class").await?,
             self.inner.table("pg_namespace").await?,
         ) else {
-            return self.inner.table("pg_attribute").await;
+            return Ok(Some(attribute));
         };
         let declared = self.declared_types()?;
         let declared = MemTable::try_new(declared.schema(), vec![vec![declared]])?;
         let scan = |name: &str, table: Arc<dyn TableProvider>| {
             LogicalPlanBuilder::scan(name, provider_as_source(table), None)?.build()
         };
-        let plan = LogicalPlanBuilder::scan("a", provider_as_source(attribute.clone()), None)?
+        let plan = LogicalPlanBuilder::from(scan("a", attribute.clone())?)
             .join(
                 scan("c", class)?,
                 JoinType::Left,

@@ -377,14 +377,10 @@ impl Session {
             )])))
         };
         let (kind, result_schema) = match &statement.ast {
-            ast::Statement::Query(query) => {
+            ast::Statement::Query(_) | ast::Statement::Explain { .. } => {
                 let plan = self.plan(statement.ast.clone()).await?;
-                let schema = crate::names::postgres_column_names(query, plan.schema().as_arrow());
-                (PreparedKind::Query(plan), Some(schema))
-            }
-            ast::Statement::Explain { .. } => {
-                let plan = self.plan(statement.ast.clone()).await?;
-                let schema = Arc::new(plan.schema().as_arrow().clone());
+                let schema =
+                    crate::names::postgres_column_names(&statement.ast, plan.schema().as_arrow());
                 (PreparedKind::Query(plan), Some(schema))
             }
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
