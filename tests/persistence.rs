@@ -10,14 +10,7 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use common::{describe, simple_rows, TestServer};
-
-async fn batch(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
-}
+use common::{batch, describe, simple_rows, TestServer};
 
 /// The payload stored for row `id`: varied lengths and content, so the checksum sees bytes.
 fn payload(id: i64) -> String {

@@ -12,19 +12,12 @@ use rust_decimal::Decimal;
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use common::{describe, expect_sqlstate, simple_counts, simple_rows, TestServer};
+use common::{batch, describe, expect_sqlstate, simple_counts, simple_rows, TestServer};
 
 type BoxError = Box<dyn Error + Sync + Send>;
 
 fn s(v: &str) -> Option<String> {
     Some(v.to_string())
-}
-
-async fn batch(client: &Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
 }
 
 const CREATE_ACCOUNTS: &str = "CREATE TABLE accounts (id bigint PRIMARY KEY, owner text NOT NULL, \
@@ -1173,5 +1166,54 @@ async fn begin_is_rejected_clearly() {
             .unwrap()
             .get::<_, i32>(0),
         2
+    );
+}
+
+/// Subqueries correlated by inequality, which DataFusion cannot turn into joins, run once per
+/// outer row (SluiceApply), in the select list, in WHERE and in ORDER BY positions; select items
+/// that DataFusion would name alike (`a, a`, two subqueries) are all returned.
+#[tokio::test]
+async fn correlated_subqueries_and_repeated_select_items() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    batch(
+        &client,
+        "CREATE TABLE t1 (a int, b int, c int);
+         INSERT INTO t1 VALUES (1, 10, 7), (2, 20, 5), (3, NULL, 9), (4, 30, 1);",
+    )
+    .await;
+    let rows = simple_rows(
+        &client,
+        "SELECT a, a, (SELECT count(*) FROM t1 AS x WHERE x.b < t1.b),
+                (SELECT count(*) FROM t1 AS x WHERE x.c > t1.c),
+                EXISTS (SELECT 1 FROM t1 AS x WHERE x.b > t1.b)
+           FROM t1 ORDER BY 1",
+    )
+    .await;
+    let expected: Vec<Vec<Option<String>>> = [
+        ["1", "1", "0", "1", "t"],
+        ["2", "2", "1", "2", "t"],
+        ["3", "3", "0", "0", "f"],
+        ["4", "4", "2", "3", "f"],
+    ]
+    .iter()
+    .map(|row| row.iter().map(|v| Some(v.to_string())).collect())
+    .collect();
+    assert_eq!(rows, expected);
+    let rows = simple_rows(
+        &client,
+        "SELECT a FROM t1 WHERE (SELECT count(*) FROM t1 AS x WHERE x.b < t1.b) >= 1
+            AND NOT EXISTS (SELECT 1 FROM t1 AS x WHERE x.c < t1.c - 3) ORDER BY a",
+    )
+    .await;
+    assert_eq!(rows, vec![vec![Some("4".to_string())]]);
+    let plan = simple_rows(
+        &client,
+        "EXPLAIN SELECT (SELECT count(*) FROM t1 AS x WHERE x.b < t1.b) FROM t1",
+    )
+    .await;
+    assert!(
+        format!("{plan:?}").contains("SluiceApply"),
+        "plan without the apply operator: {plan:?}"
     );
 }

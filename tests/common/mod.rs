@@ -315,6 +315,14 @@ pub fn expect_sqlstate<T: std::fmt::Debug>(result: Result<T, tokio_postgres::Err
     }
 }
 
+/// Runs statements that must succeed, naming the SQL and SQLSTATE if they do not.
+pub async fn batch(client: &Client, sql: &str) {
+    client
+        .batch_execute(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {}", describe(&e)));
+}
+
 /// The command-complete row counts of a simple-protocol batch, in order.
 pub async fn simple_counts(client: &Client, sql: &str) -> Vec<u64> {
     client

@@ -10,6 +10,7 @@
 //! | `0x01 'n'` | next table id (u64) |
 //! | `0x01 'v'` | catalog version (u64), bumped by every DDL |
 //! | `0x02 <table id u64> <primary key>` | the row ([`sluice_engine::row`]) |
+//! | `0x03 <index id u64> <values> <key suffix>` | an index entry ([`crate::index`]) |
 //!
 //! The primary key is encoded with [`sluice_engine::keycode`]; a table
 //! without a declared primary key uses a hidden `bigint` row id. Every DDL
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use sluice_engine::{keycode, row, KeyRange, Keyspace, Snapshot, Value, ValueKind};
 
 use crate::api::{sqlstate, Error, Result};
+use crate::index::IndexDef;
 use crate::table::SluiceTable;
 use crate::types::{arrow_schema, SqlType};
 
@@ -121,6 +123,11 @@ pub struct TableDef {
     pub columns: Vec<ColumnDef>,
     /// Column indexes of the primary key, in key order. Empty: hidden row id.
     pub primary_key: Vec<usize>,
+    /// Secondary indexes ([`crate::index`]). Omitted from the stored JSON
+    /// when empty, so definitions written before indexes existed keep
+    /// their exact bytes (statements `Check` them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub indexes: Vec<IndexDef>,
 }
 
 impl TableDef {
@@ -138,6 +145,10 @@ impl TableDef {
 
     pub fn has_primary_key(&self) -> bool {
         !self.primary_key.is_empty()
+    }
+
+    pub fn index(&self, name: &str) -> Option<&IndexDef> {
+        self.indexes.iter().find(|i| i.name == name)
     }
 
     pub fn column_index(&self, name: &str) -> Option<usize> {

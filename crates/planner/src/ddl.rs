@@ -11,7 +11,7 @@ use datafusion::common::DFSchema;
 use datafusion::logical_expr::{ExprSchemable, LogicalPlanBuilder};
 use datafusion::sql::sqlparser::ast;
 use futures::StreamExt;
-use sluice_engine::{row, KeyRange, Value};
+use sluice_engine::{row, KeyRange, Snapshot, Value};
 use sluice_raftstore::{Command, Mutation};
 
 use crate::api::{sqlstate, CommandTag, Error, Output, Result};
@@ -20,19 +20,17 @@ use crate::catalog::{
     ColumnDef, SchemaDef, TableDef, KEY_COLUMN, ROWID_COLUMN, SYSTEM_SCHEMAS,
 };
 use crate::dml::{raft_error, resolve_name};
+use crate::index::{self, IndexColumn, IndexDef, IndexState};
 use crate::session::{map_df_error, Session};
 use crate::types::{value_at, SqlType};
 
 pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Result<Output> {
+    if let ast::Statement::CreateIndex(create) = statement {
+        return create_index(session, create).await;
+    }
     let snapshot = session.db.read_view().await?;
     let catalog = session.db.catalog.current();
-    let (version, version_bytes) = read_counter(snapshot.as_ref(), &version_key())?;
-    let mut change = CatalogChange {
-        mutations: vec![Mutation::Check {
-            key: version_key(),
-            expected: version_bytes,
-        }],
-    };
+    let mut change = CatalogChange::begin(snapshot.as_ref())?;
     let tag = match statement {
         ast::Statement::CreateSchema {
             schema_name,
@@ -65,14 +63,7 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
             let Some(def) = def else {
                 return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
             };
-            let (next_id, next_bytes) = read_counter(snapshot.as_ref(), &next_table_id_key())?;
-            // Ids start at 1 and are never reused, even after DROP TABLE.
-            let id = next_id.max(1);
-            change.mutations.push(Mutation::Check {
-                key: next_table_id_key(),
-                expected: next_bytes,
-            });
-            change.put(next_table_id_key(), (id + 1).to_be_bytes().to_vec());
+            let id = change.allocate_id(snapshot.as_ref())?;
             let def = TableDef { id, ..def };
             change.put(table_key(id), encode_json(&def));
             "CREATE TABLE"
@@ -125,6 +116,43 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
                 }
                 "DROP SCHEMA"
             }
+            ast::ObjectType::Index => {
+                let mut changed: Vec<TableDef> = Vec::new();
+                for name in names {
+                    let (schema, index_name) = resolve_name(name)?;
+                    let owner = changed
+                        .iter()
+                        .position(|t| t.schema == schema && t.index(&index_name).is_some());
+                    let mut table = match owner {
+                        Some(i) => changed.remove(i),
+                        None => match catalog
+                            .tables_in(&schema)
+                            .find(|t| t.index(&index_name).is_some())
+                        {
+                            Some(table) => table.as_ref().clone(),
+                            None if *if_exists => continue,
+                            None => {
+                                return Err(Error::new(
+                                    sqlstate::UNDEFINED_OBJECT,
+                                    format!("index \"{index_name}\" does not exist"),
+                                ))
+                            }
+                        },
+                    };
+                    let position = table
+                        .indexes
+                        .iter()
+                        .position(|i| i.name == index_name)
+                        .expect("the index was found on this table");
+                    let dropped = table.indexes.remove(position);
+                    change.mutations.push(index::delete_all(dropped.id));
+                    changed.push(table);
+                }
+                for table in changed {
+                    change.put(table_key(table.id), encode_json(&table));
+                }
+                "DROP INDEX"
+            }
             other => {
                 return Err(Error::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
@@ -139,6 +167,7 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
                         let range = def.rows_range();
                         let (start, end) = range_bounds(&range);
                         change.mutations.push(Mutation::DeleteRange { start, end });
+                        change.mutations.extend(index::drop_entries(&def));
                     }
                     None => return Err(undefined_table(&target.name)),
                 }
@@ -167,33 +196,65 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
             ))
         }
     };
-    change.put(version_key(), (version + 1).to_be_bytes().to_vec());
-    session
-        .db
-        .raft()
-        .propose(Command {
-            mutations: change.mutations,
-        })
-        .await
-        .map_err(|e| match e {
-            sluice_raftstore::Error::Apply(sluice_raftstore::ApplyError::Conflict { .. }) => {
-                Error::new(
-                    sqlstate::SERIALIZATION_FAILURE,
-                    "could not serialize DDL: the catalog was changed concurrently; retry",
-                )
-            }
-            other => raft_error(other),
-        })?;
-    // Load the new catalog now so this session's next statement sees it.
-    session.db.read_view().await?;
+    change.commit(session).await?;
     Ok(Output::Command(CommandTag::new(tag)))
 }
 
+/// One DDL command: the catalog version it was planned against, checked
+/// and bumped, and the writes it makes.
 struct CatalogChange {
+    version: u64,
     mutations: Vec<Mutation>,
 }
 
 impl CatalogChange {
+    fn begin(snapshot: &dyn Snapshot) -> Result<CatalogChange> {
+        let (version, version_bytes) = read_counter(snapshot, &version_key())?;
+        Ok(CatalogChange {
+            version,
+            mutations: vec![Mutation::Check {
+                key: version_key(),
+                expected: version_bytes,
+            }],
+        })
+    }
+
+    async fn commit(mut self, session: &Session) -> Result<()> {
+        self.put(version_key(), (self.version + 1).to_be_bytes().to_vec());
+        session
+            .db
+            .raft()
+            .propose(Command {
+                mutations: self.mutations,
+            })
+            .await
+            .map_err(|e| match e {
+                sluice_raftstore::Error::Apply(sluice_raftstore::ApplyError::Conflict {
+                    ..
+                }) => Error::new(
+                    sqlstate::SERIALIZATION_FAILURE,
+                    "could not serialize DDL: the catalog was changed concurrently; retry",
+                ),
+                other => raft_error(other),
+            })?;
+        // Load the new catalog now so this session's next statement sees it.
+        session.db.read_view().await?;
+        Ok(())
+    }
+
+    /// Allocates an id for a new table or index.
+    fn allocate_id(&mut self, snapshot: &dyn Snapshot) -> Result<u64> {
+        let (next_id, next_bytes) = read_counter(snapshot, &next_table_id_key())?;
+        // Ids start at 1 and are never reused, even after DROP TABLE.
+        let id = next_id.max(1);
+        self.mutations.push(Mutation::Check {
+            key: next_table_id_key(),
+            expected: next_bytes,
+        });
+        self.put(next_table_id_key(), (id + 1).to_be_bytes().to_vec());
+        Ok(id)
+    }
+
     fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.mutations.push(Mutation::Put { key, value });
     }
@@ -201,6 +262,7 @@ impl CatalogChange {
     fn drop_table(&mut self, def: &TableDef) {
         let (start, end) = range_bounds(&def.rows_range());
         self.mutations.push(Mutation::DeleteRange { start, end });
+        self.mutations.extend(index::drop_entries(def));
         self.mutations.push(Mutation::Delete {
             key: table_key(def.id),
         });
@@ -368,6 +430,7 @@ fn table_definition(
         name,
         columns,
         primary_key,
+        indexes: Vec::new(),
     };
     validate_defaults(session, &def)?;
     Ok(Some(def))
@@ -535,4 +598,174 @@ pub async fn evaluate_constant(
         }
     }
     Ok(Value::Null)
+}
+
+/// Rows per backfill command of CREATE INDEX (each row adds a `Check` and a
+/// `Put`, so a page stays far below the command size limit).
+const BACKFILL_PAGE_ROWS: usize = 2000;
+/// Times one backfill page is read again after racing with a write.
+const BACKFILL_RETRIES: usize = 20;
+
+/// CREATE INDEX, built online in three steps (see [`crate::index`]).
+async fn create_index(session: &mut Session, create: &ast::CreateIndex) -> Result<Output> {
+    let unsupported = |what: &str| {
+        Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("{what} is not supported"),
+        ))
+    };
+    if create.unique {
+        return unsupported("CREATE UNIQUE INDEX (use a primary key)");
+    }
+    if create.predicate.is_some() {
+        return unsupported("a partial index (CREATE INDEX … WHERE)");
+    }
+    if !create.include.is_empty() {
+        return unsupported("CREATE INDEX … INCLUDE");
+    }
+    if let Some(using) = &create.using {
+        if !using.to_string().eq_ignore_ascii_case("btree") {
+            return unsupported(&format!("index method {using}"));
+        }
+    }
+    let snapshot = session.db.read_view().await?;
+    let catalog = session.db.catalog.current();
+    let table =
+        lookup(&catalog, &create.table_name)?.ok_or_else(|| undefined_table(&create.table_name))?;
+    let mut columns = Vec::with_capacity(create.columns.len());
+    for indexed in &create.columns {
+        let name = match &indexed.column.expr {
+            ast::Expr::Identifier(ident) => ident_name(ident),
+            other => return unsupported(&format!("an index on the expression {other}")),
+        };
+        let column = table.column_index(&name).ok_or_else(|| {
+            Error::new(
+                sqlstate::UNDEFINED_COLUMN,
+                format!("column \"{name}\" does not exist"),
+            )
+        })?;
+        columns.push(IndexColumn {
+            column,
+            descending: indexed.column.options.asc == Some(false),
+        });
+    }
+    let taken = |name: &str| {
+        catalog.table(&table.schema, name).is_some()
+            || catalog
+                .tables_in(&table.schema)
+                .any(|t| t.index(name).is_some())
+    };
+    let name = match &create.name {
+        Some(name) => {
+            let (_, name) = resolve_name(name)?;
+            if taken(&name) {
+                if create.if_not_exists {
+                    return Ok(Output::Command(CommandTag::new("CREATE INDEX")));
+                }
+                return Err(Error::new(
+                    sqlstate::DUPLICATE_TABLE,
+                    format!("relation \"{name}\" already exists"),
+                ));
+            }
+            name
+        }
+        None => {
+            // PostgreSQL's choice: table_columns_idx, then a number until it is free.
+            let names: Vec<&str> = columns
+                .iter()
+                .map(|c| table.columns[c.column].name.as_str())
+                .collect();
+            let base = format!("{}_{}_idx", table.name, names.join("_"));
+            std::iter::once(base.clone())
+                .chain((1..).map(|n| format!("{base}{n}")))
+                .find(|candidate| !taken(candidate))
+                .expect("some numbered name is free")
+        }
+    };
+
+    // 1. The index appears write-only: every write from now on maintains it.
+    let mut change = CatalogChange::begin(snapshot.as_ref())?;
+    let id = change.allocate_id(snapshot.as_ref())?;
+    let mut building = table.as_ref().clone();
+    building.indexes.push(IndexDef {
+        id,
+        name,
+        columns,
+        state: IndexState::WriteOnly,
+    });
+    change.put(table_key(building.id), encode_json(&building));
+    change.commit(session).await?;
+
+    // 2. and 3. Backfill, then publish; on failure take the index away again.
+    match backfill_and_publish(session, &building, id).await {
+        Ok(()) => Ok(Output::Command(CommandTag::new("CREATE INDEX"))),
+        Err(error) => {
+            if let Err(cleanup) = abandon_index(session, &building, id).await {
+                tracing::warn!(error = %cleanup, "could not remove the unfinished index {id}");
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn backfill_and_publish(session: &Session, table: &TableDef, index_id: u64) -> Result<()> {
+    let index = table
+        .indexes
+        .iter()
+        .find(|i| i.id == index_id)
+        .expect("the index being built is on the table");
+    let mut range = Some(table.rows_range());
+    let mut retries = 0;
+    while let Some(current) = range.take() {
+        let snapshot = session.db.read_view().await?;
+        let (mutations, rest) = index::backfill_page(
+            table,
+            index,
+            snapshot.as_ref(),
+            &current,
+            BACKFILL_PAGE_ROWS,
+        )?;
+        match session.db.raft().propose(Command { mutations }).await {
+            Ok(_) => {
+                retries = 0;
+                range = rest;
+            }
+            Err(sluice_raftstore::Error::Apply(sluice_raftstore::ApplyError::Conflict { .. }))
+                if retries < BACKFILL_RETRIES =>
+            {
+                // A row of this page changed after we read it: read the page again.
+                retries += 1;
+                range = Some(current);
+            }
+            Err(sluice_raftstore::Error::Apply(sluice_raftstore::ApplyError::Conflict { .. })) => {
+                return Err(Error::new(
+                    sqlstate::SERIALIZATION_FAILURE,
+                    "could not build the index: the table kept changing, or its definition changed; retry",
+                ))
+            }
+            Err(e) => return Err(raft_error(e)),
+        }
+    }
+    let snapshot = session.db.read_view().await?;
+    let mut change = CatalogChange::begin(snapshot.as_ref())?;
+    let mut public = table.clone();
+    for index in &mut public.indexes {
+        if index.id == index_id {
+            index.state = IndexState::Public;
+        }
+    }
+    change.mutations.push(index::definition_check(table));
+    change.put(table_key(public.id), encode_json(&public));
+    change.commit(session).await
+}
+
+async fn abandon_index(session: &Session, table: &TableDef, index_id: u64) -> Result<()> {
+    let snapshot = session.db.read_view().await?;
+    let mut change = CatalogChange::begin(snapshot.as_ref())?;
+    let mut restored = table.clone();
+    restored.indexes.retain(|i| i.id != index_id);
+    change.mutations.push(index::definition_check(table));
+    change.put(table_key(restored.id), encode_json(&restored));
+    change.mutations.push(index::delete_all(index_id));
+    change.commit(session).await
 }

@@ -528,10 +528,22 @@ async fn insert(
             for ((key, value), row) in keyed.into_iter().zip(values) {
                 // RETURNING lists the rows that did not conflict in our snapshot;
                 // the count comes from apply, which is authoritative.
-                if get(snapshot, &key)?.is_none() {
+                let absent = get(snapshot, &key)?.is_none();
+                if absent {
                     returned.push(row);
                 }
-                mutations.push(Mutation::InsertIfAbsent { key, value });
+                if table.indexes.is_empty() {
+                    mutations.push(Mutation::InsertIfAbsent { key, value });
+                } else if absent {
+                    // Index entries must not be written for a row that is skipped, so
+                    // the decision is made here; a concurrent insert of the same key
+                    // fails the statement (40001) rather than being skipped.
+                    mutations.push(Mutation::Check {
+                        key: key.clone(),
+                        expected: None,
+                    });
+                    mutations.push(Mutation::Insert { key, value });
+                }
             }
             let outcome = propose(session, table, mutations).await?;
             Ok((outcome.inserted, returned))
@@ -835,6 +847,7 @@ pub async fn propose(
     if mutations.is_empty() {
         return Ok(Default::default());
     }
+    let mutations = crate::index::with_index_upkeep(table, mutations)?;
     match session.db.raft().propose(Command { mutations }).await {
         Ok(outcome) => Ok(outcome),
         Err(sluice_raftstore::Error::Apply(ApplyError::DuplicateKey { key })) => Err(Error::new(

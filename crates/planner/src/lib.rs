@@ -25,11 +25,13 @@
 mod api;
 
 pub use api::{sqlstate, CommandTag, CopyFormat, CopyIn, CopyOptions, Error, Output, Result};
+mod apply;
 mod catalog;
 mod copy;
 mod ddl;
 mod dml;
 mod functions;
+mod index;
 mod names;
 mod pg_overlay;
 mod session;

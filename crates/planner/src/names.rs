@@ -6,6 +6,7 @@
 //! changes (PostgreSQL allows duplicate output names; DataFusion plans do
 //! not), and each batch is relabelled with it as it streams.
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
@@ -42,6 +43,75 @@ pub fn postgres_column_names(statement: &ast::Statement, schema: &Schema) -> Sch
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Gives DataFusion distinct names for select items it would name alike.
+///
+/// PostgreSQL allows `SELECT a, a` and two scalar subqueries side by side;
+/// DataFusion refuses a projection with two equal expression names, and
+/// names every scalar subquery `(<subquery>)`. So, in every SELECT of the
+/// statement, items that contain a subquery or repeat an earlier item get an
+/// alias: their PostgreSQL name when no other item has it, otherwise that
+/// name with their position. The client-visible names of the outermost
+/// SELECT still come from [`postgres_column_names`] on the original text.
+pub fn disambiguate_select_items(statement: &mut ast::Statement) {
+    struct Disambiguate;
+    impl ast::VisitorMut for Disambiguate {
+        type Break = ();
+        fn pre_visit_select(&mut self, select: &mut ast::Select) -> ControlFlow<()> {
+            alias_ambiguous_items(&mut select.projection);
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = ast::VisitMut::visit(statement, &mut Disambiguate);
+}
+
+fn alias_ambiguous_items(items: &mut [ast::SelectItem]) {
+    let names: Vec<Option<String>> = items
+        .iter()
+        .map(|item| match item {
+            ast::SelectItem::UnnamedExpr(expr) => Some(expression_name(expr)),
+            ast::SelectItem::ExprWithAlias { alias, .. } => Some(normalize(alias)),
+            _ => None,
+        })
+        .collect();
+    let texts: Vec<Option<String>> = items
+        .iter()
+        .map(|item| match item {
+            ast::SelectItem::UnnamedExpr(expr) => Some(expr.to_string()),
+            _ => None,
+        })
+        .collect();
+    for (position, item) in items.iter_mut().enumerate() {
+        let ast::SelectItem::UnnamedExpr(expr) = item else {
+            continue;
+        };
+        let repeats = texts[..position].contains(&texts[position]);
+        if !repeats && !contains_subquery(expr) {
+            continue;
+        }
+        let name = names[position].clone().unwrap_or_else(unknown);
+        let unique = names.iter().filter(|n| n.as_deref() == Some(&name)).count() == 1;
+        let alias = if unique {
+            name
+        } else {
+            format!("{name}_{}", position + 1)
+        };
+        *item = ast::SelectItem::ExprWithAlias {
+            expr: expr.clone(),
+            alias: ast::Ident::with_quote('"', alias),
+        };
+    }
+}
+
+fn contains_subquery(expr: &ast::Expr) -> bool {
+    let found = ast::visit_expressions(expr, |e| match e {
+        ast::Expr::Subquery(_) | ast::Expr::Exists { .. } | ast::Expr::InSubquery { .. } => {
+            ControlFlow::Break(())
+        }
+        _ => ControlFlow::Continue(()),
+    });
+    found.is_break()
 }
 
 /// PostgreSQL's FigureColname: columns by their name, functions by theirs,
@@ -160,6 +230,30 @@ mod tests {
                 other => other.to_string(),
             })
             .collect()
+    }
+
+    fn disambiguated(sql: &str) -> String {
+        let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+            .unwrap()
+            .remove(0);
+        disambiguate_select_items(&mut statement);
+        statement.to_string()
+    }
+
+    #[test]
+    fn repeated_items_and_subqueries_get_distinct_aliases() {
+        assert_eq!(
+            disambiguated("SELECT a, a, a + 1 FROM t"),
+            "SELECT a, a AS \"a_2\", a + 1 FROM t"
+        );
+        assert_eq!(
+            disambiguated("SELECT (SELECT count(*) FROM u), (SELECT max(y) FROM u), (SELECT count(*) FROM v) FROM t"),
+            "SELECT (SELECT count(*) FROM u) AS \"count_1\", (SELECT max(y) FROM u) AS \"max\", (SELECT count(*) FROM v) AS \"count_3\" FROM t"
+        );
+        assert_eq!(
+            disambiguated("SELECT x FROM (SELECT 1, 1) AS s WHERE EXISTS (SELECT 2)"),
+            "SELECT x FROM (SELECT 1, 1 AS \"?column?_2\") AS s WHERE EXISTS (SELECT 2)"
+        );
     }
 
     #[test]

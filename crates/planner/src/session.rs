@@ -9,6 +9,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{DFSchema, DataFusionError, ParamValues, ScalarValue};
+use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::execute_stream;
@@ -23,6 +24,7 @@ use sluice_engine::Snapshot;
 use sluice_raftstore::RaftNode;
 
 use crate::api::{sqlstate, CommandTag, Error, Output, Result};
+use crate::apply::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
 use crate::catalog::{SessionCatalog, SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
 use crate::table::ReadView;
 use crate::{copy, ddl, dml};
@@ -121,6 +123,20 @@ impl Database {
         self.catalog.refresh(snapshot.as_ref())?;
         Ok(snapshot)
     }
+}
+
+/// A DataFusion context with Sluice's planner extensions: correlated
+/// subqueries DataFusion cannot decorrelate are evaluated per outer row
+/// ([`crate::apply`]).
+fn new_context() -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_config(base_config())
+        .with_default_features()
+        .with_query_planner(Arc::new(SluiceQueryPlanner))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    ctx.add_optimizer_rule(Arc::new(ApplyCorrelatedSubqueries));
+    ctx
 }
 
 fn base_config() -> SessionConfig {
@@ -268,7 +284,7 @@ fn canonical_setting(name: &str) -> Option<String> {
 
 impl Session {
     fn new(db: Arc<Database>, startup: &[(String, String)]) -> Session {
-        let ctx = SessionContext::new_with_config(base_config());
+        let ctx = new_context();
         let defaults_db = db.clone();
         let catalog = Arc::new(SessionCatalog::new(
             db.catalog.clone(),
@@ -392,6 +408,7 @@ impl Session {
             | ast::Statement::CreateSchema { .. }
             | ast::Statement::Drop { .. }
             | ast::Statement::AlterTable(_)
+            | ast::Statement::CreateIndex(_)
             | ast::Statement::Truncate(_) => (PreparedKind::Ddl, None),
             ast::Statement::Set(set) => {
                 let (name, value) = parse_set(set)?;
@@ -438,7 +455,8 @@ impl Session {
     }
 
     /// Plans a statement with DataFusion against the current catalog.
-    pub(crate) async fn plan(&self, statement: ast::Statement) -> Result<LogicalPlan> {
+    pub(crate) async fn plan(&self, mut statement: ast::Statement) -> Result<LogicalPlan> {
+        crate::names::disambiguate_select_items(&mut statement);
         self.ctx
             .state()
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))

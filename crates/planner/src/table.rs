@@ -1,7 +1,8 @@
 //! A Sluice table as a DataFusion `TableProvider`, and its scan.
 //!
 //! Equality and range predicates on a prefix of the primary key become one
-//! key range ([`key_range_for`]); the predicates are still reported
+//! key range ([`scan_source_for`]), or a range of a secondary index whose
+//! entries name the rows; the predicates are still reported
 //! `Inexact`, so DataFusion re-checks them and a narrow range is only ever an
 //! optimisation. The scan reads the statement's snapshot ([`ReadView`],
 //! carried in the task's session config) page by page, so results stream.
@@ -31,10 +32,11 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
 };
-use sluice_engine::{keycode, prefix_successor, KeyRange, Keyspace, Snapshot, Value};
+use sluice_engine::{prefix_successor, KeyRange, Keyspace, Snapshot, Value};
 
 use crate::api::{sqlstate, Error};
 use crate::catalog::TableDef;
+use crate::index::{encode_indexed, IndexDef, IndexState};
 use crate::types::{rows_to_batch_projected, SqlType};
 
 /// The snapshot a statement reads, handed to scans through the task's
@@ -102,10 +104,10 @@ impl TableProvider for SluiceTable {
         Ok(filters
             .iter()
             .map(|filter| {
-                if key_bounds_of(&self.def, std::slice::from_ref(*filter)).is_empty() {
-                    TableProviderFilterPushDown::Unsupported
-                } else {
+                if narrows_a_key(&self.def, filter) {
                     TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
                 }
             })
             .collect())
@@ -123,13 +125,14 @@ impl TableProvider for SluiceTable {
             None => (0..self.schema.fields().len()).collect(),
         };
         let schema = Arc::new(self.schema.project(&projection)?);
-        let (range, range_text) = key_range_for(&self.def, filters);
+        let (source, range, range_text) = scan_source_for(&self.def, filters);
         let batch_size = state.config().batch_size().clamp(64, 8192);
         Ok(Arc::new(SluiceScanExec::new(
             self.def.clone(),
             schema,
             projection,
             self.with_key,
+            source,
             range,
             range_text,
             limit,
@@ -152,28 +155,21 @@ impl ColumnBounds {
     }
 }
 
-/// Bounds per primary-key column implied by `filters` (conjunctions of
-/// `column <op> literal`). Empty when nothing constrains the key.
-fn key_bounds_of(def: &TableDef, filters: &[Expr]) -> Vec<ColumnBounds> {
-    let mut bounds: Vec<ColumnBounds> = def
-        .primary_key
-        .iter()
-        .map(|_| ColumnBounds::default())
-        .collect();
+/// Bounds per key column (`columns`, positions in the table) implied by
+/// `filters` (conjunctions of `column <op> literal`). Empty when nothing
+/// constrains the key.
+fn key_bounds_of(def: &TableDef, columns: &[usize], filters: &[Expr]) -> Vec<ColumnBounds> {
+    let mut bounds: Vec<ColumnBounds> = columns.iter().map(|_| ColumnBounds::default()).collect();
     let mut any = false;
     for filter in filters {
         for conjunct in split_conjunction(filter) {
             let Some((column, op, literal)) = column_comparison(conjunct) else {
                 continue;
             };
-            let Some(position) = def
-                .primary_key
-                .iter()
-                .position(|&i| def.columns[i].name == column)
-            else {
+            let Some(position) = columns.iter().position(|&i| def.columns[i].name == column) else {
                 continue;
             };
-            let ty = def.columns[def.primary_key[position]].ty;
+            let ty = def.columns[columns[position]].ty;
             let Some(value) = literal_value(literal, ty) else {
                 continue;
             };
@@ -194,6 +190,129 @@ fn key_bounds_of(def: &TableDef, filters: &[Expr]) -> Vec<ColumnBounds> {
     } else {
         Vec::new()
     }
+}
+
+/// Whether `filter` could narrow the primary key or an index.
+fn narrows_a_key(def: &TableDef, filter: &Expr) -> bool {
+    let filters = std::slice::from_ref(filter);
+    !key_bounds_of(def, &def.primary_key, filters).is_empty()
+        || def
+            .indexes
+            .iter()
+            .any(|index| !key_bounds_of(def, &index_columns(index), filters).is_empty())
+}
+
+fn index_columns(index: &IndexDef) -> Vec<usize> {
+    index.columns.iter().map(|c| c.column).collect()
+}
+
+/// Where a scan reads: the table's rows, or a public index whose entries
+/// name the rows.
+#[derive(Debug, Clone)]
+enum ScanSource {
+    Rows,
+    Index,
+}
+
+/// The cheapest source for `filters`: a primary-key range when the key is
+/// constrained, else the public index with the longest constrained prefix
+/// (equalities first), else the whole table.
+fn scan_source_for(def: &TableDef, filters: &[Expr]) -> (ScanSource, KeyRange, String) {
+    let key: Vec<(usize, bool)> = def.primary_key.iter().map(|&c| (c, false)).collect();
+    if let Some((range, text, _)) = range_over(def, def.rows_prefix(), &key, filters) {
+        return (ScanSource::Rows, range, text);
+    }
+    let best = def
+        .indexes
+        .iter()
+        .filter(|index| index.state == IndexState::Public)
+        .filter_map(|index| {
+            let columns: Vec<(usize, bool)> = index
+                .columns
+                .iter()
+                .map(|c| (c.column, c.descending))
+                .collect();
+            range_over(def, index.prefix(), &columns, filters)
+                .map(|(range, text, score)| (score, index, range, text))
+        })
+        .max_by_key(|(score, ..)| *score);
+    match best {
+        Some((_, index, range, text)) => (
+            ScanSource::Index,
+            range,
+            format!("index {} ({text})", index.name),
+        ),
+        None => (ScanSource::Rows, def.rows_range(), "full".to_string()),
+    }
+}
+
+/// The key range under `prefix` that covers every row `filters` can select,
+/// given the key's columns (position, descending); its description for
+/// EXPLAIN; and how many columns it pins (equalities count double). `None`
+/// when the filters do not narrow it.
+fn range_over(
+    def: &TableDef,
+    mut prefix: Vec<u8>,
+    columns: &[(usize, bool)],
+    filters: &[Expr],
+) -> Option<(KeyRange, String, usize)> {
+    let positions: Vec<usize> = columns.iter().map(|(c, _)| *c).collect();
+    let bounds = key_bounds_of(def, &positions, filters);
+    let mut described = Vec::new();
+    let mut score = 0;
+    for (b, &(column, descending)) in bounds.iter().zip(columns) {
+        let name = &def.columns[column].name;
+        if let Some(value) = &b.eq {
+            encode_indexed(&mut prefix, value, descending).ok()?;
+            described.push(format!("{name} = {value:?}"));
+            score += 2;
+            continue;
+        }
+        // A descending column's range would need its bounds swapped; only
+        // equalities use it.
+        if b.is_empty() || descending {
+            break;
+        }
+        let encode = |value: &Value| {
+            let mut key = prefix.clone();
+            encode_indexed(&mut key, value, false).ok().map(|()| key)
+        };
+        let start = match &b.lower {
+            Some((value, inclusive)) => {
+                let key = encode(value)?;
+                described.push(format!(
+                    "{name} {} {value:?}",
+                    if *inclusive { ">=" } else { ">" }
+                ));
+                if *inclusive {
+                    Bound::Included(key)
+                } else {
+                    successor_bound(&key, true)
+                }
+            }
+            None => Bound::Included(prefix.clone()),
+        };
+        let end = match &b.upper {
+            Some((value, inclusive)) => {
+                let key = encode(value)?;
+                described.push(format!(
+                    "{name} {} {value:?}",
+                    if *inclusive { "<=" } else { "<" }
+                ));
+                if *inclusive {
+                    successor_bound(&key, false)
+                } else {
+                    Bound::Excluded(key)
+                }
+            }
+            None => successor_bound(&prefix, false),
+        };
+        return Some((KeyRange { start, end }, described.join(" AND "), score + 1));
+    }
+    if described.is_empty() {
+        return None;
+    }
+    Some((KeyRange::prefix(&prefix), described.join(" AND "), score))
 }
 
 /// `column op literal`, normalising `literal op column` by flipping `op`.
@@ -232,71 +351,6 @@ fn literal_value(literal: &ScalarValue, ty: SqlType) -> Option<Value> {
         .filter(|v| !v.is_null())
 }
 
-/// The key range that covers every row `filters` can select, and its
-/// description for EXPLAIN.
-pub fn key_range_for(def: &TableDef, filters: &[Expr]) -> (KeyRange, String) {
-    let bounds = key_bounds_of(def, filters);
-    let mut prefix = def.rows_prefix();
-    let mut described = Vec::new();
-    let full = (def.rows_range(), "full".to_string());
-    for (position, b) in bounds.iter().enumerate() {
-        let name = &def.columns[def.primary_key[position]].name;
-        if let Some(value) = &b.eq {
-            if keycode::encode_value(&mut prefix, value).is_err() {
-                return full;
-            }
-            described.push(format!("{name} = {value:?}"));
-            continue;
-        }
-        if b.is_empty() {
-            break;
-        }
-        let encode = |value: &Value| {
-            let mut key = prefix.clone();
-            keycode::encode_value(&mut key, value).ok().map(|()| key)
-        };
-        let start = match &b.lower {
-            Some((value, inclusive)) => {
-                let Some(key) = encode(value) else {
-                    return full;
-                };
-                described.push(format!(
-                    "{name} {} {value:?}",
-                    if *inclusive { ">=" } else { ">" }
-                ));
-                if *inclusive {
-                    Bound::Included(key)
-                } else {
-                    successor_bound(&key, true)
-                }
-            }
-            None => Bound::Included(prefix.clone()),
-        };
-        let end = match &b.upper {
-            Some((value, inclusive)) => {
-                let Some(key) = encode(value) else {
-                    return full;
-                };
-                described.push(format!(
-                    "{name} {} {value:?}",
-                    if *inclusive { "<=" } else { "<" }
-                ));
-                if *inclusive {
-                    successor_bound(&key, false)
-                } else {
-                    Bound::Excluded(key)
-                }
-            }
-            None => successor_bound(&prefix, false),
-        };
-        return (KeyRange { start, end }, described.join(" AND "));
-    }
-    if described.is_empty() {
-        return full;
-    }
-    (KeyRange::prefix(&prefix), described.join(" AND "))
-}
-
 /// The bound just past every key that starts with `key`.
 fn successor_bound(key: &[u8], as_start: bool) -> Bound<Vec<u8>> {
     match prefix_successor(key) {
@@ -313,6 +367,7 @@ pub struct SluiceScanExec {
     schema: SchemaRef,
     projection: Vec<usize>,
     with_key: bool,
+    source: ScanSource,
     range: KeyRange,
     range_text: String,
     limit: Option<usize>,
@@ -327,6 +382,7 @@ impl SluiceScanExec {
         schema: SchemaRef,
         projection: Vec<usize>,
         with_key: bool,
+        source: ScanSource,
         range: KeyRange,
         range_text: String,
         limit: Option<usize>,
@@ -346,6 +402,7 @@ impl SluiceScanExec {
             schema,
             projection,
             with_key,
+            source,
             range,
             range_text,
             limit,
@@ -421,6 +478,7 @@ impl ExecutionPlan for SluiceScanExec {
             schema: self.schema.clone(),
             projection: self.projection.clone(),
             with_key: self.with_key,
+            source: self.source.clone(),
             range: Some(self.range.clone()),
             remaining: self.limit.unwrap_or(usize::MAX),
             batch_size: self.batch_size,
@@ -444,6 +502,7 @@ struct ScanReader {
     schema: SchemaRef,
     projection: Vec<usize>,
     with_key: bool,
+    source: ScanSource,
     /// What is left to read; `None` once exhausted.
     range: Option<KeyRange>,
     remaining: usize,
@@ -472,9 +531,32 @@ impl ScanReader {
         if page.is_empty() {
             return Ok(None);
         }
+        let page = match self.source {
+            ScanSource::Rows => page,
+            ScanSource::Index => self.fetch_rows(page)?,
+        };
         self.decode(page)
             .map(Some)
             .map_err(|e| DataFusionError::External(Box::new(e)))
+    }
+
+    /// The rows that index entries (whose values are row keys) point to.
+    fn fetch_rows(
+        &self,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> datafusion::common::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut rows = Vec::with_capacity(entries.len());
+        for (_, row_key) in entries {
+            let row = self.snapshot.get(Keyspace::Data, &row_key).map_err(|e| {
+                DataFusionError::External(Box::new(crate::catalog::storage_error(e)))
+            })?;
+            // Entries and rows change in one command, so a snapshot never
+            // holds an entry without its row; skipping is only defensive.
+            if let Some(bytes) = row {
+                rows.push((row_key, bytes));
+            }
+        }
+        Ok(rows)
     }
 
     fn decode(&self, page: Vec<(Vec<u8>, Vec<u8>)>) -> Result<RecordBatch, Error> {
