@@ -984,6 +984,75 @@ async fn explain_shows_key_range_scan() {
         lower.contains("sluicescan") && lower.contains("range"),
         "EXPLAIN does not show a SluiceScan with a key range:\n{plan}"
     );
+    // A prepared statement's plan is optimized before its parameter is known; the bound value
+    // must still narrow the scan.
+    let explain = client
+        .prepare("EXPLAIN SELECT owner FROM accounts WHERE id = $1")
+        .await
+        .unwrap();
+    let rows = client.query(&explain, &[&7i64]).await.unwrap();
+    let plan: Vec<String> = rows.iter().map(|r| r.get::<_, String>(1)).collect();
+    let plan = plan.join("\n");
+    assert!(
+        plan.contains("range=id = Int64(7)"),
+        "a bound parameter does not narrow the scan:\n{plan}"
+    );
+}
+
+/// Prepared statements keep an optimized plan, yet `now()` is read at each execution and a
+/// statement planned before a DDL sees the table as it is after it.
+#[tokio::test]
+async fn prepared_plans_stay_current() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    batch(&client, CREATE_ACCOUNTS).await;
+    batch(
+        &client,
+        "INSERT INTO accounts (id, owner) VALUES (1, 'ada'), (2, 'bob')",
+    )
+    .await;
+    let clock = client.prepare("SELECT now()").await.unwrap();
+    let first: DateTime<Utc> = client.query_one(&clock, &[]).await.unwrap().get(0);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second: DateTime<Utc> = client.query_one(&clock, &[]).await.unwrap().get(0);
+    assert!(
+        second > first,
+        "now() did not advance: {first} then {second}"
+    );
+
+    let point = client
+        .prepare("SELECT * FROM accounts WHERE id = $1")
+        .await
+        .unwrap();
+    for (id, owner) in [(1i64, "ada"), (2, "bob"), (1, "ada")] {
+        let row = client.query_one(&point, &[&id]).await.unwrap();
+        assert_eq!(row.get::<_, String>(1), owner);
+    }
+    assert!(client.query_opt(&point, &[&3i64]).await.unwrap().is_none());
+    batch(
+        &client,
+        "ALTER TABLE accounts ADD COLUMN note text DEFAULT 'none'",
+    )
+    .await;
+    // The client holds the old row description: PostgreSQL refuses such an execution.
+    let error = client.query_one(&point, &[&2i64]).await.unwrap_err();
+    assert_eq!(
+        error.code(),
+        Some(&tokio_postgres::error::SqlState::FEATURE_NOT_SUPPORTED)
+    );
+    let narrow = client
+        .prepare("SELECT owner FROM accounts WHERE id = $1")
+        .await
+        .unwrap();
+    batch(&client, "ALTER TABLE accounts ADD COLUMN opened_by text").await;
+    let row = client.query_one(&narrow, &[&2i64]).await.unwrap();
+    assert_eq!(row.get::<_, String>(0), "bob");
+    let fresh = client
+        .prepare("SELECT * FROM accounts WHERE id = $1")
+        .await
+        .unwrap();
+    let row = client.query_one(&fresh, &[&2i64]).await.unwrap();
+    assert_eq!(row.get::<_, String>(4), "none");
 }
 
 #[tokio::test]

@@ -34,8 +34,9 @@ use sluice_engine::{Keyspace, Snapshot, Value};
 use sluice_raftstore::{ApplyError, Command, Mutation};
 
 use crate::api::{sqlstate, CommandTag, Error, Output, Result};
+use crate::cached_plan::CachedPlan;
 use crate::catalog::{storage_error, TableDef, KEY_COLUMN};
-use crate::session::{bind, map_df_error, Session};
+use crate::session::{map_df_error, parameter_types, Session};
 use crate::types::{rows_to_batch, value_at};
 
 /// Row ids for tables without a primary key: unique per node and increasing,
@@ -90,8 +91,8 @@ impl DmlOp {
 }
 
 pub struct DmlPlan {
-    /// The `Dml` logical plan (its input yields the rows).
-    pub plan: LogicalPlan,
+    /// The input of the `Dml` logical plan: it yields the rows to write.
+    input: CachedPlan,
     pub op: DmlOp,
     pub table: Arc<TableDef>,
     on_conflict: OnConflict,
@@ -157,7 +158,12 @@ fn table_factor_name(table: &ast::TableWithJoins) -> Result<&ast::ObjectName> {
     }
 }
 
-pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<DmlPlan> {
+/// Plans a DML statement; also returns the types of its `$n` (`declared` by the client where given).
+pub async fn prepare(
+    session: &Session,
+    statement: &ast::Statement,
+    declared: &[Option<DataType>],
+) -> Result<(DmlPlan, Vec<DataType>)> {
     let mut statement = statement.clone();
     let (op, table, on_conflict, returning_items) = match &mut statement {
         ast::Statement::Insert(insert) => {
@@ -263,13 +269,21 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Dm
             })
         }
     };
-    Ok(DmlPlan {
-        plan,
-        op,
-        table,
-        on_conflict,
-        returning,
-    })
+    let types = parameter_types(&plan, declared)?;
+    let LogicalPlan::Dml(dml) = plan else {
+        unreachable!("checked above")
+    };
+    let input = session.cache(Arc::unwrap_or_clone(dml.input))?;
+    Ok((
+        DmlPlan {
+            input,
+            op,
+            table,
+            on_conflict,
+            returning,
+        },
+        types,
+    ))
 }
 
 fn check_conflict_target(table: &TableDef, target: Option<&ast::ConflictTarget>) -> Result<()> {
@@ -345,15 +359,9 @@ pub async fn execute(
     types: &[DataType],
     params: Vec<ScalarValue>,
 ) -> Result<Output> {
-    let LogicalPlan::Dml(dml) = &plan.plan else {
-        return Err(Error::new(
-            sqlstate::INTERNAL_ERROR,
-            "DML plan lost its DML node",
-        ));
-    };
-    let input = bind(&dml.input, types, params)?;
+    let input = plan.input.bind(types, params)?;
     let snapshot = session.db.read_view().await?;
-    let batches = collect(session.run(&input, snapshot.clone()).await?).await?;
+    let batches = collect(session.run_cached(&input, snapshot.clone()).await?).await?;
     let table = &plan.table;
     let with_key = plan.op != DmlOp::Insert;
     let mut rows = Vec::new();

@@ -26,6 +26,7 @@ mod api;
 
 pub use api::{sqlstate, CommandTag, CopyFormat, CopyIn, CopyOptions, Error, Output, Result};
 mod apply;
+mod cached_plan;
 mod catalog;
 mod copy;
 mod ddl;

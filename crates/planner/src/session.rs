@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::common::{DFSchema, DataFusionError, ParamValues, ScalarValue};
+use datafusion::common::{DFSchema, DataFusionError, ScalarValue};
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -25,6 +25,7 @@ use sluice_raftstore::RaftNode;
 
 use crate::api::{sqlstate, CommandTag, Error, Output, Result};
 use crate::apply::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
+use crate::cached_plan::CachedPlan;
 use crate::catalog::{SessionCatalog, SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
 use crate::table::ReadView;
 use crate::{copy, ddl, dml};
@@ -185,7 +186,7 @@ impl fmt::Debug for Prepared {
 }
 
 pub(crate) enum PreparedKind {
-    Query(LogicalPlan),
+    Query(CachedPlan),
     Dml(Box<dml::DmlPlan>),
     Ddl,
     Set {
@@ -198,7 +199,7 @@ pub(crate) enum PreparedKind {
     NoTransaction(&'static str),
     CopyIn(crate::api::CopyIn),
     CopyOut {
-        plan: LogicalPlan,
+        plan: CachedPlan,
         options: crate::api::CopyOptions,
     },
     Tag(&'static str),
@@ -392,32 +393,33 @@ impl Session {
                 true,
             )])))
         };
-        let (kind, result_schema) = match &statement.ast {
+        let (kind, result_schema, param_types) = match &statement.ast {
             ast::Statement::Query(_) | ast::Statement::Explain { .. } => {
                 let plan = self.plan(statement.ast.clone()).await?;
                 let schema =
                     crate::names::postgres_column_names(&statement.ast, plan.schema().as_arrow());
-                (PreparedKind::Query(plan), Some(schema))
+                let types = parameter_types(&plan, param_types)?;
+                (PreparedKind::Query(self.cache(plan)?), Some(schema), types)
             }
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                let plan = dml::prepare(self, &statement.ast).await?;
+                let (plan, types) = dml::prepare(self, &statement.ast, param_types).await?;
                 let schema = plan.returning_schema();
-                (PreparedKind::Dml(Box::new(plan)), schema)
+                (PreparedKind::Dml(Box::new(plan)), schema, types)
             }
             ast::Statement::CreateTable(_)
             | ast::Statement::CreateSchema { .. }
             | ast::Statement::Drop { .. }
             | ast::Statement::AlterTable(_)
             | ast::Statement::CreateIndex(_)
-            | ast::Statement::Truncate(_) => (PreparedKind::Ddl, None),
+            | ast::Statement::Truncate(_) => (PreparedKind::Ddl, None, Vec::new()),
             ast::Statement::Set(set) => {
                 let (name, value) = parse_set(set)?;
-                (PreparedKind::Set { name, value }, None)
+                (PreparedKind::Set { name, value }, None, Vec::new())
             }
             ast::Statement::ShowVariable { variable } => {
                 let name = variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join(" ");
                 let canonical = canonical_setting(&name).ok_or_else(|| unknown_setting(&name))?;
-                (PreparedKind::Show(canonical.clone()), text_column(&canonical.to_ascii_lowercase()))
+                (PreparedKind::Show(canonical.clone()), text_column(&canonical.to_ascii_lowercase()), Vec::new())
             }
             ast::Statement::StartTransaction { .. } | ast::Statement::Savepoint { .. } => {
                 return Err(Error::new(
@@ -425,25 +427,20 @@ impl Session {
                     "interactive transactions are not supported yet; every statement commits on its own",
                 ))
             }
-            ast::Statement::Commit { .. } => (PreparedKind::NoTransaction("COMMIT"), None),
-            ast::Statement::Rollback { savepoint: None, .. } => (PreparedKind::NoTransaction("ROLLBACK"), None),
+            ast::Statement::Commit { .. } => (PreparedKind::NoTransaction("COMMIT"), None, Vec::new()),
+            ast::Statement::Rollback { savepoint: None, .. } => (PreparedKind::NoTransaction("ROLLBACK"), None, Vec::new()),
             ast::Statement::Copy { .. } => {
                 let kind = copy::prepare(self, &statement.ast).await?;
-                (kind, None)
+                (kind, None, Vec::new())
             }
-            ast::Statement::Discard { .. } => (PreparedKind::Tag("DISCARD ALL"), None),
-            ast::Statement::Deallocate { .. } => (PreparedKind::Tag("DEALLOCATE"), None),
+            ast::Statement::Discard { .. } => (PreparedKind::Tag("DISCARD ALL"), None, Vec::new()),
+            ast::Statement::Deallocate { .. } => (PreparedKind::Tag("DEALLOCATE"), None, Vec::new()),
             other => {
                 return Err(Error::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     format!("statement not supported: {}", first_words(&other.to_string())),
                 ))
             }
-        };
-        let param_types = match &kind {
-            PreparedKind::Query(plan) => parameter_types(plan, param_types)?,
-            PreparedKind::Dml(plan) => parameter_types(&plan.plan, param_types)?,
-            _ => Vec::new(),
         };
         Ok(Arc::new(Prepared {
             statement,
@@ -452,6 +449,11 @@ impl Session {
             kind,
             catalog_version,
         }))
+    }
+
+    /// Keeps `plan` for repeated execution, optimized once where that is safe.
+    pub(crate) fn cache(&self, plan: LogicalPlan) -> Result<CachedPlan> {
+        CachedPlan::new(&self.ctx.state(), plan)
     }
 
     /// Plans a statement with DataFusion against the current catalog.
@@ -477,6 +479,13 @@ impl Session {
             let types: Vec<Option<DataType>> =
                 prepared.param_types.iter().cloned().map(Some).collect();
             let fresh = Box::pin(self.prepare(prepared.statement.clone(), &types)).await?;
+            if !same_row_type(&fresh.result_schema, &prepared.result_schema) {
+                // The client described the rows already; PostgreSQL refuses the same way.
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "cached plan must not change result type",
+                ));
+            }
             return Box::pin(self.execute_current(&fresh, params)).await;
         }
         self.execute_current(prepared, params).await
@@ -489,9 +498,9 @@ impl Session {
     ) -> Result<Output> {
         match &prepared.kind {
             PreparedKind::Query(plan) => {
-                let plan = bind(plan, &prepared.param_types, params)?;
+                let plan = plan.bind(&prepared.param_types, params)?;
                 let snapshot = self.db.read_view().await?;
-                let stream = self.run(&plan, snapshot).await?;
+                let stream = self.run_cached(&plan, snapshot).await?;
                 let schema = prepared
                     .result_schema
                     .clone()
@@ -540,7 +549,7 @@ impl Session {
             PreparedKind::CopyIn(copy) => Ok(Output::CopyIn(copy.clone())),
             PreparedKind::CopyOut { plan, options } => {
                 let snapshot = self.db.read_view().await?;
-                let stream = self.run(plan, snapshot).await?;
+                let stream = self.run_cached(plan, snapshot).await?;
                 Ok(Output::CopyOut {
                     schema: stream.schema(),
                     stream,
@@ -562,11 +571,35 @@ impl Session {
         plan: &LogicalPlan,
         snapshot: Arc<dyn Snapshot>,
     ) -> Result<SendableRecordBatchStream> {
-        let state = self.ctx.state();
-        let physical = state
-            .create_physical_plan(plan)
+        self.run_plan(plan, false, snapshot).await
+    }
+
+    /// Runs a bound [`CachedPlan`], skipping the optimizer if it has run.
+    pub(crate) async fn run_cached(
+        &self,
+        plan: &CachedPlan,
+        snapshot: Arc<dyn Snapshot>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.run_plan(plan.plan(), plan.is_optimized(), snapshot)
             .await
-            .map_err(map_df_error)?;
+    }
+
+    async fn run_plan(
+        &self,
+        plan: &LogicalPlan,
+        optimized: bool,
+        snapshot: Arc<dyn Snapshot>,
+    ) -> Result<SendableRecordBatchStream> {
+        let state = self.ctx.state();
+        let physical = if optimized {
+            state
+                .query_planner()
+                .create_physical_plan(plan, &state)
+                .await
+        } else {
+            state.create_physical_plan(plan).await
+        }
+        .map_err(map_df_error)?;
         let mut config = state.config().clone();
         config.set_extension(Arc::new(ReadView { snapshot }));
         let task = TaskContext::from(&state).with_session_config(config);
@@ -752,7 +785,10 @@ pub fn parse_duration_ms(text: &str) -> Option<Duration> {
 
 /// One type per `$n`, ordered by n: the client's where given, else DataFusion's
 /// inference, else text (the client may send any literal as text).
-fn parameter_types(plan: &LogicalPlan, declared: &[Option<DataType>]) -> Result<Vec<DataType>> {
+pub(crate) fn parameter_types(
+    plan: &LogicalPlan,
+    declared: &[Option<DataType>],
+) -> Result<Vec<DataType>> {
     let inferred = plan.get_parameter_types().map_err(map_df_error)?;
     let cast = cast_parameter_types(plan);
     let mut max = declared.len();
@@ -801,45 +837,19 @@ fn cast_parameter_types(plan: &LogicalPlan) -> HashMap<String, DataType> {
     found
 }
 
-/// Substitutes parameter values, cast to the types the plan expects.
-pub(crate) fn bind(
-    plan: &LogicalPlan,
-    types: &[DataType],
-    params: Vec<ScalarValue>,
-) -> Result<LogicalPlan> {
-    if params.len() != types.len() {
-        return Err(Error::new(
-            sqlstate::PROTOCOL_VIOLATION,
-            format!(
-                "bind message supplies {} parameters, but prepared statement requires {}",
-                params.len(),
-                types.len()
-            ),
-        ));
+/// Whether two result descriptions agree on the column count and types.
+fn same_row_type(a: &Option<SchemaRef>, b: &Option<SchemaRef>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.fields().len() == b.fields().len()
+                && a.fields()
+                    .iter()
+                    .zip(b.fields())
+                    .all(|(x, y)| x.data_type() == y.data_type())
+        }
+        _ => false,
     }
-    if params.is_empty() {
-        return Ok(plan.clone());
-    }
-    let inferred = plan.get_parameter_types().map_err(map_df_error)?;
-    let mut values = Vec::with_capacity(params.len());
-    for (i, value) in params.into_iter().enumerate() {
-        let target = inferred
-            .get(&format!("${}", i + 1))
-            .cloned()
-            .flatten()
-            .unwrap_or_else(|| types[i].clone());
-        let value = if value.data_type() == target || value.is_null() && target == DataType::Null {
-            value
-        } else {
-            value
-                .cast_to(&target)
-                .map_err(|e| map_df_error(e).with_detail(format!("parameter ${}", i + 1)))?
-        };
-        values.push(value);
-    }
-    plan.clone()
-        .with_param_values(ParamValues::from(values))
-        .map_err(map_df_error)
 }
 
 /// Maps a DataFusion error to the SQLSTATE PostgreSQL would report.

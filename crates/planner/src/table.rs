@@ -200,6 +200,35 @@ fn narrows_a_key(def: &TableDef, filter: &Expr) -> bool {
             .indexes
             .iter()
             .any(|index| !key_bounds_of(def, &index_columns(index), filters).is_empty())
+        || compares_a_key_with_a_parameter(def, filter)
+}
+
+/// `key_column op $n`: a prepared statement's plan is optimized before its
+/// parameters are bound (see `cached_plan`), so the filter must reach the
+/// scan while its value is still a placeholder; after binding it is a
+/// literal and narrows the range like any other.
+fn compares_a_key_with_a_parameter(def: &TableDef, filter: &Expr) -> bool {
+    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = filter else {
+        return false;
+    };
+    if !matches!(
+        op,
+        Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
+    ) {
+        return false;
+    }
+    let column = match (left.as_ref(), right.as_ref()) {
+        (Expr::Column(c), Expr::Placeholder(_)) | (Expr::Placeholder(_), Expr::Column(c)) => c,
+        _ => return false,
+    };
+    let Some(position) = def.columns.iter().position(|col| col.name == column.name) else {
+        return false;
+    };
+    def.primary_key.contains(&position)
+        || def
+            .indexes
+            .iter()
+            .any(|index| index.columns.iter().any(|c| c.column == position))
 }
 
 fn index_columns(index: &IndexDef) -> Vec<usize> {
