@@ -1216,28 +1216,6 @@ async fn expect_timeout_within(client: &tokio_postgres::Client, sql: &str, secon
     );
 }
 
-/// Interactive transactions are not implemented yet: BEGIN must say so with 0A000 rather than
-/// pretend, and the session must carry on in autocommit.
-///
-/// Portal suspension (`max_rows`) is not covered here: tokio-postgres only binds portals inside
-/// a transaction.
-#[tokio::test]
-async fn begin_is_rejected_clearly() {
-    let server = TestServer::start();
-    let client = server.client().await;
-    expect_sqlstate(client.simple_query("BEGIN").await, "0A000");
-    assert_eq!(simple_rows(&client, "SELECT 1").await, vec![vec![s("1")]]);
-    expect_sqlstate(client.execute("BEGIN", &[]).await, "0A000");
-    assert_eq!(
-        client
-            .query_one("SELECT 2::int", &[])
-            .await
-            .unwrap()
-            .get::<_, i32>(0),
-        2
-    );
-}
-
 /// Subqueries correlated by inequality, which DataFusion cannot turn into joins, run once per
 /// outer row (SluiceApply), in the select list, in WHERE and in ORDER BY positions; select items
 /// that DataFusion would name alike (`a, a`, two subqueries) are all returned.

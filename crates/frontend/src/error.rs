@@ -7,11 +7,17 @@
 use datafusion::arrow::error::ArrowError;
 use datafusion::error::DataFusionError;
 use pgwire::error::{ErrorInfo, PgWireError};
+use pgwire::messages::PgWireBackendMessage;
 use sluice_planner::{sqlstate, Error};
 
 /// An ERROR-level response: the statement fails, the connection lives on.
 pub(crate) fn to_wire(error: Error) -> PgWireError {
     PgWireError::UserError(Box::new(info(error, "ERROR")))
+}
+
+/// A WARNING notice (COMMIT with no transaction open, and the like).
+pub(crate) fn warning(error: Error) -> PgWireBackendMessage {
+    PgWireBackendMessage::NoticeResponse(info(error, "WARNING").into())
 }
 
 /// A FATAL response: the server closes the connection after sending it.

@@ -40,7 +40,9 @@ use pgwire::messages::response::{CommandComplete, EmptyQueryResponse, Transactio
 use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::ParameterStatus;
 use pgwire::messages::PgWireBackendMessage;
-use sluice_planner::{sqlstate, CommandTag, Error, Output, Prepared, Session, Statement};
+use sluice_planner::{
+    sqlstate, CommandTag, Error, Output, Prepared, Session, Statement, TransactionState,
+};
 
 use crate::connection::{Connection, SessionSlot};
 use crate::copy::{copy_out, start_copy_in};
@@ -231,13 +233,33 @@ fn command_complete(tag: &CommandTag) -> PgWireBackendMessage {
     PgWireBackendMessage::CommandComplete(CommandComplete::new(tag.to_string()))
 }
 
-/// The transaction state after a successful command, from its tag.
-fn transaction_after(current: TransactionStatus, tag: &CommandTag) -> TransactionStatus {
-    match tag.verb.as_str() {
-        "BEGIN" | "START TRANSACTION" => current.to_in_transaction_state(),
-        "COMMIT" | "ROLLBACK" | "END" | "ABORT" => current.to_idle_state(),
-        _ => current,
+/// ReadyForQuery's status byte for the session's transaction block.
+fn wire_status(state: TransactionState) -> TransactionStatus {
+    match state {
+        TransactionState::Idle => TransactionStatus::Idle,
+        TransactionState::Open => TransactionStatus::Transaction,
+        TransactionState::Failed => TransactionStatus::Error,
     }
+}
+
+/// An ErrorResponse sent while a block was open (pgwire then reports `E`)
+/// fails the session's block, wherever the error arose (streaming rows too).
+fn note_reported_error<C: ClientInfo>(client: &C, session: &Session) {
+    if matches!(client.transaction_status(), TransactionStatus::Error) {
+        session.mark_failed();
+    }
+}
+
+/// Sends the warnings the last statement raised.
+async fn send_notices<C>(client: &mut C, session: &mut Session) -> PgWireResult<()>
+where
+    C: Sink<PgWireBackendMessage> + Unpin,
+    PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
+{
+    for notice in session.take_notices() {
+        client.feed(crate::error::warning(notice)).await?;
+    }
+    Ok(())
 }
 
 /// Tells the client about settings the statement changed (SET TimeZone …).
@@ -270,6 +292,7 @@ impl Connection {
         PgWireError: From<<C as Sink<PgWireBackendMessage>>::Error>,
     {
         let mut session = self.session.lock().await?;
+        note_reported_error(client, &session);
         let mut interrupt = self.interrupt(client, session.statement_timeout()).await;
         let output = interrupt
             .run(async {
@@ -279,7 +302,10 @@ impl Connection {
                     .await
                     .map_err(to_wire)
             })
-            .await?;
+            .await;
+        client.set_transaction_status(wire_status(session.transaction_state()));
+        send_notices(client, &mut session).await?;
+        let output = output?;
         match output {
             Output::Rows {
                 schema,
@@ -300,8 +326,6 @@ impl Connection {
                     .await?;
             }
             Output::Command(tag) => {
-                let status = transaction_after(client.transaction_status(), &tag);
-                client.set_transaction_status(status);
                 client.feed(command_complete(&tag)).await?;
             }
             Output::CopyIn(copy) => {
@@ -360,9 +384,13 @@ impl Connection {
         let prepared = portal.statement.statement.clone();
         let params = bound_parameters(portal, &prepared)?;
         let mut session = self.session.lock().await?;
+        note_reported_error(client, &session);
         let output = interrupt
             .run(async { session.execute(&prepared, params).await.map_err(to_wire) })
-            .await?;
+            .await;
+        client.set_transaction_status(wire_status(session.transaction_state()));
+        send_notices(client, &mut session).await?;
+        let output = output?;
         let response = match output {
             Output::Rows {
                 schema,
@@ -374,11 +402,8 @@ impl Connection {
                 response.set_command_tag(verb);
                 Response::Query(response)
             }
-            Output::Command(tag) => match tag.verb.as_str() {
-                "BEGIN" | "START TRANSACTION" => Response::TransactionStart(wire_tag(&tag)),
-                "COMMIT" | "ROLLBACK" | "END" | "ABORT" => Response::TransactionEnd(wire_tag(&tag)),
-                _ => Response::Execution(wire_tag(&tag)),
-            },
+            // The transaction status is already the session's (set above).
+            Output::Command(tag) => Response::Execution(wire_tag(&tag)),
             Output::CopyIn(copy) => {
                 let columns = copy.columns.len();
                 // The copy runs under its own interrupt, armed now.
@@ -801,21 +826,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn transaction_state_follows_tags() {
-        let idle = TransactionStatus::Idle;
-        let begun = transaction_after(idle, &CommandTag::new("BEGIN"));
-        assert_eq!(begun, TransactionStatus::Transaction);
+    fn wire_status_follows_the_session() {
+        assert_eq!(wire_status(TransactionState::Idle), TransactionStatus::Idle);
         assert_eq!(
-            transaction_after(begun, &CommandTag::with_rows("INSERT", 1)),
+            wire_status(TransactionState::Open),
             TransactionStatus::Transaction
         );
         assert_eq!(
-            transaction_after(begun, &CommandTag::new("COMMIT")),
-            TransactionStatus::Idle
-        );
-        assert_eq!(
-            transaction_after(TransactionStatus::Error, &CommandTag::new("ROLLBACK")),
-            TransactionStatus::Idle
+            wire_status(TransactionState::Failed),
+            TransactionStatus::Error
         );
     }
 

@@ -360,7 +360,7 @@ pub async fn execute(
     params: Vec<ScalarValue>,
 ) -> Result<Output> {
     let input = plan.input.bind(types, params)?;
-    let snapshot = session.db.read_view().await?;
+    let snapshot = session.read_view().await?;
     let batches = collect(session.run_cached(&input, snapshot.clone()).await?).await?;
     let table = &plan.table;
     let with_key = plan.op != DmlOp::Insert;
@@ -856,7 +856,14 @@ pub async fn propose(
         return Ok(Default::default());
     }
     let mutations = crate::index::with_index_upkeep(table, mutations)?;
-    match session.db.raft().propose(Command { mutations }).await {
+    let result = if session.transaction_state() == crate::TransactionState::Idle {
+        session.db.raft().propose(Command { mutations }).await
+    } else {
+        session
+            .write_in_transaction(mutations)?
+            .map_err(sluice_raftstore::Error::Apply)
+    };
+    match result {
         Ok(outcome) => Ok(outcome),
         Err(sluice_raftstore::Error::Apply(ApplyError::DuplicateKey { key })) => Err(Error::new(
             sqlstate::UNIQUE_VIOLATION,

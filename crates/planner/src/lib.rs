@@ -16,7 +16,10 @@
 //!    - DML runs its input plan (which evaluates the whole `WHERE`, subqueries
 //!      included), turns the resulting rows into keyed [`Mutation`]s and
 //!      proposes them as one [`Command`] through Raft ([`dml`]);
-//!    - DDL writes catalog entries through the same path ([`ddl`]).
+//!    - DDL writes catalog entries through the same path ([`ddl`]);
+//!    - inside `BEGIN … COMMIT` reads see the block's snapshot with its
+//!      writes laid over, DML mutations go to the block's write set, and
+//!      COMMIT proposes them in one validated command ([`transaction`]).
 //! 4. The result is an [`Output`] that the frontend encodes for the wire.
 //!
 //! [`Mutation`]: sluice_raftstore::Mutation
@@ -37,7 +40,9 @@ mod names;
 mod pg_overlay;
 mod session;
 mod table;
+mod transaction;
 mod types;
 
 pub use session::{Database, Prepared, Session, Statement, SERVER_VERSION};
+pub use transaction::{IsolationLevel, TransactionState};
 pub use types::SqlType;

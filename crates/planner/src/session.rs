@@ -28,7 +28,9 @@ use crate::apply::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
 use crate::cached_plan::CachedPlan;
 use crate::catalog::{SessionCatalog, SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
 use crate::table::ReadView;
+use crate::transaction::{IsolationLevel, Transaction, TransactionState};
 use crate::{copy, ddl, dml};
+use sluice_raftstore::{ApplyError, Command};
 
 /// The version clients see; drivers parse the leading number.
 pub const SERVER_VERSION: &str = "15.8 (Sluice 0.1.0)";
@@ -194,9 +196,16 @@ pub(crate) enum PreparedKind {
         value: Option<String>,
     },
     Show(String),
-    /// COMMIT/ROLLBACK with no transaction open (always, until interactive
-    /// transactions land): PostgreSQL warns and succeeds.
-    NoTransaction(&'static str),
+    Begin {
+        isolation: Option<IsolationLevel>,
+        read_only: bool,
+    },
+    Commit,
+    Rollback,
+    SetTransaction {
+        isolation: Option<IsolationLevel>,
+        session: bool,
+    },
     CopyIn(crate::api::CopyIn),
     CopyOut {
         plan: CachedPlan,
@@ -221,6 +230,12 @@ pub struct Session {
     pub(crate) catalog: Arc<SessionCatalog>,
     settings: BTreeMap<String, String>,
     changed: Vec<(String, String)>,
+    /// The open transaction block, if any (see [`crate::transaction`]).
+    /// Behind a lock only so that `&Session` code paths can write into it;
+    /// the session itself is used by one task at a time.
+    txn: Mutex<Option<Transaction>>,
+    /// Warnings for the client from the last statement.
+    notices: Vec<Error>,
 }
 
 /// Settings reported to the client at startup and whenever they change.
@@ -318,6 +333,8 @@ impl Session {
             catalog,
             settings,
             changed: Vec::new(),
+            txn: Mutex::new(None),
+            notices: Vec::new(),
         }
     }
 
@@ -376,7 +393,133 @@ impl Session {
     }
 
     fn setting(&self, name: &str) -> String {
+        if name == "transaction_isolation" {
+            if let Some(txn) = &*self.txn.lock().expect("transaction lock") {
+                return txn.isolation.name().to_string();
+            }
+            return self.setting("default_transaction_isolation");
+        }
         self.settings.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Where the session's transaction block stands.
+    pub fn transaction_state(&self) -> TransactionState {
+        match &*self.txn.lock().expect("transaction lock") {
+            None => TransactionState::Idle,
+            Some(txn) if txn.failed => TransactionState::Failed,
+            Some(_) => TransactionState::Open,
+        }
+    }
+
+    /// Fails the open transaction block, if any: the frontend calls this
+    /// for errors raised outside [`Self::execute`] (while streaming rows).
+    pub fn mark_failed(&self) {
+        if let Some(txn) = &mut *self.txn.lock().expect("transaction lock") {
+            txn.failed = true;
+        }
+    }
+
+    /// Warnings the last statement raised (PostgreSQL sends them as notices).
+    pub fn take_notices(&mut self) -> Vec<Error> {
+        std::mem::take(&mut self.notices)
+    }
+
+    fn no_transaction_notice(&mut self) {
+        self.notices.push(Error::new(
+            sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+            "there is no transaction in progress",
+        ));
+    }
+
+    /// What statements read: a linearizable snapshot, or inside a
+    /// transaction block the block's snapshot with its writes laid over.
+    pub(crate) async fn read_view(&self) -> Result<Arc<dyn Snapshot>> {
+        let needs_snapshot = self
+            .txn
+            .lock()
+            .expect("transaction lock")
+            .as_ref()
+            .map(Transaction::needs_snapshot);
+        let Some(needs_snapshot) = needs_snapshot else {
+            return self.db.read_view().await;
+        };
+        let fresh = if needs_snapshot {
+            Some(self.db.read_view().await?)
+        } else {
+            None
+        };
+        let mut guard = self.txn.lock().expect("transaction lock");
+        let txn = guard.as_mut().ok_or_else(|| {
+            Error::new(sqlstate::INTERNAL_ERROR, "transaction ended mid-statement")
+        })?;
+        if let Some(snapshot) = fresh {
+            txn.set_snapshot(snapshot);
+        }
+        txn.view()
+            .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "transaction has no snapshot"))
+    }
+
+    /// Applies a statement's mutations to the open block's write set; the
+    /// inner error is a rejection by the replicas' rules (duplicate key).
+    pub(crate) fn write_in_transaction(
+        &self,
+        mutations: Vec<sluice_raftstore::Mutation>,
+    ) -> Result<std::result::Result<sluice_raftstore::ApplyOutcome, ApplyError>> {
+        match &mut *self.txn.lock().expect("transaction lock") {
+            Some(txn) => txn.apply(mutations),
+            None => Err(Error::new(
+                sqlstate::INTERNAL_ERROR,
+                "no transaction block is open",
+            )),
+        }
+    }
+
+    async fn commit(&mut self) -> Result<Output> {
+        let txn = self.txn.lock().expect("transaction lock").take();
+        let Some(txn) = txn else {
+            self.no_transaction_notice();
+            return Ok(Output::Command(CommandTag::new("COMMIT")));
+        };
+        if txn.failed {
+            return Ok(Output::Command(CommandTag::new("ROLLBACK")));
+        }
+        if let Some(mutations) = txn.into_commit() {
+            match self.db.raft().propose(Command { mutations }).await {
+                Ok(_) => {}
+                Err(sluice_raftstore::Error::Apply(ApplyError::Conflict { .. })) => {
+                    return Err(Error::new(
+                        sqlstate::SERIALIZATION_FAILURE,
+                        "could not serialize access due to concurrent update",
+                    )
+                    .with_detail(
+                        "A row this transaction read for writing was changed by a transaction \
+                         that committed first; nothing of this transaction was written. Retry it.",
+                    ))
+                }
+                Err(e) => return Err(dml::raft_error(e)),
+            }
+        }
+        Ok(Output::Command(CommandTag::new("COMMIT")))
+    }
+
+    fn set_transaction_isolation(&mut self, level: IsolationLevel) -> Result<()> {
+        match &mut *self.txn.lock().expect("transaction lock") {
+            Some(txn) if txn.needs_snapshot() || txn.isolation == level => {
+                txn.isolation = level;
+                Ok(())
+            }
+            Some(_) => Err(Error::new(
+                sqlstate::ACTIVE_SQL_TRANSACTION,
+                "SET TRANSACTION ISOLATION LEVEL must be called before any query",
+            )),
+            None => {
+                self.notices.push(Error::new(
+                    sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                    "SET TRANSACTION can only be used in transaction blocks",
+                ));
+                Ok(())
+            }
+        }
     }
 
     /// Plans `statement`. `param_types` are the client-declared types of `$n`.
@@ -385,6 +528,14 @@ impl Session {
         statement: Statement,
         param_types: &[Option<DataType>],
     ) -> Result<Arc<Prepared>> {
+        if self.transaction_state() == TransactionState::Failed
+            && !matches!(
+                statement.ast,
+                ast::Statement::Commit { .. } | ast::Statement::Rollback { .. }
+            )
+        {
+            return Err(aborted_block());
+        }
         let catalog_version = self.db.catalog.current().version;
         let text_column = |name: &str| {
             Some(Arc::new(Schema::new(vec![Field::new(
@@ -412,33 +563,81 @@ impl Session {
             | ast::Statement::AlterTable(_)
             | ast::Statement::CreateIndex(_)
             | ast::Statement::Truncate(_) => (PreparedKind::Ddl, None, Vec::new()),
+            ast::Statement::Set(ast::Set::SetTransaction {
+                modes,
+                snapshot: None,
+                session,
+            }) => {
+                let (isolation, _) = transaction_modes(modes)?;
+                (
+                    PreparedKind::SetTransaction {
+                        isolation,
+                        session: *session,
+                    },
+                    None,
+                    Vec::new(),
+                )
+            }
             ast::Statement::Set(set) => {
                 let (name, value) = parse_set(set)?;
                 (PreparedKind::Set { name, value }, None, Vec::new())
             }
             ast::Statement::ShowVariable { variable } => {
-                let name = variable.iter().map(|i| i.value.clone()).collect::<Vec<_>>().join(" ");
+                let name = variable
+                    .iter()
+                    .map(|i| i.value.clone())
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 let canonical = canonical_setting(&name).ok_or_else(|| unknown_setting(&name))?;
-                (PreparedKind::Show(canonical.clone()), text_column(&canonical.to_ascii_lowercase()), Vec::new())
+                (
+                    PreparedKind::Show(canonical.clone()),
+                    text_column(&canonical.to_ascii_lowercase()),
+                    Vec::new(),
+                )
             }
-            ast::Statement::StartTransaction { .. } | ast::Statement::Savepoint { .. } => {
+            ast::Statement::StartTransaction {
+                modes, statements, ..
+            } if statements.is_empty() => {
+                let (isolation, read_only) = transaction_modes(modes)?;
+                (
+                    PreparedKind::Begin {
+                        isolation,
+                        read_only,
+                    },
+                    None,
+                    Vec::new(),
+                )
+            }
+            ast::Statement::Savepoint { .. }
+            | ast::Statement::ReleaseSavepoint { .. }
+            | ast::Statement::Rollback {
+                savepoint: Some(_), ..
+            } => {
                 return Err(Error::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
-                    "interactive transactions are not supported yet; every statement commits on its own",
+                    "savepoints are not supported yet",
                 ))
             }
-            ast::Statement::Commit { .. } => (PreparedKind::NoTransaction("COMMIT"), None, Vec::new()),
-            ast::Statement::Rollback { savepoint: None, .. } => (PreparedKind::NoTransaction("ROLLBACK"), None, Vec::new()),
+            ast::Statement::Commit { chain: false, .. } => (PreparedKind::Commit, None, Vec::new()),
+            ast::Statement::Rollback {
+                savepoint: None,
+                chain: false,
+            } => (PreparedKind::Rollback, None, Vec::new()),
             ast::Statement::Copy { .. } => {
                 let kind = copy::prepare(self, &statement.ast).await?;
                 (kind, None, Vec::new())
             }
             ast::Statement::Discard { .. } => (PreparedKind::Tag("DISCARD ALL"), None, Vec::new()),
-            ast::Statement::Deallocate { .. } => (PreparedKind::Tag("DEALLOCATE"), None, Vec::new()),
+            ast::Statement::Deallocate { .. } => {
+                (PreparedKind::Tag("DEALLOCATE"), None, Vec::new())
+            }
             other => {
                 return Err(Error::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("statement not supported: {}", first_words(&other.to_string())),
+                    format!(
+                        "statement not supported: {}",
+                        first_words(&other.to_string())
+                    ),
                 ))
             }
         };
@@ -466,12 +665,40 @@ impl Session {
             .map_err(map_df_error)
     }
 
-    /// Executes a prepared statement with bound parameters.
+    /// Executes a prepared statement with bound parameters. An error inside
+    /// a transaction block fails the block (see [`Self::transaction_state`]).
     pub async fn execute(
         &mut self,
         prepared: &Prepared,
         params: Vec<ScalarValue>,
     ) -> Result<Output> {
+        let result = self.execute_in_block(prepared, params).await;
+        if result.is_err() {
+            self.mark_failed();
+        }
+        result
+    }
+
+    async fn execute_in_block(
+        &mut self,
+        prepared: &Prepared,
+        params: Vec<ScalarValue>,
+    ) -> Result<Output> {
+        match self.transaction_state() {
+            TransactionState::Failed
+                if !matches!(prepared.kind, PreparedKind::Commit | PreparedKind::Rollback) =>
+            {
+                return Err(aborted_block());
+            }
+            TransactionState::Open if matches!(prepared.kind, PreparedKind::Ddl) => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "DDL inside a transaction block is not supported yet",
+                )
+                .with_detail("Run it outside BEGIN … COMMIT; it commits on its own."));
+            }
+            _ => {}
+        }
         if prepared.kind.uses_catalog()
             && prepared.catalog_version != self.db.catalog.current().version
         {
@@ -499,7 +726,7 @@ impl Session {
         match &prepared.kind {
             PreparedKind::Query(plan) => {
                 let plan = plan.bind(&prepared.param_types, params)?;
-                let snapshot = self.db.read_view().await?;
+                let snapshot = self.read_view().await?;
                 let stream = self.run_cached(&plan, snapshot).await?;
                 let schema = prepared
                     .result_schema
@@ -545,10 +772,47 @@ impl Session {
                     verb: "SHOW",
                 })
             }
-            PreparedKind::NoTransaction(tag) => Ok(Output::Command(CommandTag::new(*tag))),
+            PreparedKind::Begin {
+                isolation,
+                read_only,
+            } => {
+                let mut txn = self.txn.lock().expect("transaction lock");
+                if txn.is_some() {
+                    self.notices.push(Error::new(
+                        sqlstate::ACTIVE_SQL_TRANSACTION,
+                        "there is already a transaction in progress",
+                    ));
+                } else {
+                    let isolation = match isolation {
+                        Some(level) => *level,
+                        None => {
+                            IsolationLevel::parse(&self.setting("default_transaction_isolation"))?
+                        }
+                    };
+                    *txn = Some(Transaction::new(isolation, *read_only));
+                }
+                Ok(Output::Command(CommandTag::new("BEGIN")))
+            }
+            PreparedKind::Commit => self.commit().await,
+            PreparedKind::Rollback => {
+                if self.txn.lock().expect("transaction lock").take().is_none() {
+                    self.no_transaction_notice();
+                }
+                Ok(Output::Command(CommandTag::new("ROLLBACK")))
+            }
+            PreparedKind::SetTransaction { isolation, session } => {
+                if let Some(level) = isolation {
+                    if *session {
+                        self.apply_set("default_transaction_isolation", Some(level.name().into()))?;
+                    } else {
+                        self.set_transaction_isolation(*level)?;
+                    }
+                }
+                Ok(Output::Command(CommandTag::new("SET")))
+            }
             PreparedKind::CopyIn(copy) => Ok(Output::CopyIn(copy.clone())),
             PreparedKind::CopyOut { plan, options } => {
-                let snapshot = self.db.read_view().await?;
+                let snapshot = self.read_view().await?;
                 let stream = self.run_cached(plan, snapshot).await?;
                 Ok(Output::CopyOut {
                     schema: stream.schema(),
@@ -636,6 +900,12 @@ impl Session {
             None => default_settings().get(name).cloned().unwrap_or_default(),
         };
         match name {
+            "transaction_isolation" => {
+                return self.set_transaction_isolation(IsolationLevel::parse(&value)?);
+            }
+            "default_transaction_isolation" => {
+                IsolationLevel::parse(&value)?;
+            }
             "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout"
                 if parse_duration_ms(&value).is_none() =>
             {
@@ -835,6 +1105,40 @@ fn cast_parameter_types(plan: &LogicalPlan) -> HashMap<String, DataType> {
         })
     });
     found
+}
+
+fn aborted_block() -> Error {
+    Error::new(
+        sqlstate::IN_FAILED_SQL_TRANSACTION,
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+/// The isolation level and read-only flag of BEGIN / SET TRANSACTION modes.
+fn transaction_modes(modes: &[ast::TransactionMode]) -> Result<(Option<IsolationLevel>, bool)> {
+    let mut isolation = None;
+    let mut read_only = false;
+    for mode in modes {
+        match mode {
+            ast::TransactionMode::IsolationLevel(level) => {
+                isolation = Some(match level {
+                    ast::TransactionIsolationLevel::ReadUncommitted
+                    | ast::TransactionIsolationLevel::ReadCommitted => {
+                        IsolationLevel::ReadCommitted
+                    }
+                    ast::TransactionIsolationLevel::RepeatableRead
+                    | ast::TransactionIsolationLevel::Snapshot => IsolationLevel::RepeatableRead,
+                    ast::TransactionIsolationLevel::Serializable => {
+                        return Err(crate::transaction::serializable_unsupported())
+                    }
+                });
+            }
+            ast::TransactionMode::AccessMode(mode) => {
+                read_only = matches!(mode, ast::TransactionAccessMode::ReadOnly);
+            }
+        }
+    }
+    Ok((isolation, read_only))
 }
 
 /// Whether two result descriptions agree on the column count and types.

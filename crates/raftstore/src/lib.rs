@@ -59,8 +59,10 @@ mod node;
 mod snapshot;
 mod state_machine;
 mod types;
+mod write_set;
 
 pub use command::{ApplyError, ApplyOutcome, Command, CommandBatch, CommandResponse, Mutation};
 pub use error::{Error, Result};
 pub use node::{NodeStatus, RaftConfig, RaftNode};
 pub use types::TypeConfig;
+pub use write_set::{plan_mutations, Overlaid, WriteSet};

@@ -15,7 +15,6 @@
 //! own earlier mutations, then the earlier commands of the same engine batch
 //! (not yet written), then the engine.
 
-use std::collections::BTreeMap;
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,13 +26,14 @@ use sluice_engine::{
 };
 use tokio::sync::watch;
 
-use crate::command::{ApplyError, ApplyOutcome, Command, CommandResponse, Mutation};
+use crate::command::{ApplyError, ApplyOutcome, Command, CommandResponse};
 use crate::log_store::read_meta_snapshot;
 use crate::snapshot::{self, SnapshotDir, SnapshotReader, StoredSnapshot};
 use crate::types::{
     blocking, encode, meta_key, Entry, FatalSlot, LogId, RaftStorageError, SnapshotMeta,
     StorageUsers, StoredMembership, TypeConfig,
 };
+use crate::write_set::{plan_mutations, WriteSet};
 
 /// An apply batch is written early once its payload passes this size, so a
 /// burst of large commands does not build one unbounded batch.
@@ -45,84 +45,16 @@ const INSTALL_BATCH_PAIRS: usize = 10_000;
 /// `delete_range` up to it, then point deletes for any key beyond it.
 const DATA_END: [u8; 16] = [0xff; 16];
 
-/// Writes of earlier mutations not yet in the engine.
-#[derive(Default)]
-struct Overlay {
-    /// `None` = deleted.
-    values: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
-    /// Ranges deleted by `DeleteRange`; `values` holds no key inside a range
-    /// unless it was written after the range was deleted.
-    deleted: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-impl Overlay {
-    /// `Some(state)` if this overlay decides the key's value.
-    fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
-        if let Some(value) = self.values.get(key) {
-            return Some(value.as_deref());
-        }
-        if self
-            .deleted
-            .iter()
-            .any(|(start, end)| key >= start.as_slice() && key < end.as_slice())
-        {
-            return Some(None);
-        }
-        None
-    }
-
-    fn apply(&mut self, op: &WriteOp) {
-        match op {
-            WriteOp::Put { key, value, .. } => {
-                self.values.insert(key.clone(), Some(value.clone()));
-            }
-            WriteOp::Delete { key, .. } => {
-                self.values.insert(key.clone(), None);
-            }
-            WriteOp::DeleteRange { start, end, .. } => {
-                if start < end {
-                    let doomed: Vec<Vec<u8>> = self
-                        .values
-                        .range::<[u8], _>((
-                            Bound::Included(start.as_slice()),
-                            Bound::Excluded(end.as_slice()),
-                        ))
-                        .map(|(k, _)| k.clone())
-                        .collect();
-                    for key in doomed {
-                        self.values.remove(&key);
-                    }
-                    self.deleted.push((start.clone(), end.clone()));
-                }
-            }
-        }
-    }
-}
-
 /// The engine batch being built by one `apply` call.
 #[derive(Default)]
 struct PendingApply {
     batch: WriteBatch,
-    overlay: Overlay,
+    /// The batch's writes, read through by later commands of the batch.
+    overlay: WriteSet,
     bytes: usize,
 }
 
 impl PendingApply {
-    fn current(
-        &self,
-        engine: &dyn Engine,
-        local: &Overlay,
-        key: &[u8],
-    ) -> Result<Option<Vec<u8>>, EngineError> {
-        if let Some(state) = local.lookup(key) {
-            return Ok(state.map(<[u8]>::to_vec));
-        }
-        if let Some(state) = self.overlay.lookup(key) {
-            return Ok(state.map(<[u8]>::to_vec));
-        }
-        engine.get(Keyspace::Data, key)
-    }
-
     /// Applies one command atomically: either all of its writes join the
     /// batch, or none do.
     fn apply_command(
@@ -131,61 +63,16 @@ impl PendingApply {
         command: Command,
         index: u64,
     ) -> Result<Result<ApplyOutcome, ApplyError>, EngineError> {
-        let mut local = Overlay::default();
-        let mut ops = Vec::with_capacity(command.mutations.len());
-        let mut outcome = ApplyOutcome {
-            applied_index: index,
-            ..Default::default()
+        let overlay = &self.overlay;
+        let planned = plan_mutations(command.mutations, |key| match overlay.lookup(key) {
+            Some(state) => Ok(state.map(<[u8]>::to_vec)),
+            None => engine.get(Keyspace::Data, key),
+        })?;
+        let (ops, mut outcome) = match planned {
+            Ok(planned) => planned,
+            Err(rejected) => return Ok(Err(rejected)),
         };
-        for mutation in command.mutations {
-            let op = match mutation {
-                Mutation::Insert { key, value } => {
-                    if self.current(engine, &local, &key)?.is_some() {
-                        return Ok(Err(ApplyError::DuplicateKey { key }));
-                    }
-                    outcome.inserted += 1;
-                    WriteOp::Put {
-                        keyspace: Keyspace::Data,
-                        key,
-                        value,
-                    }
-                }
-                Mutation::InsertIfAbsent { key, value } => {
-                    if self.current(engine, &local, &key)?.is_some() {
-                        outcome.ignored += 1;
-                        continue;
-                    }
-                    outcome.inserted += 1;
-                    WriteOp::Put {
-                        keyspace: Keyspace::Data,
-                        key,
-                        value,
-                    }
-                }
-                Mutation::Put { key, value } => WriteOp::Put {
-                    keyspace: Keyspace::Data,
-                    key,
-                    value,
-                },
-                Mutation::Delete { key } => WriteOp::Delete {
-                    keyspace: Keyspace::Data,
-                    key,
-                },
-                Mutation::DeleteRange { start, end } => WriteOp::DeleteRange {
-                    keyspace: Keyspace::Data,
-                    start,
-                    end,
-                },
-                Mutation::Check { key, expected } => {
-                    if self.current(engine, &local, &key)? != expected {
-                        return Ok(Err(ApplyError::Conflict { key }));
-                    }
-                    continue;
-                }
-            };
-            local.apply(&op);
-            ops.push(op);
-        }
+        outcome.applied_index = index;
         for op in ops {
             self.bytes += match &op {
                 WriteOp::Put { key, value, .. } => key.len() + value.len(),
@@ -560,6 +447,7 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
 
 #[cfg(test)]
 mod tests {
+    use crate::command::Mutation;
     use openraft::{CommittedLeaderId, Membership};
     use sluice_engine::MemoryEngine;
 

@@ -1,0 +1,227 @@
+//! Interactive transactions: `BEGIN … COMMIT` over Raft, optimistically.
+//!
+//! A transaction writes nothing until it commits. Its statements run as
+//! usual, but [`crate::dml::propose`] hands their mutations to the open
+//! [`Transaction`] instead of Raft: they are applied, with the very rules
+//! every replica applies ([`plan_mutations`]), to a [`WriteSet`] in the
+//! session. Every read of the transaction sees its snapshot with that write
+//! set laid over it ([`Overlaid`]), so scans, joins, aggregates, index
+//! lookups and the input plans of later DML all see its own writes.
+//!
+//! `COMMIT` proposes one Raft command: a `Check` for every key the
+//! transaction wrote or checked, expecting the value it had in the snapshot
+//! the transaction read, then the writes. The state machine applies it
+//! deterministically on every replica: if any such key changed since (a
+//! concurrent transaction committed a write to it first), the whole command
+//! is rejected and the client gets 40001. That is first-committer-wins
+//! snapshot isolation, validated by value.
+//!
+//! Isolation levels (documented in docs/architecture.md, with the anomalies
+//! each allows):
+//! - `REPEATABLE READ`: one snapshot, taken at the transaction's first
+//!   statement (as PostgreSQL does), for every statement.
+//! - `READ COMMITTED` (the default): a fresh snapshot per statement; writes
+//!   are validated the same way, so where PostgreSQL would wait for a
+//!   concurrent writer and re-read the row, Sluice fails the commit with
+//!   40001 and the client retries.
+//! - `SERIALIZABLE` is refused (0A000) until read sets are validated too.
+//!
+//! Snapshots are RocksDB snapshots held by the session; the versions they
+//! pin are dropped by compaction once the transaction ends.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use sluice_engine::{Keyspace, Snapshot};
+use sluice_raftstore::{plan_mutations, ApplyError, ApplyOutcome, Mutation, Overlaid, WriteSet};
+
+use crate::api::{sqlstate, Error, Result};
+use crate::catalog::storage_error;
+
+/// Bytes a transaction may write and check before it is refused with
+/// 54000: its commit must fit in one Raft command (64 MiB by default), and
+/// checks carry the old values of the rows it changed.
+pub const TRANSACTION_BYTES_LIMIT: usize = 24 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationLevel {
+    ReadCommitted,
+    RepeatableRead,
+}
+
+impl IsolationLevel {
+    /// Parses PostgreSQL's spelling (`read committed`, `REPEATABLE READ`, …).
+    pub fn parse(text: &str) -> Result<Self> {
+        match text
+            .trim()
+            .to_ascii_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .as_str()
+        {
+            "read committed" | "read uncommitted" => Ok(Self::ReadCommitted),
+            "repeatable read" => Ok(Self::RepeatableRead),
+            "serializable" => Err(serializable_unsupported()),
+            other => Err(Error::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("invalid value for parameter \"transaction_isolation\": \"{other}\""),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => "read committed",
+            Self::RepeatableRead => "repeatable read",
+        }
+    }
+}
+
+pub fn serializable_unsupported() -> Error {
+    Error::new(
+        sqlstate::FEATURE_NOT_SUPPORTED,
+        "SERIALIZABLE isolation is not supported yet",
+    )
+    .with_detail("Use REPEATABLE READ (snapshot isolation) or READ COMMITTED.")
+}
+
+/// Where the session stands, for ReadyForQuery's status byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransactionState {
+    Idle,
+    Open,
+    /// An error occurred inside the block; only ROLLBACK (or COMMIT, which
+    /// rolls back) is accepted.
+    Failed,
+}
+
+/// An open transaction block.
+pub(crate) struct Transaction {
+    pub(crate) isolation: IsolationLevel,
+    /// The transaction's snapshot (REPEATABLE READ), or the current
+    /// statement's (READ COMMITTED). `None` before the first read.
+    base: Option<Arc<dyn Snapshot>>,
+    writes: Arc<WriteSet>,
+    /// Each key the transaction wrote or checked, with its value in the
+    /// snapshot the statement that first touched it read: what COMMIT
+    /// expects to find.
+    expected: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    expected_bytes: usize,
+    pub(crate) failed: bool,
+    pub(crate) read_only: bool,
+}
+
+impl Transaction {
+    pub(crate) fn new(isolation: IsolationLevel, read_only: bool) -> Self {
+        Self {
+            isolation,
+            read_only,
+            base: None,
+            writes: Arc::default(),
+            expected: BTreeMap::new(),
+            expected_bytes: 0,
+            failed: false,
+        }
+    }
+
+    /// Whether a statement needs a new base snapshot before it reads.
+    pub(crate) fn needs_snapshot(&self) -> bool {
+        self.base.is_none() || self.isolation == IsolationLevel::ReadCommitted
+    }
+
+    pub(crate) fn set_snapshot(&mut self, snapshot: Arc<dyn Snapshot>) {
+        self.base = Some(snapshot);
+    }
+
+    /// What the transaction reads: its snapshot with its writes over it.
+    pub(crate) fn view(&self) -> Option<Arc<dyn Snapshot>> {
+        let base = self.base.clone()?;
+        Some(Arc::new(Overlaid::new(base, self.writes.clone())))
+    }
+
+    /// Applies a statement's mutations to the write set, all or nothing;
+    /// the inner error is a rejection by the replicas' rules (duplicate key).
+    pub(crate) fn apply(
+        &mut self,
+        mutations: Vec<Mutation>,
+    ) -> Result<std::result::Result<ApplyOutcome, ApplyError>> {
+        if self.read_only {
+            return Err(Error::new(
+                sqlstate::READ_ONLY_SQL_TRANSACTION,
+                "cannot write in a read-only transaction",
+            ));
+        }
+        let base = self.base.clone().ok_or_else(|| {
+            Error::new(
+                sqlstate::INTERNAL_ERROR,
+                "a transaction wrote before reading its snapshot",
+            )
+        })?;
+        let read_base = |key: &[u8]| base.get(Keyspace::Data, key);
+        let mut touched: Vec<Vec<u8>> = Vec::new();
+        for mutation in &mutations {
+            match mutation {
+                Mutation::Insert { key, .. }
+                | Mutation::InsertIfAbsent { key, .. }
+                | Mutation::Put { key, .. }
+                | Mutation::Delete { key }
+                | Mutation::Check { key, .. } => touched.push(key.clone()),
+                Mutation::DeleteRange { .. } => {
+                    return Err(Error::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        "this statement cannot run inside a transaction block yet",
+                    ))
+                }
+            }
+        }
+        let writes = &self.writes;
+        let planned = plan_mutations(mutations, |key| match writes.lookup(key) {
+            Some(state) => Ok(state.map(<[u8]>::to_vec)),
+            None => read_base(key),
+        })
+        .map_err(storage_error)?;
+        let (ops, outcome) = match planned {
+            Ok(planned) => planned,
+            Err(rejected) => return Ok(Err(rejected)),
+        };
+        for key in touched {
+            if !self.expected.contains_key(&key) && self.writes.lookup(&key).is_none() {
+                let value = read_base(&key).map_err(storage_error)?;
+                self.expected_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
+                self.expected.insert(key, value);
+            }
+        }
+        let writes = Arc::make_mut(&mut self.writes);
+        for op in &ops {
+            writes.apply(op);
+        }
+        let bytes = writes.bytes() + self.expected_bytes;
+        if bytes > TRANSACTION_BYTES_LIMIT {
+            return Err(Error::new(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "transaction is too large: {bytes} bytes written and read for writing, \
+                     more than the limit of {TRANSACTION_BYTES_LIMIT}"
+                ),
+            )
+            .with_detail("Commit in smaller transactions."));
+        }
+        Ok(Ok(outcome))
+    }
+
+    /// The commit command: checks, then writes. `None` when the transaction
+    /// wrote nothing (it commits without a Raft round).
+    pub(crate) fn into_commit(self) -> Option<Vec<Mutation>> {
+        if self.writes.is_empty() {
+            return None;
+        }
+        let mut mutations: Vec<Mutation> = self
+            .expected
+            .into_iter()
+            .map(|(key, expected)| Mutation::Check { key, expected })
+            .collect();
+        mutations.extend(self.writes.to_mutations());
+        Some(mutations)
+    }
+}
