@@ -368,11 +368,18 @@ pub async fn execute(
     for batch in &batches {
         rows.extend(batch_rows(table, batch, with_key)?);
     }
-    let (count, returned) = match plan.op {
+    let planned = match plan.op {
         DmlOp::Insert => insert(session, table, rows, &plan.on_conflict, snapshot.as_ref()).await?,
-        DmlOp::Update => update(session, table, rows, snapshot.as_ref()).await?,
-        DmlOp::Delete => delete(session, table, rows, snapshot.as_ref()).await?,
+        DmlOp::Update => update(table, rows, snapshot.as_ref())?,
+        DmlOp::Delete => delete(rows, snapshot.as_ref())?,
     };
+    // Inside a transaction block the view shares the block's write set; it
+    // must be released before the writes join that set, or the set is
+    // copied whole (copy-on-write) by every statement.
+    drop(snapshot);
+    let outcome = propose(session, table, planned.mutations).await?;
+    let count = planned.count.unwrap_or(outcome.inserted);
+    let returned = planned.returned;
     match &plan.returning {
         None => Ok(Output::Command(CommandTag::with_rows(
             plan.op.verb(),
@@ -512,13 +519,21 @@ pub fn keyed_rows(
         .collect()
 }
 
+/// A DML statement's writes, ready to propose, and the rows it returns.
+struct PlannedWrites {
+    mutations: Vec<Mutation>,
+    returned: Vec<Vec<Value>>,
+    /// The command tag's count; `None` when apply decides it (rows inserted).
+    count: Option<u64>,
+}
+
 async fn insert(
     session: &Session,
     table: &Arc<TableDef>,
     rows: Vec<InputRow>,
     on_conflict: &OnConflict,
     snapshot: &dyn Snapshot,
-) -> Result<(u64, Vec<Vec<Value>>)> {
+) -> Result<PlannedWrites> {
     let values: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
     let keyed = keyed_rows(session, table, &values)?;
     match on_conflict {
@@ -527,8 +542,11 @@ async fn insert(
                 .into_iter()
                 .map(|(key, value)| Mutation::Insert { key, value })
                 .collect();
-            let outcome = propose(session, table, mutations).await?;
-            Ok((outcome.inserted, values))
+            Ok(PlannedWrites {
+                mutations,
+                returned: values,
+                count: None,
+            })
         }
         OnConflict::DoNothing => {
             let mut returned = Vec::new();
@@ -553,15 +571,17 @@ async fn insert(
                     mutations.push(Mutation::Insert { key, value });
                 }
             }
-            let outcome = propose(session, table, mutations).await?;
-            Ok((outcome.inserted, returned))
+            Ok(PlannedWrites {
+                mutations,
+                returned,
+                count: None,
+            })
         }
         OnConflict::DoUpdate {
             assignments,
             selection,
         } => {
             upsert(
-                session,
                 table,
                 keyed,
                 values,
@@ -578,14 +598,13 @@ async fn insert(
 /// exists get the assignments, evaluated with `excluded` bound to the
 /// proposed row, exactly as PostgreSQL scopes them.
 async fn upsert(
-    session: &Session,
     table: &Arc<TableDef>,
     keyed: Vec<(Vec<u8>, Vec<u8>)>,
     values: Vec<Vec<Value>>,
     assignments: &[ast::Assignment],
     selection: Option<&ast::Expr>,
     snapshot: &dyn Snapshot,
-) -> Result<(u64, Vec<Vec<Value>>)> {
+) -> Result<PlannedWrites> {
     let kinds = table.kinds();
     let mut seen = HashSet::new();
     let mut mutations = Vec::new();
@@ -652,8 +671,11 @@ async fn upsert(
             updated += 1;
         }
     }
-    propose(session, table, mutations).await?;
-    Ok((inserted + updated, returned))
+    Ok(PlannedWrites {
+        mutations,
+        returned,
+        count: Some(inserted + updated),
+    })
 }
 
 async fn evaluate_conflict_updates(
@@ -759,12 +781,11 @@ fn cast_type(ty: crate::types::SqlType) -> String {
     }
 }
 
-async fn update(
-    session: &Session,
+fn update(
     table: &Arc<TableDef>,
     rows: Vec<InputRow>,
     snapshot: &dyn Snapshot,
-) -> Result<(u64, Vec<Vec<Value>>)> {
+) -> Result<PlannedWrites> {
     let mut seen = HashSet::new();
     let mut checks = Vec::new();
     let mut moves = Vec::new();
@@ -808,16 +829,14 @@ async fn update(
     let mut mutations = checks;
     mutations.extend(moves);
     mutations.extend(writes);
-    propose(session, table, mutations).await?;
-    Ok((count, returned))
+    Ok(PlannedWrites {
+        mutations,
+        returned,
+        count: Some(count),
+    })
 }
 
-async fn delete(
-    session: &Session,
-    table: &Arc<TableDef>,
-    rows: Vec<InputRow>,
-    snapshot: &dyn Snapshot,
-) -> Result<(u64, Vec<Vec<Value>>)> {
+fn delete(rows: Vec<InputRow>, snapshot: &dyn Snapshot) -> Result<PlannedWrites> {
     let mut seen = HashSet::new();
     let mut mutations = Vec::new();
     let mut returned = Vec::new();
@@ -837,8 +856,11 @@ async fn delete(
         returned.push(row.values);
     }
     let count = returned.len() as u64;
-    propose(session, table, mutations).await?;
-    Ok((count, returned))
+    Ok(PlannedWrites {
+        mutations,
+        returned,
+        count: Some(count),
+    })
 }
 
 fn get(snapshot: &dyn Snapshot, key: &[u8]) -> Result<Option<Vec<u8>>> {
