@@ -652,7 +652,12 @@ impl Session {
 
     /// Keeps `plan` for repeated execution, optimized once where that is safe.
     pub(crate) fn cache(&self, plan: LogicalPlan) -> Result<CachedPlan> {
-        CachedPlan::new(&self.ctx.state(), plan)
+        // Optimizing needs no per-query state (plans that read the clock are
+        // not optimized here), so the shared state is borrowed rather than
+        // cloned with all its function registries as `ctx.state()` would.
+        let state = self.ctx.state_ref();
+        let state = state.read();
+        CachedPlan::new(&state, plan)
     }
 
     /// Plans a statement with DataFusion against the current catalog.

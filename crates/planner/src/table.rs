@@ -20,7 +20,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::catalog::{Session as DfSession, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{DataFusionError, ScalarValue};
+use datafusion::common::{Column, DataFusionError, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::split_conjunction;
@@ -208,18 +208,8 @@ fn narrows_a_key(def: &TableDef, filter: &Expr) -> bool {
 /// scan while its value is still a placeholder; after binding it is a
 /// literal and narrows the range like any other.
 fn compares_a_key_with_a_parameter(def: &TableDef, filter: &Expr) -> bool {
-    let Expr::BinaryExpr(BinaryExpr { left, op, right }) = filter else {
+    let Some((column, _, Expr::Placeholder(_))) = compared_column(filter) else {
         return false;
-    };
-    if !matches!(
-        op,
-        Operator::Eq | Operator::Lt | Operator::LtEq | Operator::Gt | Operator::GtEq
-    ) {
-        return false;
-    }
-    let column = match (left.as_ref(), right.as_ref()) {
-        (Expr::Column(c), Expr::Placeholder(_)) | (Expr::Placeholder(_), Expr::Column(c)) => c,
-        _ => return false,
     };
     let Some(position) = def.columns.iter().position(|col| col.name == column.name) else {
         return false;
@@ -346,6 +336,15 @@ fn range_over(
 
 /// `column op literal`, normalising `literal op column` by flipping `op`.
 fn column_comparison(expr: &Expr) -> Option<(&str, Operator, &ScalarValue)> {
+    match compared_column(expr)? {
+        (column, op, Expr::Literal(value, _)) => Some((column.name.as_str(), op, value)),
+        _ => None,
+    }
+}
+
+/// `column op other` for the operators a key range can express, with
+/// `other op column` normalised by flipping `op`.
+fn compared_column(expr: &Expr) -> Option<(&Column, Operator, &Expr)> {
     let Expr::BinaryExpr(BinaryExpr { left, op, right }) = expr else {
         return None;
     };
@@ -357,8 +356,8 @@ fn column_comparison(expr: &Expr) -> Option<(&str, Operator, &ScalarValue)> {
         return None;
     }
     match (left.as_ref(), right.as_ref()) {
-        (Expr::Column(c), Expr::Literal(v, _)) => Some((c.name.as_str(), op, v)),
-        (Expr::Literal(v, _), Expr::Column(c)) => Some((c.name.as_str(), op.swap()?, v)),
+        (Expr::Column(c), other) => Some((c, op, other)),
+        (other, Expr::Column(c)) => Some((c, op.swap()?, other)),
         _ => None,
     }
 }

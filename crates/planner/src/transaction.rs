@@ -29,7 +29,7 @@
 //! Snapshots are RocksDB snapshots held by the session; the versions they
 //! pin are dropped by compaction once the transaction ends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sluice_engine::{Keyspace, Snapshot};
@@ -175,10 +175,17 @@ impl Transaction {
                 }
             }
         }
+        // Values read from the snapshot while planning, kept for `expected`
+        // below so that no key is read from the engine twice.
+        let mut base_reads: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let writes = &self.writes;
         let planned = plan_mutations(mutations, |key| match writes.lookup(key) {
             Some(state) => Ok(state.map(<[u8]>::to_vec)),
-            None => read_base(key),
+            None => {
+                let value = read_base(key)?;
+                base_reads.insert(key.to_vec(), value.clone());
+                Ok(value)
+            }
         })
         .map_err(storage_error)?;
         let (ops, outcome) = match planned {
@@ -187,7 +194,10 @@ impl Transaction {
         };
         for key in touched {
             if !self.expected.contains_key(&key) && self.writes.lookup(&key).is_none() {
-                let value = read_base(&key).map_err(storage_error)?;
+                let value = match base_reads.remove(&key) {
+                    Some(value) => value,
+                    None => read_base(&key).map_err(storage_error)?,
+                };
                 self.expected_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
                 self.expected.insert(key, value);
             }
