@@ -162,6 +162,64 @@ async fn an_error_fails_the_block_until_rollback() {
     );
 }
 
+/// Savepoints as SQLAlchemy and Django use them: a failed statement inside a savepoint is
+/// undone by ROLLBACK TO, which also leaves the failed block usable; RELEASE keeps the writes.
+#[tokio::test]
+async fn savepoints_undo_part_of_a_block() {
+    let server = TestServer::start();
+    let client = accounts(&server, 1, 100).await;
+
+    batch(&client, "BEGIN").await;
+    batch(&client, "INSERT INTO accounts VALUES (2, 2)").await;
+    batch(&client, "SAVEPOINT a").await;
+    batch(&client, "INSERT INTO accounts VALUES (3, 3)").await;
+    batch(&client, "SAVEPOINT \"B\"").await;
+    batch(&client, "UPDATE accounts SET balance = 0").await;
+    assert_eq!(total(&client).await, 0);
+    batch(&client, "ROLLBACK TO SAVEPOINT \"B\"").await;
+    assert_eq!(total(&client).await, 105);
+    // The savepoint stays after ROLLBACK TO, and can be rolled back to again.
+    batch(&client, "DELETE FROM accounts WHERE id = 1").await;
+    batch(&client, "ROLLBACK TO \"B\"").await;
+    assert_eq!(total(&client).await, 105);
+    // Names are identifiers: unquoted ones fold to lower case, quoted ones do not.
+    expect_sqlstate(client.simple_query("RELEASE SAVEPOINT b").await, "3B001");
+    expect_sqlstate(client.simple_query("SELECT 1").await, "25P02");
+    // An error fails the block; ROLLBACK TO an earlier savepoint recovers it.
+    batch(&client, "ROLLBACK TO SAVEPOINT A").await;
+    assert_eq!(total(&client).await, 102);
+    batch(&client, "SAVEPOINT inner_sp").await;
+    batch(&client, "INSERT INTO accounts VALUES (4, 4)").await;
+    batch(&client, "RELEASE inner_sp").await;
+    expect_sqlstate(client.simple_query("ROLLBACK TO inner_sp").await, "3B001");
+    batch(&client, "ROLLBACK TO a").await;
+    batch(&client, "INSERT INTO accounts VALUES (5, 5)").await;
+    batch(&client, "RELEASE SAVEPOINT a").await;
+    batch(&client, "COMMIT").await;
+    let ids = simple_rows(&client, "SELECT id FROM accounts ORDER BY id").await;
+    assert_eq!(ids, vec![vec![s("1")], vec![s("2")], vec![s("5")]]);
+
+    // Outside a block savepoints are refused, as in PostgreSQL.
+    expect_sqlstate(client.simple_query("SAVEPOINT x").await, "25P01");
+    expect_sqlstate(
+        client.simple_query("ROLLBACK TO SAVEPOINT x").await,
+        "25P01",
+    );
+    // Over the extended protocol too (drivers send savepoints as prepared statements).
+    client.execute("BEGIN", &[]).await.unwrap();
+    client.execute("SAVEPOINT x", &[]).await.unwrap();
+    client
+        .execute("INSERT INTO accounts VALUES ($1, 6)", &[&6i64])
+        .await
+        .unwrap();
+    client
+        .execute("ROLLBACK TO SAVEPOINT x", &[])
+        .await
+        .unwrap();
+    client.execute("COMMIT", &[]).await.unwrap();
+    assert_eq!(total(&client).await, 107);
+}
+
 #[tokio::test]
 async fn lost_update_is_prevented_at_every_level() {
     for level in ["READ COMMITTED", "REPEATABLE READ"] {

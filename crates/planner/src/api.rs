@@ -196,6 +196,7 @@ pub mod sqlstate {
     pub const IN_FAILED_SQL_TRANSACTION: &str = "25P02";
     pub const READ_ONLY_SQL_TRANSACTION: &str = "25006";
     pub const INVALID_SQL_STATEMENT_NAME: &str = "26000";
+    pub const INVALID_SAVEPOINT_SPECIFICATION: &str = "3B001";
     pub const INVALID_CURSOR_NAME: &str = "34000";
     pub const SERIALIZATION_FAILURE: &str = "40001";
     pub const SYNTAX_ERROR: &str = "42601";

@@ -202,6 +202,9 @@ pub(crate) enum PreparedKind {
     },
     Commit,
     Rollback,
+    Savepoint(String),
+    ReleaseSavepoint(String),
+    RollbackToSavepoint(String),
     SetTransaction {
         isolation: Option<IsolationLevel>,
         session: bool,
@@ -502,6 +505,21 @@ impl Session {
         Ok(Output::Command(CommandTag::new("COMMIT")))
     }
 
+    /// Runs a savepoint command on the open block, refusing it outside one.
+    fn in_block(
+        &self,
+        command: &str,
+        action: impl FnOnce(&mut Transaction) -> Result<()>,
+    ) -> Result<()> {
+        match &mut *self.txn.lock().expect("transaction lock") {
+            Some(txn) => action(txn),
+            None => Err(Error::new(
+                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                format!("{command} can only be used in transaction blocks"),
+            )),
+        }
+    }
+
     fn set_transaction_isolation(&mut self, level: IsolationLevel) -> Result<()> {
         match &mut *self.txn.lock().expect("transaction lock") {
             Some(txn) if txn.needs_snapshot() || txn.isolation == level => {
@@ -608,16 +626,22 @@ impl Session {
                     Vec::new(),
                 )
             }
-            ast::Statement::Savepoint { .. }
-            | ast::Statement::ReleaseSavepoint { .. }
-            | ast::Statement::Rollback {
-                savepoint: Some(_), ..
-            } => {
-                return Err(Error::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "savepoints are not supported yet",
-                ))
+            ast::Statement::Savepoint { name } => {
+                (PreparedKind::Savepoint(identifier(name)), None, Vec::new())
             }
+            ast::Statement::ReleaseSavepoint { name } => (
+                PreparedKind::ReleaseSavepoint(identifier(name)),
+                None,
+                Vec::new(),
+            ),
+            ast::Statement::Rollback {
+                savepoint: Some(name),
+                chain: false,
+            } => (
+                PreparedKind::RollbackToSavepoint(identifier(name)),
+                None,
+                Vec::new(),
+            ),
             ast::Statement::Commit { chain: false, .. } => (PreparedKind::Commit, None, Vec::new()),
             ast::Statement::Rollback {
                 savepoint: None,
@@ -691,7 +715,12 @@ impl Session {
     ) -> Result<Output> {
         match self.transaction_state() {
             TransactionState::Failed
-                if !matches!(prepared.kind, PreparedKind::Commit | PreparedKind::Rollback) =>
+                if !matches!(
+                    prepared.kind,
+                    PreparedKind::Commit
+                        | PreparedKind::Rollback
+                        | PreparedKind::RollbackToSavepoint(_)
+                ) =>
             {
                 return Err(aborted_block());
             }
@@ -803,6 +832,21 @@ impl Session {
                 if self.txn.lock().expect("transaction lock").take().is_none() {
                     self.no_transaction_notice();
                 }
+                Ok(Output::Command(CommandTag::new("ROLLBACK")))
+            }
+            PreparedKind::Savepoint(name) => {
+                self.in_block("SAVEPOINT", |txn| {
+                    txn.savepoint(name.clone());
+                    Ok(())
+                })?;
+                Ok(Output::Command(CommandTag::new("SAVEPOINT")))
+            }
+            PreparedKind::ReleaseSavepoint(name) => {
+                self.in_block("RELEASE SAVEPOINT", |txn| txn.release(name))?;
+                Ok(Output::Command(CommandTag::new("RELEASE")))
+            }
+            PreparedKind::RollbackToSavepoint(name) => {
+                self.in_block("ROLLBACK TO SAVEPOINT", |txn| txn.rollback_to(name))?;
                 Ok(Output::Command(CommandTag::new("ROLLBACK")))
             }
             PreparedKind::SetTransaction { isolation, session } => {
@@ -1110,6 +1154,14 @@ fn cast_parameter_types(plan: &LogicalPlan) -> HashMap<String, DataType> {
         })
     });
     found
+}
+
+/// An SQL identifier as PostgreSQL compares it: unquoted names fold to lower case.
+fn identifier(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(_) => ident.value.clone(),
+        None => ident.value.to_lowercase(),
+    }
 }
 
 fn aborted_block() -> Error {

@@ -96,6 +96,15 @@ pub enum TransactionState {
     Failed,
 }
 
+/// The state `ROLLBACK TO SAVEPOINT` returns to. Copies are cheap: the
+/// write set and the expectations are shared until the next write.
+struct Savepoint {
+    name: String,
+    writes: Arc<WriteSet>,
+    expected: Arc<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
+    expected_bytes: usize,
+}
+
 /// An open transaction block.
 pub(crate) struct Transaction {
     pub(crate) isolation: IsolationLevel,
@@ -106,8 +115,10 @@ pub(crate) struct Transaction {
     /// Each key the transaction wrote or checked, with its value in the
     /// snapshot the statement that first touched it read: what COMMIT
     /// expects to find.
-    expected: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    expected: Arc<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     expected_bytes: usize,
+    /// Open savepoints, oldest first; names may repeat (the newest wins).
+    savepoints: Vec<Savepoint>,
     pub(crate) failed: bool,
     pub(crate) read_only: bool,
 }
@@ -119,8 +130,9 @@ impl Transaction {
             read_only,
             base: None,
             writes: Arc::default(),
-            expected: BTreeMap::new(),
+            expected: Arc::default(),
             expected_bytes: 0,
+            savepoints: Vec::new(),
             failed: false,
         }
     }
@@ -199,7 +211,7 @@ impl Transaction {
                     None => read_base(&key).map_err(storage_error)?,
                 };
                 self.expected_bytes += key.len() + value.as_ref().map_or(0, Vec::len);
-                self.expected.insert(key, value);
+                Arc::make_mut(&mut self.expected).insert(key, value);
             }
         }
         let writes = Arc::make_mut(&mut self.writes);
@@ -220,14 +232,56 @@ impl Transaction {
         Ok(Ok(outcome))
     }
 
+    /// `SAVEPOINT name`: remembers the block's writes as they are now.
+    pub(crate) fn savepoint(&mut self, name: String) {
+        self.savepoints.push(Savepoint {
+            name,
+            writes: self.writes.clone(),
+            expected: self.expected.clone(),
+            expected_bytes: self.expected_bytes,
+        });
+    }
+
+    /// `RELEASE SAVEPOINT name`: forgets the savepoint and every later one,
+    /// keeping their writes.
+    pub(crate) fn release(&mut self, name: &str) -> Result<()> {
+        let position = self.find_savepoint(name)?;
+        self.savepoints.truncate(position);
+        Ok(())
+    }
+
+    /// `ROLLBACK TO SAVEPOINT name`: undoes every write since the savepoint,
+    /// which stays open, and leaves a failed block usable again.
+    pub(crate) fn rollback_to(&mut self, name: &str) -> Result<()> {
+        let position = self.find_savepoint(name)?;
+        self.savepoints.truncate(position + 1);
+        let savepoint = &self.savepoints[position];
+        self.writes = savepoint.writes.clone();
+        self.expected = savepoint.expected.clone();
+        self.expected_bytes = savepoint.expected_bytes;
+        self.failed = false;
+        Ok(())
+    }
+
+    fn find_savepoint(&self, name: &str) -> Result<usize> {
+        self.savepoints
+            .iter()
+            .rposition(|savepoint| savepoint.name == name)
+            .ok_or_else(|| {
+                Error::new(
+                    sqlstate::INVALID_SAVEPOINT_SPECIFICATION,
+                    format!("savepoint \"{name}\" does not exist"),
+                )
+            })
+    }
+
     /// The commit command: checks, then writes. `None` when the transaction
     /// wrote nothing (it commits without a Raft round).
     pub(crate) fn into_commit(self) -> Option<Vec<Mutation>> {
         if self.writes.is_empty() {
             return None;
         }
-        let mut mutations: Vec<Mutation> = self
-            .expected
+        let mut mutations: Vec<Mutation> = Arc::unwrap_or_clone(self.expected)
             .into_iter()
             .map(|(key, expected)| Mutation::Check { key, expected })
             .collect();
