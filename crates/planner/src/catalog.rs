@@ -324,6 +324,34 @@ impl CatalogState {
         Ok(state)
     }
 
+    /// What a `Data` key belongs to, for the detail of a conflict:
+    /// `table "public.t", key (id)=(1)`, an index, or the catalog.
+    pub fn describe_data_key(&self, key: &[u8]) -> String {
+        for table in self.tables.values() {
+            let prefix = table.rows_prefix();
+            if key.starts_with(&prefix) {
+                let name = table.qualified_name();
+                return if key.len() > prefix.len() {
+                    format!("table \"{name}\", key {}", table.describe_key(key))
+                } else {
+                    format!("table \"{name}\"")
+                };
+            }
+            if let Some(index) = table
+                .indexes
+                .iter()
+                .find(|index| key.starts_with(&index.prefix()))
+            {
+                return format!(
+                    "index \"{}\" of table \"{}\"",
+                    index.name,
+                    table.qualified_name()
+                );
+            }
+        }
+        String::from("the catalog")
+    }
+
     pub fn table(&self, schema: &str, name: &str) -> Option<&Arc<TableDef>> {
         self.tables.get(&(schema.to_string(), name.to_string()))
     }

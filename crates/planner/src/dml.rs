@@ -909,6 +909,10 @@ pub fn raft_error(error: sluice_raftstore::Error) -> Error {
             "could not serialize access due to concurrent update",
         )
         .with_detail("A row this statement read was changed by another statement before it committed; retry."),
+        R::Apply(ApplyError::ReadConflict { .. }) => Error::new(
+            sqlstate::SERIALIZATION_FAILURE,
+            "could not serialize access due to read/write dependencies among transactions",
+        ),
         R::CommandTooLarge { bytes, limit } => Error::new(
             sqlstate::PROGRAM_LIMIT_EXCEEDED,
             format!("statement writes {bytes} bytes, more than the limit of {limit} bytes for one command"),

@@ -142,7 +142,7 @@ pub fn with_index_upkeep(table: &TableDef, mutations: Vec<Mutation>) -> Result<V
         let (key, new_row) = match mutation {
             Mutation::Insert { key, value } | Mutation::Put { key, value } => (key, Some(value)),
             Mutation::Delete { key } => (key, None),
-            Mutation::Check { .. } => continue,
+            Mutation::Check { .. } | Mutation::CheckRange { .. } => continue,
             Mutation::InsertIfAbsent { .. } | Mutation::DeleteRange { .. } => {
                 return Err(Error::new(
                     sqlstate::INTERNAL_ERROR,

@@ -458,7 +458,7 @@ impl Session {
         if let Some(snapshot) = fresh {
             txn.set_snapshot(snapshot);
         }
-        txn.view()
+        txn.view()?
             .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "transaction has no snapshot"))
     }
 
@@ -486,18 +486,33 @@ impl Session {
         if txn.failed {
             return Ok(Output::Command(CommandTag::new("ROLLBACK")));
         }
-        if let Some(mutations) = txn.into_commit() {
+        if let Some(mutations) = txn.into_commit()? {
             match self.db.raft().propose(Command { mutations }).await {
                 Ok(_) => {}
-                Err(sluice_raftstore::Error::Apply(ApplyError::Conflict { .. })) => {
+                Err(sluice_raftstore::Error::Apply(ApplyError::Conflict { key })) => {
+                    let what = self.db.catalog.current().describe_data_key(&key);
                     return Err(Error::new(
                         sqlstate::SERIALIZATION_FAILURE,
                         "could not serialize access due to concurrent update",
                     )
-                    .with_detail(
-                        "A row this transaction read for writing was changed by a transaction \
-                         that committed first; nothing of this transaction was written. Retry it.",
-                    ))
+                    .with_detail(format!(
+                        "A row this transaction read for writing ({what}) was changed by a \
+                         transaction that committed first; nothing of this transaction was \
+                         written. Retry it."
+                    )));
+                }
+                Err(sluice_raftstore::Error::Apply(ApplyError::ReadConflict { key })) => {
+                    let what = self.db.catalog.current().describe_data_key(&key);
+                    return Err(Error::new(
+                        sqlstate::SERIALIZATION_FAILURE,
+                        "could not serialize access due to read/write dependencies among \
+                         transactions",
+                    )
+                    .with_detail(format!(
+                        "Rows this transaction read ({what}) were changed, added or removed by \
+                         a transaction that committed first; nothing of this transaction was \
+                         written. Retry it."
+                    )));
                 }
                 Err(e) => return Err(dml::raft_error(e)),
             }
@@ -1185,9 +1200,7 @@ fn transaction_modes(modes: &[ast::TransactionMode]) -> Result<(Option<Isolation
                     }
                     ast::TransactionIsolationLevel::RepeatableRead
                     | ast::TransactionIsolationLevel::Snapshot => IsolationLevel::RepeatableRead,
-                    ast::TransactionIsolationLevel::Serializable => {
-                        return Err(crate::transaction::serializable_unsupported())
-                    }
+                    ast::TransactionIsolationLevel::Serializable => IsolationLevel::Serializable,
                 });
             }
             ast::TransactionMode::AccessMode(mode) => {

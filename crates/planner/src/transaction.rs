@@ -24,7 +24,14 @@
 //!   are validated the same way, so where PostgreSQL would wait for a
 //!   concurrent writer and re-read the row, Sluice fails the commit with
 //!   40001 and the client retries.
-//! - `SERIALIZABLE` is refused (0A000) until read sets are validated too.
+//! - `SERIALIZABLE`: one snapshot, like REPEATABLE READ, read through a
+//!   [`ReadRecorder`] that keeps each key and key range the transaction read
+//!   with a digest of what it saw. COMMIT adds a `CheckRange` per recorded
+//!   read, so the commit also fails with 40001 if anything the transaction
+//!   read (rows, absent keys, gaps a scan covered: phantoms) changed since
+//!   its snapshot. Every writing transaction then behaves as if it ran
+//!   alone at its commit point, and a read-only one as if at its snapshot:
+//!   the serial order is the commit order.
 //!
 //! Snapshots are RocksDB snapshots held by the session; the versions they
 //! pin are dropped by compaction once the transaction ends.
@@ -33,7 +40,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use sluice_engine::{Keyspace, Snapshot};
-use sluice_raftstore::{plan_mutations, ApplyError, ApplyOutcome, Mutation, Overlaid, WriteSet};
+use sluice_raftstore::{
+    plan_mutations, ApplyError, ApplyOutcome, Mutation, Overlaid, ReadRecorder, WriteSet,
+};
 
 use crate::api::{sqlstate, Error, Result};
 use crate::catalog::storage_error;
@@ -47,6 +56,7 @@ pub const TRANSACTION_BYTES_LIMIT: usize = 24 << 20;
 pub enum IsolationLevel {
     ReadCommitted,
     RepeatableRead,
+    Serializable,
 }
 
 impl IsolationLevel {
@@ -62,7 +72,7 @@ impl IsolationLevel {
         {
             "read committed" | "read uncommitted" => Ok(Self::ReadCommitted),
             "repeatable read" => Ok(Self::RepeatableRead),
-            "serializable" => Err(serializable_unsupported()),
+            "serializable" => Ok(Self::Serializable),
             other => Err(Error::new(
                 sqlstate::INVALID_PARAMETER_VALUE,
                 format!("invalid value for parameter \"transaction_isolation\": \"{other}\""),
@@ -74,16 +84,9 @@ impl IsolationLevel {
         match self {
             Self::ReadCommitted => "read committed",
             Self::RepeatableRead => "repeatable read",
+            Self::Serializable => "serializable",
         }
     }
-}
-
-pub fn serializable_unsupported() -> Error {
-    Error::new(
-        sqlstate::FEATURE_NOT_SUPPORTED,
-        "SERIALIZABLE isolation is not supported yet",
-    )
-    .with_detail("Use REPEATABLE READ (snapshot isolation) or READ COMMITTED.")
 }
 
 /// Where the session stands, for ReadyForQuery's status byte.
@@ -111,6 +114,8 @@ pub(crate) struct Transaction {
     /// The transaction's snapshot (REPEATABLE READ), or the current
     /// statement's (READ COMMITTED). `None` before the first read.
     base: Option<Arc<dyn Snapshot>>,
+    /// SERIALIZABLE: what the transaction read from `base`.
+    reads: Option<Arc<ReadRecorder>>,
     writes: Arc<WriteSet>,
     /// Each key the transaction wrote or checked, with its value in the
     /// snapshot the statement that first touched it read: what COMMIT
@@ -129,6 +134,7 @@ impl Transaction {
             isolation,
             read_only,
             base: None,
+            reads: None,
             writes: Arc::default(),
             expected: Arc::default(),
             expected_bytes: 0,
@@ -143,13 +149,41 @@ impl Transaction {
     }
 
     pub(crate) fn set_snapshot(&mut self, snapshot: Arc<dyn Snapshot>) {
-        self.base = Some(snapshot);
+        if self.isolation == IsolationLevel::Serializable {
+            let recorder = Arc::new(ReadRecorder::new(snapshot));
+            self.base = Some(recorder.clone());
+            self.reads = Some(recorder);
+        } else {
+            self.base = Some(snapshot);
+        }
     }
 
     /// What the transaction reads: its snapshot with its writes over it.
-    pub(crate) fn view(&self) -> Option<Arc<dyn Snapshot>> {
-        let base = self.base.clone()?;
-        Some(Arc::new(Overlaid::new(base, self.writes.clone())))
+    /// Refused once the transaction holds too much (54000).
+    pub(crate) fn view(&self) -> Result<Option<Arc<dyn Snapshot>>> {
+        self.check_size()?;
+        let Some(base) = self.base.clone() else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(Overlaid::new(base, self.writes.clone()))))
+    }
+
+    /// Bytes of writes, of old values to check, and of recorded reads must
+    /// stay under [`TRANSACTION_BYTES_LIMIT`].
+    fn check_size(&self) -> Result<()> {
+        let reads = self.reads.as_ref().map_or(0, |reads| reads.bytes());
+        let bytes = self.writes.bytes() + self.expected_bytes + reads;
+        if bytes > TRANSACTION_BYTES_LIMIT {
+            return Err(Error::new(
+                sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "transaction is too large: {bytes} bytes written, read for writing and \
+                     recorded as read, more than the limit of {TRANSACTION_BYTES_LIMIT}"
+                ),
+            )
+            .with_detail("Commit in smaller transactions."));
+        }
+        Ok(())
     }
 
     /// Applies a statement's mutations to the write set, all or nothing;
@@ -185,20 +219,32 @@ impl Transaction {
                         "this statement cannot run inside a transaction block yet",
                     ))
                 }
+                // Only COMMIT proposes range checks, from the recorded reads.
+                Mutation::CheckRange { .. } => {
+                    return Err(Error::new(
+                        sqlstate::INTERNAL_ERROR,
+                        "a statement proposed a range check",
+                    ))
+                }
             }
         }
         // Values read from the snapshot while planning, kept for `expected`
         // below so that no key is read from the engine twice.
         let mut base_reads: HashMap<Vec<u8>, Option<Vec<u8>>> = HashMap::new();
         let writes = &self.writes;
-        let planned = plan_mutations(mutations, |key| match writes.lookup(key) {
-            Some(state) => Ok(state.map(<[u8]>::to_vec)),
-            None => {
-                let value = read_base(key)?;
-                base_reads.insert(key.to_vec(), value.clone());
-                Ok(value)
-            }
-        })
+        let view = Overlaid::new(base.clone(), writes.clone());
+        let planned = plan_mutations(
+            mutations,
+            |key| match writes.lookup(key) {
+                Some(state) => Ok(state.map(<[u8]>::to_vec)),
+                None => {
+                    let value = read_base(key)?;
+                    base_reads.insert(key.to_vec(), value.clone());
+                    Ok(value)
+                }
+            },
+            |range, limit| view.scan(Keyspace::Data, range, limit),
+        )
         .map_err(storage_error)?;
         let (ops, outcome) = match planned {
             Ok(planned) => planned,
@@ -218,17 +264,7 @@ impl Transaction {
         for op in &ops {
             writes.apply(op);
         }
-        let bytes = writes.bytes() + self.expected_bytes;
-        if bytes > TRANSACTION_BYTES_LIMIT {
-            return Err(Error::new(
-                sqlstate::PROGRAM_LIMIT_EXCEEDED,
-                format!(
-                    "transaction is too large: {bytes} bytes written and read for writing, \
-                     more than the limit of {TRANSACTION_BYTES_LIMIT}"
-                ),
-            )
-            .with_detail("Commit in smaller transactions."));
-        }
+        self.check_size()?;
         Ok(Ok(outcome))
     }
 
@@ -275,17 +311,22 @@ impl Transaction {
             })
     }
 
-    /// The commit command: checks, then writes. `None` when the transaction
-    /// wrote nothing (it commits without a Raft round).
-    pub(crate) fn into_commit(self) -> Option<Vec<Mutation>> {
+    /// The commit command: checks of written keys and (SERIALIZABLE) of
+    /// everything read, then the writes. `None` when the transaction wrote
+    /// nothing: it commits without a Raft round, serialized at its snapshot.
+    pub(crate) fn into_commit(self) -> Result<Option<Vec<Mutation>>> {
         if self.writes.is_empty() {
-            return None;
+            return Ok(None);
         }
+        self.check_size()?;
         let mut mutations: Vec<Mutation> = Arc::unwrap_or_clone(self.expected)
             .into_iter()
             .map(|(key, expected)| Mutation::Check { key, expected })
             .collect();
+        if let Some(reads) = &self.reads {
+            mutations.extend(reads.checks());
+        }
         mutations.extend(self.writes.to_mutations());
-        Some(mutations)
+        Ok(Some(mutations))
     }
 }

@@ -6,6 +6,8 @@
 //! clocks, randomness or anything outside the command. Checks that can fail
 //! (duplicate key, changed row) fail the whole command on every replica alike.
 
+use std::ops::Bound;
+
 use serde::{Deserialize, Serialize};
 
 /// One change to the `Data` keyspace.
@@ -27,6 +29,14 @@ pub enum Mutation {
     Check {
         key: Vec<u8>,
         expected: Option<Vec<u8>>,
+    },
+    /// Fails the command with [`ApplyError::ReadConflict`] unless the pairs
+    /// now in the range have exactly this [`crate::RangeDigest`]: what a
+    /// serializable transaction read is still what is there at its commit.
+    CheckRange {
+        start: Bound<Vec<u8>>,
+        end: Bound<Vec<u8>>,
+        digest: [u8; 32],
     },
 }
 
@@ -54,6 +64,10 @@ pub enum ApplyError {
     DuplicateKey { key: Vec<u8> },
     #[error("concurrent update conflict")]
     Conflict { key: Vec<u8> },
+    /// A `CheckRange` failed; `key` is the range's lower bound (empty when
+    /// unbounded).
+    #[error("read/write conflict")]
+    ReadConflict { key: Vec<u8> },
 }
 
 /// The state machine's response to one log entry.

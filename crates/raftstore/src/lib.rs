@@ -65,4 +65,4 @@ pub use command::{ApplyError, ApplyOutcome, Command, CommandBatch, CommandRespon
 pub use error::{Error, Result};
 pub use node::{NodeStatus, RaftConfig, RaftNode};
 pub use types::TypeConfig;
-pub use write_set::{plan_mutations, Overlaid, WriteSet};
+pub use write_set::{plan_mutations, Overlaid, RangeDigest, ReadRecorder, WriteSet};

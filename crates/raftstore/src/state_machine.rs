@@ -33,7 +33,7 @@ use crate::types::{
     blocking, encode, meta_key, Entry, FatalSlot, LogId, RaftStorageError, SnapshotMeta,
     StorageUsers, StoredMembership, TypeConfig,
 };
-use crate::write_set::{plan_mutations, WriteSet};
+use crate::write_set::{merged_scan, plan_mutations, WriteSet};
 
 /// An apply batch is written early once its payload passes this size, so a
 /// burst of large commands does not build one unbounded batch.
@@ -64,10 +64,21 @@ impl PendingApply {
         index: u64,
     ) -> Result<Result<ApplyOutcome, ApplyError>, EngineError> {
         let overlay = &self.overlay;
-        let planned = plan_mutations(command.mutations, |key| match overlay.lookup(key) {
-            Some(state) => Ok(state.map(<[u8]>::to_vec)),
-            None => engine.get(Keyspace::Data, key),
-        })?;
+        let planned = plan_mutations(
+            command.mutations,
+            |key| match overlay.lookup(key) {
+                Some(state) => Ok(state.map(<[u8]>::to_vec)),
+                None => engine.get(Keyspace::Data, key),
+            },
+            |range, limit| {
+                merged_scan(
+                    &mut |range, limit| engine.scan(Keyspace::Data, range, limit),
+                    overlay,
+                    range,
+                    limit,
+                )
+            },
+        )?;
         let (ops, mut outcome) = match planned {
             Ok(planned) => planned,
             Err(rejected) => return Ok(Err(rejected)),

@@ -8,9 +8,9 @@
 //! transaction meets exactly the rules (duplicate keys, checks, upserts) that
 //! every replica applies at commit.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sluice_engine::{Error as EngineError, KeyRange, Keyspace, KvPair, Snapshot, WriteOp};
 
@@ -125,13 +125,17 @@ impl WriteSet {
     }
 }
 
+/// Pairs read per page when a `CheckRange` re-reads its range.
+const CHECK_RANGE_PAGE: usize = 1024;
+
 /// Turns `mutations` into writes, reading each key's value before them with
-/// `read`; the rules every replica applies. The mutations are all-or-nothing:
-/// on a rejection nothing of them counts. `applied_index` of the outcome is
-/// left 0 for the caller.
+/// `read` and ranges with `scan`; the rules every replica applies. The
+/// mutations are all-or-nothing: on a rejection nothing of them counts.
+/// `applied_index` of the outcome is left 0 for the caller.
 pub fn plan_mutations<E>(
     mutations: Vec<Mutation>,
     mut read: impl FnMut(&[u8]) -> Result<Option<Vec<u8>>, E>,
+    mut scan: impl FnMut(&KeyRange, usize) -> Result<Vec<KvPair>, E>,
 ) -> Result<Result<(Vec<WriteOp>, ApplyOutcome), ApplyError>, E> {
     let mut local = WriteSet::default();
     let mut ops = Vec::with_capacity(mutations.len());
@@ -185,6 +189,17 @@ pub fn plan_mutations<E>(
                 }
                 continue;
             }
+            Mutation::CheckRange { start, end, digest } => {
+                let range = KeyRange { start, end };
+                if digest_range(&mut scan, &local, &range)? != digest {
+                    let key = match range.start {
+                        Bound::Included(key) | Bound::Excluded(key) => key,
+                        Bound::Unbounded => Vec::new(),
+                    };
+                    return Ok(Err(ApplyError::ReadConflict { key }));
+                }
+                continue;
+            }
         };
         local.apply(&op);
         ops.push(op);
@@ -221,53 +236,232 @@ impl Snapshot for Overlaid {
         range: &KeyRange,
         limit: usize,
     ) -> Result<Vec<KvPair>, EngineError> {
-        if keyspace != Keyspace::Data || self.writes.is_empty() || limit == 0 {
+        if keyspace != Keyspace::Data {
             return self.base.scan(keyspace, range, limit);
         }
-        let mut out: Vec<KvPair> = Vec::new();
-        let mut cursor = range.clone();
+        merged_scan(
+            &mut |range, limit| self.base.scan(keyspace, range, limit),
+            &self.writes,
+            range,
+            limit,
+        )
+    }
+}
+
+/// Reads up to `limit` pairs of a range from the view below a write set.
+type BaseScan<'a, E> = dyn FnMut(&KeyRange, usize) -> Result<Vec<KvPair>, E> + 'a;
+
+/// The bounds of a recorded read (`KeyRange` is not hashable).
+type RangeBounds = (Bound<Vec<u8>>, Bound<Vec<u8>>);
+
+/// Up to `limit` pairs of `range` as `writes` laid over the base read by
+/// `base_scan` shows them.
+pub(crate) fn merged_scan<E>(
+    base_scan: &mut BaseScan<'_, E>,
+    writes: &WriteSet,
+    range: &KeyRange,
+    limit: usize,
+) -> Result<Vec<KvPair>, E> {
+    if writes.is_empty() || limit == 0 {
+        return base_scan(range, limit);
+    }
+    let mut out: Vec<KvPair> = Vec::new();
+    let mut cursor = range.clone();
+    loop {
+        let page = base_scan(&cursor, limit)?;
+        let exhausted = page.len() < limit;
+        // This round decides every key up to the last base key read (or
+        // the end of the range once the base has no more).
+        let upto = match (exhausted, page.last()) {
+            (false, Some((last, _))) => Bound::Included(last.clone()),
+            _ => cursor.end.clone(),
+        };
+        let mut written = writes.written_within(&cursor.start, &upto).peekable();
+        let mut base = page.into_iter().peekable();
         loop {
-            let page = self.base.scan(keyspace, &cursor, limit)?;
-            let exhausted = page.len() < limit;
-            // This round decides every key up to the last base key read (or
-            // the end of the range once the base has no more).
-            let upto = match (exhausted, page.last()) {
-                (false, Some((last, _))) => Bound::Included(last.clone()),
-                _ => cursor.end.clone(),
+            let take_written = match (written.peek(), base.peek()) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((w, _)), Some((b, _))) => w.as_slice() <= b.as_slice(),
             };
-            let mut written = self.writes.written_within(&cursor.start, &upto).peekable();
-            let mut base = page.into_iter().peekable();
-            loop {
-                let take_written = match (written.peek(), base.peek()) {
-                    (None, None) => break,
-                    (Some(_), None) => true,
-                    (None, Some(_)) => false,
-                    (Some((w, _)), Some((b, _))) => w.as_slice() <= b.as_slice(),
-                };
-                if take_written {
-                    let (key, value) = written.next().expect("peeked");
-                    if base.peek().is_some_and(|(b, _)| b == key) {
-                        base.next();
-                    }
-                    if let Some(value) = value {
-                        out.push((key.clone(), value.clone()));
-                    }
-                } else {
-                    let (key, value) = base.next().expect("peeked");
-                    if !self.writes.in_deleted_range(&key) {
-                        out.push((key, value));
-                    }
+            if take_written {
+                let (key, value) = written.next().expect("peeked");
+                if base.peek().is_some_and(|(b, _)| b == key) {
+                    base.next();
                 }
-                if out.len() == limit {
-                    return Ok(out);
+                if let Some(value) = value {
+                    out.push((key.clone(), value.clone()));
+                }
+            } else {
+                let (key, value) = base.next().expect("peeked");
+                if !writes.in_deleted_range(&key) {
+                    out.push((key, value));
                 }
             }
-            drop(written);
-            match &upto {
-                Bound::Included(last) if !exhausted => cursor = cursor.resume_after(last),
-                _ => return Ok(out),
+            if out.len() == limit {
+                return Ok(out);
             }
         }
+        drop(written);
+        match &upto {
+            Bound::Included(last) if !exhausted => cursor = cursor.resume_after(last),
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// The digest of every pair in `range` as `writes` over the base show them.
+fn digest_range<E>(
+    base_scan: &mut BaseScan<'_, E>,
+    writes: &WriteSet,
+    range: &KeyRange,
+) -> Result<[u8; 32], E> {
+    let mut digest = RangeDigest::default();
+    let mut cursor = range.clone();
+    loop {
+        let page = merged_scan(base_scan, writes, &cursor, CHECK_RANGE_PAGE)?;
+        for (key, value) in &page {
+            digest.add(key, value);
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == CHECK_RANGE_PAGE => cursor = cursor.resume_after(last),
+            _ => return Ok(digest.finish()),
+        }
+    }
+}
+
+/// A digest of the pairs of a key range, in key order: what a transaction
+/// saw of the range, compared at commit with what is there then. Keys and
+/// values are length-prefixed so that no two different sequences of pairs
+/// feed the hash the same bytes; BLAKE3 makes a collision (a change that
+/// goes unnoticed) as unlikely as guessing a 256-bit key.
+#[derive(Default)]
+pub struct RangeDigest(blake3::Hasher);
+
+impl RangeDigest {
+    pub fn add(&mut self, key: &[u8], value: &[u8]) {
+        self.0.update(&(key.len() as u64).to_le_bytes());
+        self.0.update(key);
+        self.0.update(&(value.len() as u64).to_le_bytes());
+        self.0.update(value);
+    }
+
+    pub fn finish(&self) -> [u8; 32] {
+        *self.0.finalize().as_bytes()
+    }
+}
+
+/// A snapshot that remembers what was read from its `Data` keyspace: each
+/// key fetched and each range a scan covered (up to its last key when the
+/// page filled), with the digest of the pairs seen. A serializable
+/// transaction proposes them as `CheckRange`s at commit ([`Self::checks`]).
+pub struct ReadRecorder {
+    base: Arc<dyn Snapshot>,
+    reads: Mutex<RecordedReads>,
+}
+
+#[derive(Default)]
+struct RecordedReads {
+    /// Range → digest. One snapshot answers every read, so a range read
+    /// twice has one digest and is kept once.
+    ranges: HashMap<RangeBounds, [u8; 32]>,
+    bytes: usize,
+}
+
+impl ReadRecorder {
+    pub fn new(base: Arc<dyn Snapshot>) -> Self {
+        Self {
+            base,
+            reads: Mutex::default(),
+        }
+    }
+
+    /// Memory held by the recorded reads (bounds of ranges plus digests).
+    pub fn bytes(&self) -> usize {
+        self.reads.lock().expect("read set lock").bytes
+    }
+
+    /// One `CheckRange` per recorded read, in key order of their lower bounds.
+    pub fn checks(&self) -> Vec<Mutation> {
+        let reads = self.reads.lock().expect("read set lock");
+        let mut checks: Vec<Mutation> = reads
+            .ranges
+            .iter()
+            .map(|((start, end), digest)| Mutation::CheckRange {
+                start: start.clone(),
+                end: end.clone(),
+                digest: *digest,
+            })
+            .collect();
+        checks.sort_by(|a, b| lower_bound(a).cmp(&lower_bound(b)));
+        checks
+    }
+
+    fn record(&self, start: Bound<Vec<u8>>, end: Bound<Vec<u8>>, digest: [u8; 32]) {
+        let mut reads = self.reads.lock().expect("read set lock");
+        let bytes = bound_len(&start) + bound_len(&end) + digest.len();
+        if reads.ranges.insert((start, end), digest).is_none() {
+            reads.bytes += bytes;
+        }
+    }
+}
+
+fn bound_len(bound: &Bound<Vec<u8>>) -> usize {
+    match bound {
+        Bound::Included(key) | Bound::Excluded(key) => key.len(),
+        Bound::Unbounded => 0,
+    }
+}
+
+fn lower_bound(check: &Mutation) -> (u8, &[u8]) {
+    match check {
+        Mutation::CheckRange {
+            start: Bound::Included(key) | Bound::Excluded(key),
+            ..
+        } => (1, key.as_slice()),
+        _ => (0, &[]),
+    }
+}
+
+impl Snapshot for ReadRecorder {
+    fn get(&self, keyspace: Keyspace, key: &[u8]) -> Result<Option<Vec<u8>>, EngineError> {
+        let value = self.base.get(keyspace, key)?;
+        if keyspace == Keyspace::Data {
+            let mut digest = RangeDigest::default();
+            if let Some(value) = &value {
+                digest.add(key, value);
+            }
+            let key = key.to_vec();
+            self.record(
+                Bound::Included(key.clone()),
+                Bound::Included(key),
+                digest.finish(),
+            );
+        }
+        Ok(value)
+    }
+
+    fn scan(
+        &self,
+        keyspace: Keyspace,
+        range: &KeyRange,
+        limit: usize,
+    ) -> Result<Vec<KvPair>, EngineError> {
+        let page = self.base.scan(keyspace, range, limit)?;
+        if keyspace == Keyspace::Data && limit > 0 {
+            let mut digest = RangeDigest::default();
+            for (key, value) in &page {
+                digest.add(key, value);
+            }
+            // A full page says nothing about the keys after its last one.
+            let end = match page.last() {
+                Some((last, _)) if page.len() == limit => Bound::Included(last.clone()),
+                _ => range.end.clone(),
+            };
+            self.record(range.start.clone(), end, digest.finish());
+        }
+        Ok(page)
     }
 }
 
@@ -380,6 +574,7 @@ mod tests {
                 },
             ],
             read,
+            no_scans,
         )
         .unwrap()
         .unwrap();
@@ -397,11 +592,124 @@ mod tests {
                 },
             ],
             |k: &[u8]| snapshot.get(Keyspace::Data, k),
+            no_scans,
         )
         .unwrap();
         assert_eq!(
             rejected.unwrap_err(),
             ApplyError::DuplicateKey { key: b"a".to_vec() }
         );
+    }
+
+    fn no_scans(_: &KeyRange, _: usize) -> Result<Vec<KvPair>, EngineError> {
+        panic!("no mutation here reads a range")
+    }
+
+    /// Applies `mutations` over `snapshot` the way a replica does.
+    fn check(
+        snapshot: &Arc<dyn Snapshot>,
+        mutations: Vec<Mutation>,
+    ) -> Result<(Vec<WriteOp>, ApplyOutcome), ApplyError> {
+        plan_mutations(
+            mutations,
+            |k: &[u8]| snapshot.get(Keyspace::Data, k),
+            |range: &KeyRange, limit| snapshot.scan(Keyspace::Data, range, limit),
+        )
+        .unwrap()
+    }
+
+    fn range(start: &str, end: &str) -> KeyRange {
+        KeyRange::half_open(start.as_bytes().to_vec(), end.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn recorded_reads_pass_until_something_they_saw_changes() {
+        let keys: Vec<String> = (0..3000).map(|i| format!("k{i:05}")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let before = base(&keys);
+        let recorder = ReadRecorder::new(before.clone());
+        // A full page ends the covered range at its last key; a point read
+        // of an absent key is recorded as "absent".
+        assert_eq!(
+            recorder
+                .scan(Keyspace::Data, &range("k", "l"), 10)
+                .unwrap()
+                .len(),
+            10
+        );
+        assert_eq!(
+            recorder
+                .scan(Keyspace::Data, &range("k02000", "k02500"), 1000)
+                .unwrap()
+                .len(),
+            500
+        );
+        assert_eq!(recorder.get(Keyspace::Data, b"zz").unwrap(), None);
+        assert_eq!(recorder.get(Keyspace::Meta, b"catalog").unwrap(), None);
+        let checks = recorder.checks();
+        assert_eq!(checks.len(), 3, "Meta reads are not recorded");
+        assert_eq!(
+            check(&before, checks.clone()),
+            Ok((Vec::new(), ApplyOutcome::default()))
+        );
+
+        let after = |ops: Vec<WriteOp>| {
+            let engine = MemoryEngine::new();
+            let mut all: Vec<WriteOp> = keys.iter().map(|k| put(k, "base")).collect();
+            all.extend(ops);
+            engine
+                .write(WriteBatch { ops: all }, Durability::Buffered)
+                .unwrap();
+            engine.snapshot()
+        };
+        // Writes outside everything read (past the first page, outside the
+        // second range) do not conflict.
+        let unrelated = after(vec![
+            put("k00010", "new"),
+            put("k01999x", "new"),
+            put("k02500", "new"),
+        ]);
+        assert!(check(&unrelated, checks.clone()).is_ok());
+        // A changed value, an insert (phantom) and a delete inside a read
+        // range each do, and so does the appearance of a key read as absent.
+        for (changed, start) in [
+            (put("k00009", "new"), "k"),
+            (put("k02100x", "phantom"), "k02000"),
+            (
+                WriteOp::Delete {
+                    keyspace: Keyspace::Data,
+                    key: b"k02499".to_vec(),
+                },
+                "k02000",
+            ),
+            (put("zz", "now here"), "zz"),
+        ] {
+            let conflict = check(&after(vec![changed]), checks.clone()).unwrap_err();
+            assert_eq!(
+                conflict,
+                ApplyError::ReadConflict {
+                    key: start.as_bytes().to_vec()
+                }
+            );
+        }
+        // Within one command, a range check sees the command's own earlier writes.
+        let own_write = check(
+            &before,
+            vec![put_mutation("k00001", "mine")]
+                .into_iter()
+                .chain(checks.clone())
+                .collect(),
+        );
+        assert_eq!(
+            own_write.unwrap_err(),
+            ApplyError::ReadConflict { key: b"k".to_vec() }
+        );
+    }
+
+    fn put_mutation(key: &str, value: &str) -> Mutation {
+        Mutation::Put {
+            key: key.as_bytes().to_vec(),
+            value: value.as_bytes().to_vec(),
+        }
     }
 }
