@@ -220,6 +220,79 @@ async fn savepoints_undo_part_of_a_block() {
     assert_eq!(total(&client).await, 107);
 }
 
+/// Several statements in one simple query commit together or not at all, as in PostgreSQL;
+/// under a SERIALIZABLE default a single DML statement is its own serializable transaction.
+#[tokio::test]
+async fn multi_statement_queries_are_one_transaction() {
+    let server = TestServer::start();
+    let client = accounts(&server, 1, 100).await;
+    let other = server.client().await;
+
+    expect_sqlstate(
+        client
+            .simple_query(
+                "UPDATE accounts SET balance = 0 WHERE id = 1; \
+                 INSERT INTO accounts VALUES (2, 5); INSERT INTO accounts VALUES (1, 1)",
+            )
+            .await,
+        "23505",
+    );
+    // Nothing of the failed query remains, and the session is not left in a failed block.
+    assert_eq!(total(&other).await, 100);
+    assert_eq!(total(&client).await, 100);
+
+    let done = simple_counts(
+        &client,
+        "UPDATE accounts SET balance = balance - 40 WHERE id = 1; \
+         INSERT INTO accounts VALUES (2, 40); SELECT * FROM accounts",
+    )
+    .await;
+    assert_eq!(done, vec![1, 1, 2]);
+    assert_eq!(total(&other).await, 100);
+    assert_eq!(balance(&other, 2).await, 40);
+    // The block ended with the query: ROLLBACK now has nothing to undo.
+    batch(&client, "ROLLBACK").await;
+    assert_eq!(balance(&other, 2).await, 40);
+
+    // Inside an explicit block the statements simply join it.
+    batch(&client, "BEGIN").await;
+    batch(
+        &client,
+        "DELETE FROM accounts WHERE id = 2; UPDATE accounts SET balance = 1",
+    )
+    .await;
+    batch(&client, "ROLLBACK").await;
+    assert_eq!(total(&other).await, 100);
+
+    // A SERIALIZABLE default: autocommit DML commits (or fails) as one transaction.
+    batch(
+        &client,
+        "SET default_transaction_isolation = 'serializable'",
+    )
+    .await;
+    batch(
+        &client,
+        "INSERT INTO accounts SELECT id + 10, balance FROM accounts",
+    )
+    .await;
+    assert_eq!(total(&other).await, 200);
+    expect_sqlstate(
+        client
+            .simple_query("INSERT INTO accounts SELECT id + 10, balance FROM accounts")
+            .await,
+        "23505",
+    );
+    let rows = client
+        .execute(
+            "UPDATE accounts SET balance = balance + $1 WHERE id > 10",
+            &[&1i64],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+    assert_eq!(total(&other).await, 202);
+}
+
 #[tokio::test]
 async fn lost_update_is_prevented_at_every_level() {
     for level in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] {

@@ -556,14 +556,34 @@ impl SimpleQueryHandler for Connection {
             return Ok(Vec::new());
         }
         let count = statements.len();
+        // Like PostgreSQL, several statements in one query commit together
+        // or not at all. Queries that mix in DDL, COPY, settings or
+        // transaction control still run statement by statement.
+        let implicit = count > 1 && statements.iter().all(Statement::reads_or_writes_rows_only);
+        if implicit {
+            self.session
+                .lock()
+                .await?
+                .begin_implicit()
+                .map_err(to_wire)?;
+        }
+        let mut result = Ok(());
         for (i, statement) in statements.into_iter().enumerate() {
             let kind = statement_kind(&leading_text(&statement));
             let started = Instant::now();
-            let result = self.run_simple(client, statement, i + 1 == count).await;
+            result = self.run_simple(client, statement, i + 1 == count).await;
             self.shared.metrics.statement_done(kind, started.elapsed());
-            result?;
+            if result.is_err() {
+                break;
+            }
         }
-        Ok(Vec::new())
+        if implicit {
+            let mut session = self.session.lock().await?;
+            let finished = session.finish_implicit(result.is_ok()).await;
+            client.set_transaction_status(wire_status(session.transaction_state()));
+            finished.map_err(to_wire)?;
+        }
+        result.map(|()| Vec::new())
     }
 }
 

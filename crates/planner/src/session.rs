@@ -164,6 +164,23 @@ pub struct Statement {
     pub(crate) ast: ast::Statement,
 }
 
+impl Statement {
+    /// Whether the statement reads or writes rows and nothing else, so that
+    /// it can share an implicit transaction block with others like it.
+    /// DDL (not yet possible inside a block), COPY, settings and
+    /// transaction control keep a multi-statement query statement by
+    /// statement.
+    pub fn reads_or_writes_rows_only(&self) -> bool {
+        matches!(
+            self.ast,
+            ast::Statement::Query(_)
+                | ast::Statement::Insert(_)
+                | ast::Statement::Update(_)
+                | ast::Statement::Delete(_)
+        )
+    }
+}
+
 impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.ast)
@@ -711,16 +728,68 @@ impl Session {
 
     /// Executes a prepared statement with bound parameters. An error inside
     /// a transaction block fails the block (see [`Self::transaction_state`]).
+    ///
+    /// Under a SERIALIZABLE default, a DML statement outside a block runs
+    /// in an implicit block of its own, so that what it read (a subquery,
+    /// an INSERT … SELECT) is validated at commit like any serializable
+    /// transaction's reads; otherwise it commits on its own, checking only
+    /// the rows it changed.
     pub async fn execute(
         &mut self,
         prepared: &Prepared,
         params: Vec<ScalarValue>,
     ) -> Result<Output> {
+        let implicit = matches!(prepared.kind, PreparedKind::Dml(_))
+            && self.transaction_state() == TransactionState::Idle
+            && self.default_isolation()? == IsolationLevel::Serializable;
+        if implicit {
+            self.begin_implicit()?;
+        }
         let result = self.execute_in_block(prepared, params).await;
         if result.is_err() {
             self.mark_failed();
         }
+        if implicit {
+            self.finish_implicit(result.is_ok()).await?;
+        }
         result
+    }
+
+    fn default_isolation(&self) -> Result<IsolationLevel> {
+        IsolationLevel::parse(&self.setting("default_transaction_isolation"))
+    }
+
+    /// Opens an implicit transaction block unless a block is open: the
+    /// statements of one multi-statement query run in it, as in PostgreSQL,
+    /// and it ends with [`Self::finish_implicit`].
+    pub fn begin_implicit(&mut self) -> Result<()> {
+        let isolation = self.default_isolation()?;
+        let mut txn = self.txn.lock().expect("transaction lock");
+        if txn.is_none() {
+            let mut implicit = Transaction::new(isolation, false);
+            implicit.implicit = true;
+            *txn = Some(implicit);
+        }
+        Ok(())
+    }
+
+    /// Ends the implicit block if one is open: commits it when its
+    /// statements succeeded (the commit itself can fail, with 40001),
+    /// otherwise discards it. An explicit block is left alone.
+    pub async fn finish_implicit(&mut self, succeeded: bool) -> Result<()> {
+        let implicit = matches!(
+            &*self.txn.lock().expect("transaction lock"),
+            Some(txn) if txn.implicit
+        );
+        if !implicit {
+            return Ok(());
+        }
+        if succeeded {
+            self.commit().await?;
+        } else {
+            self.txn.lock().expect("transaction lock").take();
+        }
+        Ok(())
     }
 
     async fn execute_in_block(
@@ -826,7 +895,10 @@ impl Session {
                 read_only,
             } => {
                 let mut txn = self.txn.lock().expect("transaction lock");
-                if txn.is_some() {
+                if let Some(implicit) = txn.as_mut().filter(|txn| txn.implicit) {
+                    // BEGIN inside an implicit block makes it explicit, as in PostgreSQL.
+                    implicit.implicit = false;
+                } else if txn.is_some() {
                     self.notices.push(Error::new(
                         sqlstate::ACTIVE_SQL_TRANSACTION,
                         "there is already a transaction in progress",
@@ -834,9 +906,7 @@ impl Session {
                 } else {
                     let isolation = match isolation {
                         Some(level) => *level,
-                        None => {
-                            IsolationLevel::parse(&self.setting("default_transaction_isolation"))?
-                        }
+                        None => self.default_isolation()?,
                     };
                     *txn = Some(Transaction::new(isolation, *read_only));
                 }

@@ -126,6 +126,9 @@ pub(crate) struct Transaction {
     savepoints: Vec<Savepoint>,
     pub(crate) failed: bool,
     pub(crate) read_only: bool,
+    /// Opened by the server around statements that must commit together
+    /// (a multi-statement query), not by BEGIN; it ends with them.
+    pub(crate) implicit: bool,
 }
 
 impl Transaction {
@@ -140,6 +143,7 @@ impl Transaction {
             expected_bytes: 0,
             savepoints: Vec::new(),
             failed: false,
+            implicit: false,
         }
     }
 
