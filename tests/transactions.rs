@@ -293,6 +293,78 @@ async fn multi_statement_queries_are_one_transaction() {
     assert_eq!(total(&other).await, 202);
 }
 
+/// The value of an unlabelled metric in a Prometheus text exposition.
+fn metric(exposition: &str, name: &str) -> f64 {
+    exposition
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// `idle_in_transaction_session_timeout` ends a session left idle inside a block (FATAL 25P03)
+/// and with it the block; an idle session outside a block is left alone. `/metrics` shows the
+/// open blocks, the age of the oldest, and how blocks ended.
+#[tokio::test]
+async fn idle_blocks_time_out_and_open_blocks_are_measured() {
+    let server = TestServer::start();
+    let client = accounts(&server, 1, 100).await;
+    let other = server.client().await;
+
+    batch(&client, "SET idle_in_transaction_session_timeout = '400ms'").await;
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    assert_eq!(
+        balance(&client, 1).await,
+        100,
+        "idle outside a block is fine"
+    );
+
+    batch(&client, "BEGIN").await;
+    batch(&client, "UPDATE accounts SET balance = 0").await;
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let (_, during) = server.http_get("/metrics");
+    assert_eq!(metric(&during, "sluice_transactions_open"), 1.0);
+    assert!(metric(&during, "sluice_transaction_oldest_seconds") >= 0.1);
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let error = client.simple_query("COMMIT").await.unwrap_err();
+    assert!(
+        error.is_closed() || error.code().map(|c| c.code()) == Some("25P03"),
+        "the session was ended: {error:?}"
+    );
+    assert_eq!(
+        total(&other).await,
+        100,
+        "nothing of the timed-out block was written"
+    );
+
+    // Commits, rollbacks and conflicts are counted (once the ended session has let go).
+    let mut before = String::new();
+    for _ in 0..100 {
+        before = server.http_get("/metrics").1;
+        if metric(&before, "sluice_transactions_open") == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&before, "sluice_transactions_open"), 0.0);
+    batch(&other, "BEGIN; UPDATE accounts SET balance = 1; COMMIT").await;
+    batch(&other, "BEGIN; UPDATE accounts SET balance = 2; ROLLBACK").await;
+    let third = server.client().await;
+    batch(&other, "BEGIN ISOLATION LEVEL REPEATABLE READ").await;
+    assert_eq!(balance(&other, 1).await, 1);
+    batch(&third, "UPDATE accounts SET balance = 3").await;
+    batch(&other, "UPDATE accounts SET balance = 4").await;
+    expect_sqlstate(other.simple_query("COMMIT").await, "40001");
+    let (_, after) = server.http_get("/metrics");
+    let delta = |name: &str| metric(&after, name) - metric(&before, name);
+    assert_eq!(delta("sluice_transactions_committed_total"), 1.0);
+    assert_eq!(delta("sluice_transactions_rolled_back_total"), 2.0);
+    assert_eq!(delta("sluice_transaction_conflicts_total"), 1.0);
+    assert_eq!(metric(&after, "sluice_transactions_open"), 0.0);
+}
+
 #[tokio::test]
 async fn lost_update_is_prevented_at_every_level() {
     for level in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] {

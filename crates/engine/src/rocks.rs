@@ -292,6 +292,10 @@ impl Engine for RocksEngine {
             ("rocksdb_background_errors", properties::BACKGROUND_ERRORS),
             ("rocksdb_write_stopped", properties::IS_WRITE_STOPPED),
             ("rocksdb_live_snapshots", properties::NUM_SNAPSHOTS),
+            (
+                "rocksdb_oldest_snapshot_unix_seconds",
+                properties::OLDEST_SNAPSHOT_TIME,
+            ),
         ];
         for (name, prop) in db_wide {
             if let Some(v) = self.property(prop) {

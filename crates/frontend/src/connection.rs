@@ -115,6 +115,16 @@ impl SessionSlot {
     }
 
     /// The session; statements only arrive after startup opened it.
+    /// The session's idle-in-transaction limit, read between messages
+    /// (when no statement holds the session).
+    pub(crate) fn idle_in_transaction_timeout(&self) -> Option<Duration> {
+        self.session
+            .get()?
+            .try_lock()
+            .ok()?
+            .idle_in_transaction_timeout()
+    }
+
     pub(crate) async fn lock(&self) -> PgWireResult<tokio::sync::MutexGuard<'_, Session>> {
         match self.session.get() {
             Some(session) => Ok(session.lock().await),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
-    exponential_buckets, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    exponential_buckets, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, Opts, Registry, TextEncoder,
 };
 use sluice_planner::Database;
@@ -22,7 +22,18 @@ pub struct Metrics {
     pub(crate) rows_returned: IntCounter,
     pub(crate) copy_rows_in: IntCounter,
     raft: RaftGauges,
+    transactions: TransactionGauges,
     engine: GaugeVec,
+    /// One scrape at a time: counters catch up by difference.
+    rendering: std::sync::Mutex<()>,
+}
+
+struct TransactionGauges {
+    open: IntGauge,
+    oldest_seconds: Gauge,
+    committed: IntCounter,
+    rolled_back: IntCounter,
+    conflicts: IntCounter,
 }
 
 struct RaftGauges {
@@ -109,6 +120,28 @@ impl Metrics {
             Opts::new("sluice_engine_stat", "Storage engine statistics"),
             &["name"],
         )?;
+        let transactions = TransactionGauges {
+            open: IntGauge::new(
+                "sluice_transactions_open",
+                "Transaction blocks open now (each holds a snapshot)",
+            )?,
+            oldest_seconds: Gauge::new(
+                "sluice_transaction_oldest_seconds",
+                "Age of the oldest open transaction block (0 when none)",
+            )?,
+            committed: IntCounter::new(
+                "sluice_transactions_committed_total",
+                "Transaction blocks committed (explicit and implicit)",
+            )?,
+            rolled_back: IntCounter::new(
+                "sluice_transactions_rolled_back_total",
+                "Transaction blocks rolled back, failed, refused or abandoned",
+            )?,
+            conflicts: IntCounter::new(
+                "sluice_transaction_conflicts_total",
+                "Commits refused with 40001 by a conflicting commit",
+            )?,
+        };
 
         registry.register(Box::new(connections_opened.clone()))?;
         registry.register(Box::new(connections_current.clone()))?;
@@ -129,6 +162,15 @@ impl Metrics {
         ] {
             registry.register(Box::new(gauge.clone()))?;
         }
+        registry.register(Box::new(transactions.open.clone()))?;
+        registry.register(Box::new(transactions.oldest_seconds.clone()))?;
+        for counter in [
+            &transactions.committed,
+            &transactions.rolled_back,
+            &transactions.conflicts,
+        ] {
+            registry.register(Box::new(counter.clone()))?;
+        }
         registry.register(Box::new(engine.clone()))?;
         // Show every kind from the first scrape, not only after first use.
         for kind in KINDS {
@@ -144,7 +186,9 @@ impl Metrics {
             rows_returned,
             copy_rows_in,
             raft,
+            transactions,
             engine,
+            rendering: std::sync::Mutex::new(()),
         })
     }
 
@@ -161,6 +205,10 @@ impl Metrics {
 
     /// The Prometheus text exposition, with Raft and engine gauges as of now.
     pub(crate) fn render(&self, db: &Database) -> prometheus::Result<String> {
+        let _one_at_a_time = self
+            .rendering
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let raft = db.raft();
         let status = raft.status();
         let gauges = &self.raft;
@@ -174,6 +222,18 @@ impl Metrics {
         gauges
             .proposal_failures
             .set(saturate(status.proposal_failures));
+        let stats = db.transaction_stats();
+        let txn = &self.transactions;
+        txn.open.set(saturate(stats.open));
+        txn.oldest_seconds.set(stats.oldest_age.as_secs_f64());
+        // The planner counts; the counters catch up with it at each scrape.
+        for (counter, total) in [
+            (&txn.committed, stats.committed),
+            (&txn.rolled_back, stats.rolled_back),
+            (&txn.conflicts, stats.conflicts),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
         for (name, value) in raft.engine().stats() {
             self.engine.with_label_values(&[name.as_str()]).set(value);
         }

@@ -175,6 +175,20 @@ async fn drive(
                 | PgWireConnectionState::AwaitingStartup
                 | PgWireConnectionState::AuthenticationInProgress
         );
+        // Like PostgreSQL, the idle limit runs only while the server waits
+        // for the client's next query inside a transaction block.
+        let idle_limit = match socket.state() {
+            PgWireConnectionState::ReadyForQuery => {
+                connection.session.idle_in_transaction_timeout()
+            }
+            _ => None,
+        };
+        let idle_deadline = async {
+            match idle_limit {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
         let message = tokio::select! {
             () = shared.shutdown.cancelled() => {
                 if !starting {
@@ -183,6 +197,17 @@ async fn drive(
                 return Ok(());
             }
             () = &mut startup_deadline, if starting => return Ok(()),
+            () = idle_deadline => {
+                // Dropping the connection drops its session and with it the
+                // open block: nothing of it was written.
+                let error = Error::new(
+                    sqlstate::IDLE_IN_TRANSACTION_SESSION_TIMEOUT,
+                    "terminating connection due to idle-in-transaction timeout",
+                );
+                connection.record_error(&mut fatal(error.clone()));
+                send_fatal(&mut socket, fatal(error)).await;
+                return Ok(());
+            }
             message = socket.next() => message,
         };
         let message = match message {

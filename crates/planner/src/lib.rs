@@ -44,5 +44,5 @@ mod transaction;
 mod types;
 
 pub use session::{Database, Prepared, Session, Statement, SERVER_VERSION};
-pub use transaction::{IsolationLevel, TransactionState};
+pub use transaction::{IsolationLevel, TransactionState, TransactionStats};
 pub use types::SqlType;

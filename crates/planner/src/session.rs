@@ -28,7 +28,9 @@ use crate::apply::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
 use crate::cached_plan::CachedPlan;
 use crate::catalog::{SessionCatalog, SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
 use crate::table::ReadView;
-use crate::transaction::{IsolationLevel, Transaction, TransactionState};
+use crate::transaction::{
+    IsolationLevel, Transaction, TransactionRegistry, TransactionState, TransactionStats,
+};
 use crate::{copy, ddl, dml};
 use sluice_raftstore::{ApplyError, Command};
 
@@ -47,6 +49,7 @@ pub struct Database {
     expr_context: SessionContext,
     defaults: Mutex<DefaultsCache>,
     pub(crate) rowids: dml::RowIdGenerator,
+    pub(crate) transactions: Arc<TransactionRegistry>,
 }
 
 impl fmt::Debug for Database {
@@ -68,7 +71,13 @@ impl Database {
             expr_context: SessionContext::new_with_config(base_config()),
             defaults: Mutex::default(),
             rowids: dml::RowIdGenerator::new(),
+            transactions: Arc::default(),
         }))
+    }
+
+    /// Open transaction blocks and how finished ones ended (for metrics).
+    pub fn transaction_stats(&self) -> TransactionStats {
+        self.transactions.stats()
     }
 
     pub fn raft(&self) -> &Arc<RaftNode> {
@@ -408,6 +417,17 @@ impl Session {
         parse_duration_ms(&self.setting("statement_timeout")).filter(|d| !d.is_zero())
     }
 
+    /// How long the client may stay idle inside a transaction block
+    /// (`idle_in_transaction_session_timeout`); `None` outside a block or
+    /// when the setting is 0.
+    pub fn idle_in_transaction_timeout(&self) -> Option<Duration> {
+        if self.transaction_state() == TransactionState::Idle {
+            return None;
+        }
+        parse_duration_ms(&self.setting("idle_in_transaction_session_timeout"))
+            .filter(|d| !d.is_zero())
+    }
+
     pub fn user(&self) -> String {
         self.setting("session_authorization")
     }
@@ -503,10 +523,11 @@ impl Session {
         if txn.failed {
             return Ok(Output::Command(CommandTag::new("ROLLBACK")));
         }
-        if let Some(mutations) = txn.into_commit()? {
+        if let Some(mutations) = txn.commit_command()? {
             match self.db.raft().propose(Command { mutations }).await {
                 Ok(_) => {}
                 Err(sluice_raftstore::Error::Apply(ApplyError::Conflict { key })) => {
+                    self.db.transactions.conflict();
                     let what = self.db.catalog.current().describe_data_key(&key);
                     return Err(Error::new(
                         sqlstate::SERIALIZATION_FAILURE,
@@ -519,6 +540,7 @@ impl Session {
                     )));
                 }
                 Err(sluice_raftstore::Error::Apply(ApplyError::ReadConflict { key })) => {
+                    self.db.transactions.conflict();
                     let what = self.db.catalog.current().describe_data_key(&key);
                     return Err(Error::new(
                         sqlstate::SERIALIZATION_FAILURE,
@@ -534,6 +556,7 @@ impl Session {
                 Err(e) => return Err(dml::raft_error(e)),
             }
         }
+        txn.committed();
         Ok(Output::Command(CommandTag::new("COMMIT")))
     }
 
@@ -766,7 +789,7 @@ impl Session {
         let isolation = self.default_isolation()?;
         let mut txn = self.txn.lock().expect("transaction lock");
         if txn.is_none() {
-            let mut implicit = Transaction::new(isolation, false);
+            let mut implicit = Transaction::new(self.db.transactions.clone(), isolation, false);
             implicit.implicit = true;
             *txn = Some(implicit);
         }
@@ -908,7 +931,11 @@ impl Session {
                         Some(level) => *level,
                         None => self.default_isolation()?,
                     };
-                    *txn = Some(Transaction::new(isolation, *read_only));
+                    *txn = Some(Transaction::new(
+                        self.db.transactions.clone(),
+                        isolation,
+                        *read_only,
+                    ));
                 }
                 Ok(Output::Command(CommandTag::new("BEGIN")))
             }

@@ -37,7 +37,9 @@
 //! pin are dropped by compaction once the transaction ends.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sluice_engine::{Keyspace, Snapshot};
 use sluice_raftstore::{
@@ -108,6 +110,89 @@ struct Savepoint {
     expected_bytes: usize,
 }
 
+/// The node's transaction blocks, for metrics: the open ones (each holds a
+/// snapshot, and with it versions compaction cannot drop yet) and how the
+/// finished ones ended.
+#[derive(Debug, Default)]
+pub(crate) struct TransactionRegistry {
+    next_id: AtomicU64,
+    open: Mutex<BTreeMap<u64, Instant>>,
+    committed: AtomicU64,
+    rolled_back: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+/// A snapshot of [`TransactionRegistry`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TransactionStats {
+    pub open: u64,
+    /// Age of the oldest open block (zero when none is open).
+    pub oldest_age: Duration,
+    pub committed: u64,
+    /// Rolled back by ROLLBACK, a failed block, or a dropped connection.
+    pub rolled_back: u64,
+    /// Commits refused with 40001 (also counted as rolled back).
+    pub conflicts: u64,
+}
+
+impl TransactionRegistry {
+    pub(crate) fn stats(&self) -> TransactionStats {
+        let open = self.open.lock().expect("registry lock");
+        TransactionStats {
+            open: open.len() as u64,
+            oldest_age: open.values().min().map_or(Duration::ZERO, Instant::elapsed),
+            committed: self.committed.load(Ordering::Relaxed),
+            rolled_back: self.rolled_back.load(Ordering::Relaxed),
+            conflicts: self.conflicts.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn conflict(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// A transaction's entry in the registry; it leaves when the block ends,
+/// counted as committed only if [`Registration::committed`] said so.
+struct Registration {
+    id: u64,
+    registry: Arc<TransactionRegistry>,
+    committed: bool,
+}
+
+impl Registration {
+    fn new(registry: Arc<TransactionRegistry>) -> Self {
+        let id = registry.next_id.fetch_add(1, Ordering::Relaxed);
+        registry
+            .open
+            .lock()
+            .expect("registry lock")
+            .insert(id, Instant::now());
+        Self {
+            id,
+            registry,
+            committed: false,
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let registry = &self.registry;
+        registry
+            .open
+            .lock()
+            .expect("registry lock")
+            .remove(&self.id);
+        let outcome = if self.committed {
+            &registry.committed
+        } else {
+            &registry.rolled_back
+        };
+        outcome.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// An open transaction block.
 pub(crate) struct Transaction {
     pub(crate) isolation: IsolationLevel,
@@ -129,11 +214,17 @@ pub(crate) struct Transaction {
     /// Opened by the server around statements that must commit together
     /// (a multi-statement query), not by BEGIN; it ends with them.
     pub(crate) implicit: bool,
+    registration: Registration,
 }
 
 impl Transaction {
-    pub(crate) fn new(isolation: IsolationLevel, read_only: bool) -> Self {
+    pub(crate) fn new(
+        registry: Arc<TransactionRegistry>,
+        isolation: IsolationLevel,
+        read_only: bool,
+    ) -> Self {
         Self {
+            registration: Registration::new(registry),
             isolation,
             read_only,
             base: None,
@@ -318,19 +409,29 @@ impl Transaction {
     /// The commit command: checks of written keys and (SERIALIZABLE) of
     /// everything read, then the writes. `None` when the transaction wrote
     /// nothing: it commits without a Raft round, serialized at its snapshot.
-    pub(crate) fn into_commit(self) -> Result<Option<Vec<Mutation>>> {
+    /// The caller reports the outcome with [`Self::committed`].
+    pub(crate) fn commit_command(&self) -> Result<Option<Vec<Mutation>>> {
         if self.writes.is_empty() {
             return Ok(None);
         }
         self.check_size()?;
-        let mut mutations: Vec<Mutation> = Arc::unwrap_or_clone(self.expected)
-            .into_iter()
-            .map(|(key, expected)| Mutation::Check { key, expected })
+        let mut mutations: Vec<Mutation> = self
+            .expected
+            .iter()
+            .map(|(key, expected)| Mutation::Check {
+                key: key.clone(),
+                expected: expected.clone(),
+            })
             .collect();
         if let Some(reads) = &self.reads {
             mutations.extend(reads.checks());
         }
         mutations.extend(self.writes.to_mutations());
         Ok(Some(mutations))
+    }
+
+    /// Marks the block as committed; it leaves the registry when dropped.
+    pub(crate) fn committed(mut self) {
+        self.registration.committed = true;
     }
 }
