@@ -365,6 +365,41 @@ async fn idle_blocks_time_out_and_open_blocks_are_measured() {
     assert_eq!(metric(&after, "sluice_transactions_open"), 0.0);
 }
 
+/// Dirty reads: another session never sees a block's writes before COMMIT, at any level, and
+/// the PostgreSQL spellings of the block commands all work.
+#[tokio::test]
+async fn dirty_read_is_prevented_at_every_level() {
+    let server = TestServer::start();
+    let writer = accounts(&server, 1, 100).await;
+    let reader = server.client().await;
+    for (begin, end) in [
+        ("START TRANSACTION ISOLATION LEVEL READ COMMITTED", "END"),
+        (
+            "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ",
+            "COMMIT WORK",
+        ),
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE", "ABORT"),
+        (
+            "BEGIN WORK ISOLATION LEVEL READ UNCOMMITTED",
+            "ROLLBACK TRANSACTION",
+        ),
+    ] {
+        batch(&writer, begin).await;
+        batch(&writer, "UPDATE accounts SET balance = balance + 1").await;
+        batch(&writer, "INSERT INTO accounts VALUES (100, 1)").await;
+        for level in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] {
+            batch(&reader, &format!("BEGIN ISOLATION LEVEL {level}")).await;
+            let before = total(&writer).await - 1;
+            assert_eq!(total(&reader).await, before - 1, "{begin} / {level}");
+            batch(&reader, "COMMIT").await;
+        }
+        batch(&writer, end).await;
+        batch(&writer, "DELETE FROM accounts WHERE id = 100").await;
+    }
+    // END committed the first block, COMMIT WORK the second; ABORT and ROLLBACK undid theirs.
+    assert_eq!(balance(&reader, 1).await, 102);
+}
+
 #[tokio::test]
 async fn lost_update_is_prevented_at_every_level() {
     for level in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] {
@@ -680,5 +715,109 @@ async fn bank_transfers_keep_the_total() {
     assert!(
         retries.load(Ordering::Relaxed) > 0,
         "no transfer ever conflicted"
+    );
+}
+
+/// Write skew under load: accounts come in pairs whose sum must stay non-negative, and each
+/// withdrawal checks the pair's sum before taking from one account of it. Under snapshot
+/// isolation two concurrent withdrawals from the two accounts of a pair can both pass the
+/// check; under SERIALIZABLE one of them fails with 40001 and retries against the new sum.
+/// At the end no pair is negative and the books balance to the committed operations.
+#[tokio::test]
+async fn serializable_withdrawals_keep_every_pair_non_negative() {
+    const PAIRS: i64 = 3;
+    const CLIENTS: usize = 6;
+    const OPERATIONS: usize = 25;
+    let server = TestServer::start();
+    let setup = accounts(&server, PAIRS * 2, 50).await;
+    let retries = Arc::new(AtomicU64::new(0));
+    let net = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut workers = Vec::new();
+    for worker in 0..CLIENTS {
+        let client = server.client().await;
+        let (retries, net) = (retries.clone(), net.clone());
+        workers.push(tokio::spawn(async move {
+            client
+                .batch_execute("SET default_transaction_isolation = 'serializable'")
+                .await
+                .unwrap();
+            let mut seed = worker as u64 * 104729 + 3;
+            let mut next = move || {
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                (seed >> 33) as i64
+            };
+            for n in 0..OPERATIONS {
+                let first = (next() % PAIRS) * 2 + 1;
+                let account = first + next() % 2;
+                let withdraw = n % 3 != 2;
+                loop {
+                    let attempt = async {
+                        client.batch_execute("BEGIN").await?;
+                        let sum: i64 = client
+                            .query_one(
+                                "SELECT sum(balance) FROM accounts WHERE id BETWEEN $1 AND $2",
+                                &[&first, &(first + 1)],
+                            )
+                            .await?
+                            .get(0);
+                        // Widen the window between the check and the write.
+                        tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+                        let change = match (withdraw, sum >= 60) {
+                            (true, true) => -60,
+                            (true, false) => 0,
+                            (false, _) => 30,
+                        };
+                        if change != 0 {
+                            client
+                                .execute(
+                                    "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
+                                    &[&change, &account],
+                                )
+                                .await?;
+                        }
+                        client.batch_execute("COMMIT").await?;
+                        Ok::<i64, tokio_postgres::Error>(change)
+                    }
+                    .await;
+                    match attempt {
+                        Ok(change) => {
+                            net.fetch_add(change, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(e) if e.code() == Some(&SqlState::T_R_SERIALIZATION_FAILURE) => {
+                            retries.fetch_add(1, Ordering::Relaxed);
+                            let _ = client.batch_execute("ROLLBACK").await;
+                        }
+                        Err(e) => panic!("operation failed: {e:?}"),
+                    }
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await.unwrap();
+    }
+    for pair in 0..PAIRS {
+        let first = pair * 2 + 1;
+        let sum: i64 = setup
+            .query_one(
+                "SELECT sum(balance) FROM accounts WHERE id IN ($1, $2)",
+                &[&first, &(first + 1)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(sum >= 0, "pair {first} went to {sum}: write skew");
+    }
+    assert_eq!(
+        total(&setup).await,
+        PAIRS * 2 * 50 + net.load(Ordering::Relaxed),
+        "the books do not balance to the committed operations"
+    );
+    assert!(
+        retries.load(Ordering::Relaxed) > 0,
+        "no operation ever conflicted: the test did not exercise concurrency"
     );
 }

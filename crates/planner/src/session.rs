@@ -391,7 +391,7 @@ impl Session {
         let mut statements = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
             .with_recursion_limit(MAX_PARSE_DEPTH)
             .try_with_sql(sql)
-            .and_then(|mut parser| parser.parse_statements())
+            .and_then(|mut parser| parse_statements(&mut parser))
             .map_err(syntax_error)?;
         if statements.iter().any(reads_system_catalog) {
             statements = self.db.parser.parse(sql).map_err(syntax_error)?;
@@ -1122,6 +1122,42 @@ impl Session {
 const MAX_PARSE_DEPTH: usize = 100;
 
 /// Whether a statement reads `pg_catalog` or `information_schema` relations.
+/// sqlparser's `parse_statements`, plus PostgreSQL's `ABORT [WORK |
+/// TRANSACTION] [AND [NO] CHAIN]` (a spelling of ROLLBACK the dialect lacks).
+fn parse_statements(
+    parser: &mut datafusion::sql::sqlparser::parser::Parser,
+) -> std::result::Result<Vec<ast::Statement>, datafusion::sql::sqlparser::parser::ParserError> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::Token;
+    let mut statements = Vec::new();
+    loop {
+        while parser.consume_token(&Token::SemiColon) {}
+        if parser.peek_token_ref().token == Token::EOF {
+            return Ok(statements);
+        }
+        let statement = if parser.parse_keyword(Keyword::ABORT) {
+            let _ = parser.parse_one_of_keywords(&[Keyword::WORK, Keyword::TRANSACTION]);
+            let chain = if parser.parse_keyword(Keyword::AND) {
+                let no = parser.parse_keyword(Keyword::NO);
+                parser.expect_keyword(Keyword::CHAIN)?;
+                !no
+            } else {
+                false
+            };
+            ast::Statement::Rollback {
+                chain,
+                savepoint: None,
+            }
+        } else {
+            parser.parse_statement()?
+        };
+        statements.push(statement);
+        if !matches!(parser.peek_token_ref().token, Token::SemiColon | Token::EOF) {
+            return parser.expected("end of statement", parser.peek_token());
+        }
+    }
+}
+
 fn reads_system_catalog(statement: &ast::Statement) -> bool {
     let mut found = false;
     let _ = ast::visit_relations(statement, |name: &ast::ObjectName| {
