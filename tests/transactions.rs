@@ -291,6 +291,20 @@ async fn multi_statement_queries_are_one_transaction() {
         .unwrap();
     assert_eq!(rows, 2);
     assert_eq!(total(&other).await, 202);
+
+    // The default can also come with the connection, as libpq's PGOPTIONS sends it.
+    let conninfo = format!(
+        "{} options='-c default_transaction_isolation=serializable'",
+        server.conninfo()
+    );
+    let (serializable, connection) = tokio_postgres::connect(&conninfo, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    batch(&serializable, "BEGIN").await;
+    let level = simple_rows(&serializable, "SHOW transaction_isolation").await;
+    assert_eq!(level, vec![vec![s("serializable")]]);
+    batch(&serializable, "COMMIT").await;
 }
 
 /// The value of an unlabelled metric in a Prometheus text exposition.

@@ -17,9 +17,11 @@
 //!      included), turns the resulting rows into keyed [`Mutation`]s and
 //!      proposes them as one [`Command`] through Raft ([`dml`]);
 //!    - DDL writes catalog entries through the same path ([`ddl`]);
-//!    - inside `BEGIN … COMMIT` reads see the block's snapshot with its
-//!      writes laid over, DML mutations go to the block's write set, and
-//!      COMMIT proposes them in one validated command ([`transaction`]).
+//!    - inside `BEGIN … COMMIT` (or the implicit block of a multi-statement
+//!      query) reads see the block's snapshot with its writes laid over,
+//!      DML mutations go to the block's write set, and COMMIT proposes them
+//!      in one command that every replica validates: the rows written and,
+//!      under SERIALIZABLE, the key ranges read ([`transaction`]).
 //! 4. The result is an [`Output`] that the frontend encodes for the wire.
 //!
 //! [`Mutation`]: sluice_raftstore::Mutation

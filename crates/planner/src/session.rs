@@ -343,17 +343,21 @@ impl Session {
         }
         crate::functions::register(&ctx);
         let mut settings = default_settings();
+        let mut requested: Vec<(String, String)> = Vec::new();
         for (name, value) in startup {
             match name.as_str() {
                 "user" => {
                     settings.insert("session_authorization".into(), value.clone());
                 }
-                "database" | "replication" | "options" => {}
-                other => {
-                    if let Some(canonical) = canonical_setting(other) {
-                        settings.insert(canonical, value.clone());
-                    }
-                }
+                // libpq's PGOPTIONS and drivers' `options`: `-c name=value`.
+                "options" => requested.extend(startup_options(value)),
+                "database" | "replication" => {}
+                other => requested.push((other.to_string(), value.clone())),
+            }
+        }
+        for (name, value) in requested {
+            if let Some(canonical) = canonical_setting(&name) {
+                settings.insert(canonical, value);
             }
         }
         Session {
@@ -1181,6 +1185,44 @@ fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
+/// The settings in a startup `options` string: `-c name=value`,
+/// `-cname=value` or `--name=value`, separated by spaces; a backslash
+/// escapes the next character (a space inside a value), as in PostgreSQL.
+fn startup_options(options: &str) -> Vec<(String, String)> {
+    let mut words: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut chars = options.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.extend(chars.next()),
+            c if c.is_ascii_whitespace() => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    let mut settings = Vec::new();
+    let mut words = words.into_iter();
+    while let Some(word) = words.next() {
+        let assignment = if word == "-c" {
+            words.next()
+        } else {
+            word.strip_prefix("--")
+                .or_else(|| word.strip_prefix("-c"))
+                .map(str::to_string)
+        };
+        if let Some((name, value)) = assignment.as_deref().and_then(|a| a.split_once('=')) {
+            settings.push((name.replace('-', "_"), value.to_string()));
+        }
+    }
+    settings
+}
+
 fn unknown_setting(name: &str) -> Error {
     Error::new(
         sqlstate::UNDEFINED_OBJECT,
@@ -1537,6 +1579,28 @@ mod tests {
             (mapped.code, mapped.message.as_str()),
             (sqlstate::DIVISION_BY_ZERO, "division by zero")
         );
+    }
+
+    #[test]
+    fn startup_options_read_like_postgres() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            startup_options(
+                "-c default_transaction_isolation=serializable  -cstatement_timeout=5s \
+                 --application-name=my\\ app -x ignored"
+            ),
+            pairs(&[
+                ("default_transaction_isolation", "serializable"),
+                ("statement_timeout", "5s"),
+                ("application_name", "my app"),
+            ])
+        );
+        assert_eq!(startup_options(""), pairs(&[]));
+        assert_eq!(startup_options("-c"), pairs(&[]));
     }
 
     #[test]
