@@ -414,6 +414,60 @@ async fn dirty_read_is_prevented_at_every_level() {
     assert_eq!(balance(&reader, 1).await, 102);
 }
 
+/// A block that grows past `sluice.max_transaction_bytes` fails with 54000 instead of
+/// growing without bound; the limit is a setting with bounds, and nothing of the block is
+/// written.
+#[tokio::test]
+async fn oversized_transactions_are_refused() {
+    let server = TestServer::start();
+    let client = accounts(&server, 1, 100).await;
+    batch(
+        &client,
+        "CREATE TABLE blobs (id bigint PRIMARY KEY, body text)",
+    )
+    .await;
+    expect_sqlstate(
+        client
+            .simple_query("SET sluice.max_transaction_bytes = '1GB'")
+            .await,
+        "22023",
+    );
+    expect_sqlstate(
+        client
+            .simple_query("SET sluice.max_transaction_bytes = 'lots'")
+            .await,
+        "22023",
+    );
+    batch(&client, "SET sluice.max_transaction_bytes = '64kB'").await;
+    batch(&client, "BEGIN").await;
+    let body = "x".repeat(10_000);
+    for id in 0..6i64 {
+        client
+            .execute("INSERT INTO blobs VALUES ($1, $2)", &[&id, &body])
+            .await
+            .unwrap();
+    }
+    let error = client
+        .execute("INSERT INTO blobs VALUES ($1, $2)", &[&6i64, &body])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code().map(|c| c.code()), Some("54000"), "{error:?}");
+    expect_sqlstate(client.simple_query("SELECT 1").await, "25P02");
+    batch(&client, "ROLLBACK").await;
+    assert_eq!(simple_counts(&client, "SELECT * FROM blobs").await, vec![0]);
+    // Back at the default (24MB) the same block commits.
+    batch(&client, "SET sluice.max_transaction_bytes = DEFAULT").await;
+    batch(&client, "BEGIN").await;
+    for id in 0..7i64 {
+        client
+            .execute("INSERT INTO blobs VALUES ($1, $2)", &[&id, &body])
+            .await
+            .unwrap();
+    }
+    batch(&client, "COMMIT").await;
+    assert_eq!(simple_counts(&client, "SELECT * FROM blobs").await, vec![7]);
+}
+
 #[tokio::test]
 async fn lost_update_is_prevented_at_every_level() {
     for level in ["READ COMMITTED", "REPEATABLE READ", "SERIALIZABLE"] {

@@ -300,6 +300,7 @@ fn default_settings() -> BTreeMap<String, String> {
         ("statement_timeout", "0"),
         ("lock_timeout", "0"),
         ("idle_in_transaction_session_timeout", "0"),
+        ("sluice.max_transaction_bytes", "24MB"),
         ("extra_float_digits", "1"),
         ("max_identifier_length", "63"),
         ("default_transaction_isolation", "read committed"),
@@ -782,6 +783,30 @@ impl Session {
         result
     }
 
+    /// `sluice.max_transaction_bytes` in bytes: a block's writes, the old
+    /// values it checks and the reads it records must fit in one Raft
+    /// command, so at most three quarters of the command limit.
+    fn transaction_limit_of(&self, value: &str) -> Result<usize> {
+        let most = self.db.raft().max_command_bytes() / 4 * 3;
+        match parse_bytes(value) {
+            Some(bytes) if (1024..=most).contains(&bytes) => Ok(bytes),
+            _ => Err(Error::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "invalid value for parameter \"sluice.max_transaction_bytes\": \"{value}\""
+                ),
+            )
+            .with_detail(format!(
+                "Give a size from 1kB to {}MB (three quarters of the Raft command limit).",
+                most >> 20
+            ))),
+        }
+    }
+
+    fn transaction_limit(&self) -> Result<usize> {
+        self.transaction_limit_of(&self.setting("sluice.max_transaction_bytes"))
+    }
+
     fn default_isolation(&self) -> Result<IsolationLevel> {
         IsolationLevel::parse(&self.setting("default_transaction_isolation"))
     }
@@ -791,9 +816,11 @@ impl Session {
     /// and it ends with [`Self::finish_implicit`].
     pub fn begin_implicit(&mut self) -> Result<()> {
         let isolation = self.default_isolation()?;
+        let limit = self.transaction_limit()?;
         let mut txn = self.txn.lock().expect("transaction lock");
         if txn.is_none() {
-            let mut implicit = Transaction::new(self.db.transactions.clone(), isolation, false);
+            let mut implicit =
+                Transaction::new(self.db.transactions.clone(), isolation, false, limit);
             implicit.implicit = true;
             *txn = Some(implicit);
         }
@@ -921,6 +948,7 @@ impl Session {
                 isolation,
                 read_only,
             } => {
+                let limit = self.transaction_limit()?;
                 let mut txn = self.txn.lock().expect("transaction lock");
                 if let Some(implicit) = txn.as_mut().filter(|txn| txn.implicit) {
                     // BEGIN inside an implicit block makes it explicit, as in PostgreSQL.
@@ -939,6 +967,7 @@ impl Session {
                         self.db.transactions.clone(),
                         isolation,
                         *read_only,
+                        limit,
                     ));
                 }
                 Ok(Output::Command(CommandTag::new("BEGIN")))
@@ -1071,6 +1100,9 @@ impl Session {
             "default_transaction_isolation" => {
                 IsolationLevel::parse(&value)?;
             }
+            "sluice.max_transaction_bytes" => {
+                self.transaction_limit_of(&value)?;
+            }
             "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout"
                 if parse_duration_ms(&value).is_none() =>
             {
@@ -1125,7 +1157,6 @@ impl Session {
 /// Nesting depth beyond which a statement is refused rather than risking the stack.
 const MAX_PARSE_DEPTH: usize = 100;
 
-/// Whether a statement reads `pg_catalog` or `information_schema` relations.
 /// sqlparser's `parse_statements`, plus PostgreSQL's `ABORT [WORK |
 /// TRANSACTION] [AND [NO] CHAIN]` (a spelling of ROLLBACK the dialect lacks).
 fn parse_statements(
@@ -1162,6 +1193,7 @@ fn parse_statements(
     }
 }
 
+/// Whether a statement reads `pg_catalog` or `information_schema` relations.
 fn reads_system_catalog(statement: &ast::Statement) -> bool {
     let mut found = false;
     let _ = ast::visit_relations(statement, |name: &ast::ObjectName| {
@@ -1183,6 +1215,24 @@ fn reads_system_catalog(statement: &ast::Statement) -> bool {
 
 fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// A size in PostgreSQL's memory units: `65536`, `64kB`, `24MB`, `1GB`.
+fn parse_bytes(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let scale: usize = match unit.trim() {
+        "" | "B" => 1,
+        "kB" => 1 << 10,
+        "MB" => 1 << 20,
+        "GB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(scale)
 }
 
 /// The settings in a startup `options` string: `-c name=value`,

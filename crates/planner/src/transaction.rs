@@ -49,11 +49,6 @@ use sluice_raftstore::{
 use crate::api::{sqlstate, Error, Result};
 use crate::catalog::storage_error;
 
-/// Bytes a transaction may write and check before it is refused with
-/// 54000: its commit must fit in one Raft command (64 MiB by default), and
-/// checks carry the old values of the rows it changed.
-pub const TRANSACTION_BYTES_LIMIT: usize = 24 << 20;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IsolationLevel {
     ReadCommitted,
@@ -214,6 +209,10 @@ pub(crate) struct Transaction {
     /// Opened by the server around statements that must commit together
     /// (a multi-statement query), not by BEGIN; it ends with them.
     pub(crate) implicit: bool,
+    /// Bytes the block may write, check and record as read before it is
+    /// refused with 54000 (`sluice.max_transaction_bytes`): its commit must
+    /// fit in one Raft command.
+    limit: usize,
     registration: Registration,
 }
 
@@ -222,8 +221,10 @@ impl Transaction {
         registry: Arc<TransactionRegistry>,
         isolation: IsolationLevel,
         read_only: bool,
+        limit: usize,
     ) -> Self {
         Self {
+            limit,
             registration: Registration::new(registry),
             isolation,
             read_only,
@@ -264,19 +265,22 @@ impl Transaction {
     }
 
     /// Bytes of writes, of old values to check, and of recorded reads must
-    /// stay under [`TRANSACTION_BYTES_LIMIT`].
+    /// stay under the block's limit.
     fn check_size(&self) -> Result<()> {
         let reads = self.reads.as_ref().map_or(0, |reads| reads.bytes());
         let bytes = self.writes.bytes() + self.expected_bytes + reads;
-        if bytes > TRANSACTION_BYTES_LIMIT {
+        if bytes > self.limit {
             return Err(Error::new(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
                 format!(
                     "transaction is too large: {bytes} bytes written, read for writing and \
-                     recorded as read, more than the limit of {TRANSACTION_BYTES_LIMIT}"
+                     recorded as read, more than the limit of {}",
+                    self.limit
                 ),
             )
-            .with_detail("Commit in smaller transactions."));
+            .with_detail(
+                "Commit in smaller transactions, or raise sluice.max_transaction_bytes.",
+            ));
         }
         Ok(())
     }

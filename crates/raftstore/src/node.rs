@@ -149,6 +149,11 @@ impl std::fmt::Debug for RaftNode {
 }
 
 impl RaftNode {
+    /// The largest serialized command [`Self::propose`] accepts.
+    pub fn max_command_bytes(&self) -> usize {
+        self.max_command_bytes
+    }
+
     /// Opens the Raft group on `engine`. On first start initializes a
     /// one-member cluster {node_id}; on restart recovers from the stored
     /// log, vote and applied index (re-applying committed entries). Returns
