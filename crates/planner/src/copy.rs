@@ -78,11 +78,7 @@ fn column_list(table: &TableDef, columns: &[ast::Ident]) -> Result<Vec<String>> 
     columns
         .iter()
         .map(|ident| {
-            let name = if ident.quote_style.is_some() {
-                ident.value.clone()
-            } else {
-                ident.value.to_lowercase()
-            };
+            let name = crate::names::identifier(ident);
             table
                 .column_index(&name)
                 .map(|_| name.clone())

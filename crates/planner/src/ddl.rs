@@ -21,6 +21,7 @@ use crate::catalog::{
 };
 use crate::dml::{raft_error, resolve_name};
 use crate::index::{self, IndexColumn, IndexDef, IndexState};
+use crate::names::identifier;
 use crate::session::{map_df_error, Session};
 use crate::types::{value_at, SqlType};
 
@@ -296,7 +297,7 @@ fn lookup(catalog: &CatalogState, name: &ast::ObjectName) -> Result<Option<Arc<T
 fn resolve_single_object(name: &ast::ObjectName) -> Result<String> {
     match name.0.as_slice() {
         [part] => {
-            Ok(ident_name(part.as_ident().ok_or_else(|| {
+            Ok(identifier(part.as_ident().ok_or_else(|| {
                 Error::new(sqlstate::SYNTAX_ERROR, "bad name")
             })?))
         }
@@ -304,14 +305,6 @@ fn resolve_single_object(name: &ast::ObjectName) -> Result<String> {
             sqlstate::SYNTAX_ERROR,
             format!("improper name: {name}"),
         )),
-    }
-}
-
-fn ident_name(ident: &ast::Ident) -> String {
-    if ident.quote_style.is_some() {
-        ident.value.clone()
-    } else {
-        ident.value.to_lowercase()
     }
 }
 
@@ -382,7 +375,7 @@ fn table_definition(
                 }
                 for index_column in &pk.columns {
                     let column_name = match &index_column.column.expr {
-                        ast::Expr::Identifier(ident) => ident_name(ident),
+                        ast::Expr::Identifier(ident) => identifier(ident),
                         other => {
                             return Err(Error::new(
                                 sqlstate::FEATURE_NOT_SUPPORTED,
@@ -454,7 +447,7 @@ fn unsupported_constraint(constraint: &impl std::fmt::Display) -> Error {
 fn column_definition(column: &ast::ColumnDef) -> Result<(ColumnDef, bool)> {
     let ty = SqlType::from_ast(&column.data_type)?;
     let mut def = ColumnDef {
-        name: ident_name(&column.name),
+        name: identifier(&column.name),
         ty,
         nullable: true,
         default: None,
@@ -635,7 +628,7 @@ async fn create_index(session: &mut Session, create: &ast::CreateIndex) -> Resul
     let mut columns = Vec::with_capacity(create.columns.len());
     for indexed in &create.columns {
         let name = match &indexed.column.expr {
-            ast::Expr::Identifier(ident) => ident_name(ident),
+            ast::Expr::Identifier(ident) => identifier(ident),
             other => return unsupported(&format!("an index on the expression {other}")),
         };
         let column = table.column_index(&name).ok_or_else(|| {

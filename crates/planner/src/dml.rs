@@ -116,8 +116,7 @@ pub fn resolve_name(name: &ast::ObjectName) -> Result<(String, String)> {
         .0
         .iter()
         .map(|part| match part.as_ident() {
-            Some(ident) if ident.quote_style.is_some() => ident.value.clone(),
-            Some(ident) => ident.value.to_lowercase(),
+            Some(ident) => crate::names::identifier(ident),
             None => part.to_string(),
         })
         .collect();
@@ -294,16 +293,7 @@ fn check_conflict_target(table: &TableDef, target: Option<&ast::ConflictTarget>)
             "ON CONFLICT ON CONSTRAINT is not supported",
         ));
     };
-    let named: HashSet<String> = columns
-        .iter()
-        .map(|c| {
-            if c.quote_style.is_some() {
-                c.value.clone()
-            } else {
-                c.value.to_lowercase()
-            }
-        })
-        .collect();
+    let named: HashSet<String> = columns.iter().map(crate::names::identifier).collect();
     let key: HashSet<String> = table
         .primary_key
         .iter()

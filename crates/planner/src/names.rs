@@ -71,7 +71,7 @@ fn alias_ambiguous_items(items: &mut [ast::SelectItem]) {
         .iter()
         .map(|item| match item {
             ast::SelectItem::UnnamedExpr(expr) => Some(expression_name(expr)),
-            ast::SelectItem::ExprWithAlias { alias, .. } => Some(normalize(alias)),
+            ast::SelectItem::ExprWithAlias { alias, .. } => Some(identifier(alias)),
             _ => None,
         })
         .collect();
@@ -118,14 +118,16 @@ fn contains_subquery(expr: &ast::Expr) -> bool {
 /// casts by their operand (or type), everything else `?column?`.
 fn expression_name(expr: &ast::Expr) -> String {
     match expr {
-        ast::Expr::Identifier(ident) => normalize(ident),
-        ast::Expr::CompoundIdentifier(parts) => parts.last().map(normalize).unwrap_or_else(unknown),
+        ast::Expr::Identifier(ident) => identifier(ident),
+        ast::Expr::CompoundIdentifier(parts) => {
+            parts.last().map(identifier).unwrap_or_else(unknown)
+        }
         ast::Expr::Function(function) => function
             .name
             .0
             .last()
             .and_then(|part| part.as_ident())
-            .map(normalize)
+            .map(identifier)
             .unwrap_or_else(unknown),
         ast::Expr::Cast {
             expr, data_type, ..
@@ -139,7 +141,7 @@ fn expression_name(expr: &ast::Expr) -> String {
         ast::Expr::Subquery(query) => match query.body.as_ref() {
             ast::SetExpr::Select(select) => match select.projection.as_slice() {
                 [ast::SelectItem::UnnamedExpr(inner)] => expression_name(inner),
-                [ast::SelectItem::ExprWithAlias { alias, .. }] => normalize(alias),
+                [ast::SelectItem::ExprWithAlias { alias, .. }] => identifier(alias),
                 _ => unknown(),
             },
             _ => unknown(),
@@ -169,7 +171,9 @@ fn type_name(data_type: &ast::DataType) -> String {
     }
 }
 
-fn normalize(ident: &ast::Ident) -> String {
+/// An SQL identifier as PostgreSQL compares it: unquoted names fold to
+/// lower case, quoted ones stay as written.
+pub(crate) fn identifier(ident: &ast::Ident) -> String {
     if ident.quote_style.is_some() {
         ident.value.clone()
     } else {

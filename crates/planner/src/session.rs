@@ -27,6 +27,7 @@ use crate::api::{sqlstate, CommandTag, Error, Output, Result};
 use crate::apply::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
 use crate::cached_plan::CachedPlan;
 use crate::catalog::{SessionCatalog, SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
+use crate::names::identifier;
 use crate::table::ReadView;
 use crate::transaction::{
     IsolationLevel, Transaction, TransactionRegistry, TransactionState, TransactionStats,
@@ -521,7 +522,7 @@ impl Session {
 
     async fn commit(&mut self) -> Result<Output> {
         let txn = self.txn.lock().expect("transaction lock").take();
-        let Some(txn) = txn else {
+        let Some(mut txn) = txn else {
             self.no_transaction_notice();
             return Ok(Output::Command(CommandTag::new("COMMIT")));
         };
@@ -531,38 +532,40 @@ impl Session {
         if let Some(mutations) = txn.commit_command()? {
             match self.db.raft().propose(Command { mutations }).await {
                 Ok(_) => {}
-                Err(sluice_raftstore::Error::Apply(ApplyError::Conflict { key })) => {
+                Err(sluice_raftstore::Error::Apply(
+                    conflict @ (ApplyError::Conflict { .. } | ApplyError::ReadConflict { .. }),
+                )) => {
                     self.db.transactions.conflict();
-                    let what = self.db.catalog.current().describe_data_key(&key);
-                    return Err(Error::new(
-                        sqlstate::SERIALIZATION_FAILURE,
-                        "could not serialize access due to concurrent update",
-                    )
-                    .with_detail(format!(
-                        "A row this transaction read for writing ({what}) was changed by a \
-                         transaction that committed first; nothing of this transaction was \
-                         written. Retry it."
-                    )));
-                }
-                Err(sluice_raftstore::Error::Apply(ApplyError::ReadConflict { key })) => {
-                    self.db.transactions.conflict();
-                    let what = self.db.catalog.current().describe_data_key(&key);
-                    return Err(Error::new(
-                        sqlstate::SERIALIZATION_FAILURE,
-                        "could not serialize access due to read/write dependencies among \
-                         transactions",
-                    )
-                    .with_detail(format!(
-                        "Rows this transaction read ({what}) were changed, added or removed by \
-                         a transaction that committed first; nothing of this transaction was \
-                         written. Retry it."
-                    )));
+                    return Err(self.commit_conflict(&conflict));
                 }
                 Err(e) => return Err(dml::raft_error(e)),
             }
         }
         txn.committed();
         Ok(Output::Command(CommandTag::new("COMMIT")))
+    }
+
+    /// The 40001 for a commit that a transaction committed first invalidated:
+    /// a row it wrote changed, or (SERIALIZABLE) something it read.
+    fn commit_conflict(&self, conflict: &ApplyError) -> Error {
+        let (ApplyError::Conflict { key }
+        | ApplyError::ReadConflict { key }
+        | ApplyError::DuplicateKey { key }) = conflict;
+        let what = self.db.catalog.current().describe_data_key(key);
+        let (message, detail) = match conflict {
+            ApplyError::ReadConflict { .. } => (
+                "could not serialize access due to read/write dependencies among transactions",
+                format!("Rows this transaction read ({what}) were changed, added or removed by"),
+            ),
+            _ => (
+                "could not serialize access due to concurrent update",
+                format!("A row this transaction read for writing ({what}) was changed by"),
+            ),
+        };
+        Error::new(sqlstate::SERIALIZATION_FAILURE, message).with_detail(format!(
+            "{detail} a transaction that committed first; nothing of this transaction was \
+             written. Retry it."
+        ))
     }
 
     /// Runs a savepoint command on the open block, refusing it outside one.
@@ -1394,14 +1397,6 @@ fn cast_parameter_types(plan: &LogicalPlan) -> HashMap<String, DataType> {
         })
     });
     found
-}
-
-/// An SQL identifier as PostgreSQL compares it: unquoted names fold to lower case.
-fn identifier(ident: &ast::Ident) -> String {
-    match ident.quote_style {
-        Some(_) => ident.value.clone(),
-        None => ident.value.to_lowercase(),
-    }
 }
 
 fn aborted_block() -> Error {

@@ -413,19 +413,17 @@ impl Transaction {
     /// The commit command: checks of written keys and (SERIALIZABLE) of
     /// everything read, then the writes. `None` when the transaction wrote
     /// nothing: it commits without a Raft round, serialized at its snapshot.
-    /// The caller reports the outcome with [`Self::committed`].
-    pub(crate) fn commit_command(&self) -> Result<Option<Vec<Mutation>>> {
+    /// The expectations move into the command (copied only if a savepoint
+    /// still shares them). The caller reports the outcome with
+    /// [`Self::committed`].
+    pub(crate) fn commit_command(&mut self) -> Result<Option<Vec<Mutation>>> {
         if self.writes.is_empty() {
             return Ok(None);
         }
         self.check_size()?;
-        let mut mutations: Vec<Mutation> = self
-            .expected
-            .iter()
-            .map(|(key, expected)| Mutation::Check {
-                key: key.clone(),
-                expected: expected.clone(),
-            })
+        let mut mutations: Vec<Mutation> = Arc::unwrap_or_clone(std::mem::take(&mut self.expected))
+            .into_iter()
+            .map(|(key, expected)| Mutation::Check { key, expected })
             .collect();
         if let Some(reads) = &self.reads {
             mutations.extend(reads.checks());
