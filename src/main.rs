@@ -17,12 +17,13 @@ use serde::Deserialize;
 use sluice_engine::{Engine, RocksConfig, RocksEngine};
 use sluice_frontend::{Auth, FrontendConfig, Metrics};
 use sluice_planner::Database;
-use sluice_raftstore::{RaftConfig, RaftNode};
+use sluice_raftstore::{Bootstrap, FaultFilter, PeerSetup, RaftConfig, RaftNode};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 const DEFAULT_LISTEN: &str = "127.0.0.1:5433";
 const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:8433";
+const DEFAULT_PEER_LISTEN: &str = "127.0.0.1:7433";
 const DEFAULT_DATA_DIR: &str = "./sluice-data";
 /// The user a password applies to when a node requires authentication.
 const DEFAULT_USER: &str = "sluice";
@@ -43,7 +44,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a node (a one-member Raft cluster) and serve SQL and HTTP until SIGINT/SIGTERM.
+    /// Start a node and serve SQL, HTTP and the peer transport until SIGINT/SIGTERM. Without
+    /// --join a new node forms a one-member cluster that others can join.
     Start(StartArgs),
 }
 
@@ -60,7 +62,8 @@ struct StartArgs {
     /// Directory holding the node's data [default: ./sluice-data]
     #[arg(long, env = "SLUICE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// TOML file with any of: listen, http_listen, data_dir, password, node_id, block_cache_mb
+    /// TOML file with any of: listen, http_listen, peer_listen, advertise_addr, join, data_dir,
+    /// password, node_id, block_cache_mb
     #[arg(long, env = "SLUICE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Require this password (SCRAM-SHA-256) for user `sluice`. Mandatory when listening beyond loopback.
@@ -77,6 +80,41 @@ struct StartArgs {
     /// RocksDB block cache size in MiB [default: 256]
     #[arg(long, env = "SLUICE_BLOCK_CACHE_MB", value_name = "MIB")]
     block_cache_mb: Option<usize>,
+    /// Address for Raft and node-to-node traffic [default: 127.0.0.1:7433]
+    #[arg(long, env = "SLUICE_PEER_LISTEN", value_name = "ADDR")]
+    peer_listen: Option<SocketAddr>,
+    /// The peer address other nodes use to reach this one (host:port; a DNS name is fine)
+    /// [default: the bound --peer-listen address]
+    #[arg(long, env = "SLUICE_ADVERTISE_ADDR", value_name = "HOST:PORT")]
+    advertise_addr: Option<String>,
+    /// Form a new cluster with this node as its first member (the default without --join)
+    #[arg(long, conflicts_with = "join")]
+    init: bool,
+    /// Join the cluster through the member(s) at these peer addresses (comma-separated); only
+    /// used on first start
+    #[arg(
+        long,
+        env = "SLUICE_JOIN",
+        value_name = "HOST:PORT,...",
+        value_delimiter = ','
+    )]
+    join: Vec<String>,
+    /// Derive the node id from the host name's trailing ordinal (a StatefulSet pod `sluice-2`
+    /// is node 3); ordinal 0 forms the cluster, the others join it
+    #[arg(long, env = "SLUICE_NODE_ID_FROM_ORDINAL", conflicts_with = "node_id")]
+    node_id_from_ordinal: bool,
+    /// How long a write waits to be committed before it fails with 40003 (outcome unknown),
+    /// e.g. when the leader has lost its quorum [default: 10000]
+    #[arg(long, env = "SLUICE_WRITE_TIMEOUT_MS", value_name = "MS")]
+    write_timeout_ms: Option<u64>,
+    /// Build a Raft snapshot (and purge the log behind it) every this many entries
+    /// [default: 10000]
+    #[arg(long, env = "SLUICE_SNAPSHOT_EVERY_LOGS", value_name = "ENTRIES")]
+    snapshot_every_logs: Option<u64>,
+    /// Serve POST /debug/isolate?peers=1,2 and /debug/heal on the HTTP port, which cut this
+    /// node off from peers (for fault-injection tests; never in production)
+    #[arg(long, env = "SLUICE_FAULT_INJECTION", hide = true)]
+    fault_injection: bool,
 }
 
 #[derive(Deserialize, Default, Debug)]
@@ -88,6 +126,9 @@ struct FileConfig {
     password: Option<String>,
     node_id: Option<u64>,
     block_cache_mb: Option<usize>,
+    peer_listen: Option<SocketAddr>,
+    advertise_addr: Option<String>,
+    join: Option<Vec<String>>,
 }
 
 /// The resolved configuration of one node.
@@ -99,6 +140,13 @@ struct NodeConfig {
     password: Option<String>,
     node_id: u64,
     block_cache_mb: usize,
+    peer_listen: SocketAddr,
+    advertise_addr: Option<String>,
+    /// Empty: form a new cluster (on first start).
+    join: Vec<String>,
+    fault_injection: bool,
+    write_timeout_ms: Option<u64>,
+    snapshot_every_logs: Option<u64>,
 }
 
 impl NodeConfig {
@@ -129,11 +177,50 @@ impl NodeConfig {
             password: args.password.or(file.password).filter(|p| !p.is_empty()),
             node_id: args.node_id.or(file.node_id).unwrap_or(1),
             block_cache_mb: args.block_cache_mb.or(file.block_cache_mb).unwrap_or(256),
+            peer_listen: args
+                .peer_listen
+                .or(file.peer_listen)
+                .unwrap_or_else(|| parse(DEFAULT_PEER_LISTEN)),
+            advertise_addr: args.advertise_addr.or(file.advertise_addr),
+            join: if args.join.is_empty() {
+                file.join.unwrap_or_default()
+            } else {
+                args.join
+            },
+            fault_injection: args.fault_injection,
+            write_timeout_ms: args.write_timeout_ms,
+            snapshot_every_logs: args.snapshot_every_logs,
         };
+        let mut config = config;
+        if args.init {
+            config.join.clear();
+        }
+        if args.node_id_from_ordinal {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .unwrap_or_default();
+            let ordinal = ordinal_of(host.trim())?;
+            config.node_id = ordinal + 1;
+            if ordinal == 0 {
+                // The first pod forms the cluster; the others join through it.
+                config.join.clear();
+            } else if config.join.is_empty() {
+                return Err("--node-id-from-ordinal: pods after the first need --join".into());
+            }
+        }
+        if config.peer_listen.ip().is_unspecified() && config.advertise_addr.is_none() {
+            return Err(format!(
+                "--peer-listen {} is not an address other nodes can use: set --advertise-addr",
+                config.peer_listen
+            ));
+        }
         if config.node_id == 0 {
             return Err("node id must be at least 1".into());
         }
-        let exposed = !config.listen.ip().is_loopback() || !config.http_listen.ip().is_loopback();
+        let exposed = !config.listen.ip().is_loopback()
+            || !config.http_listen.ip().is_loopback()
+            || !config.peer_listen.ip().is_loopback();
         if !config.listen.ip().is_loopback() && config.password.is_none() {
             return Err(format!(
                 "refusing to listen on {} without authentication: set --password (or SLUICE_PASSWORD)",
@@ -141,10 +228,20 @@ impl NodeConfig {
             ));
         }
         if exposed {
-            tracing::warn!("listening beyond loopback; SQL requires a password, HTTP endpoints are unauthenticated");
+            tracing::warn!("listening beyond loopback; SQL requires a password, HTTP endpoints and the peer port are unauthenticated");
         }
         Ok(config)
     }
+}
+
+/// The StatefulSet ordinal at the end of a host name (`sluice-2` → 2).
+fn ordinal_of(host: &str) -> Result<u64, String> {
+    let short = host.split('.').next().unwrap_or(host);
+    short
+        .rsplit('-')
+        .next()
+        .and_then(|digits| digits.parse::<u64>().ok())
+        .ok_or_else(|| format!("host name {host:?} does not end in -<ordinal>"))
 }
 
 fn main() -> ExitCode {
@@ -190,15 +287,43 @@ async fn run(config: NodeConfig) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("create data directory {}: {e}", config.data_dir.display()))?;
     let engine = open_engine(&config.data_dir, config.block_cache_mb)?;
-    let raft = RaftNode::start(
+    let peer_listener = TcpListener::bind(config.peer_listen)
+        .await
+        .map_err(|e| format!("listen on {}: {e}", config.peer_listen))?;
+    let peer_addr = peer_listener.local_addr().map_err(|e| e.to_string())?;
+    let advertise_addr = config
+        .advertise_addr
+        .clone()
+        .unwrap_or_else(|| peer_addr.to_string());
+    let bootstrap = if config.join.is_empty() {
+        Bootstrap::Init
+    } else {
+        Bootstrap::Join(config.join.clone())
+    };
+    println!("sluice: peer listening on {peer_addr}");
+    let mut raft_config = RaftConfig::new(config.node_id, config.data_dir.join("raft"));
+    if let Some(ms) = config.write_timeout_ms {
+        raft_config.write_timeout_ms = ms.max(1);
+    }
+    if let Some(every) = config.snapshot_every_logs {
+        raft_config.snapshot_every_logs = every.max(1);
+        raft_config.logs_kept_behind_snapshot = raft_config
+            .logs_kept_behind_snapshot
+            .min(raft_config.snapshot_every_logs / 10);
+    }
+    let raft = RaftNode::start_cluster(
         engine.clone(),
-        RaftConfig::new(config.node_id, config.data_dir.join("raft")),
+        raft_config,
+        PeerSetup {
+            listener: peer_listener,
+            advertise_addr,
+            bootstrap,
+            faults: FaultFilter::default(),
+        },
     )
     .await
     .map_err(|e| format!("start raft: {e}"))?;
-    let db = Database::open(raft.clone())
-        .await
-        .map_err(|e| format!("load catalog: {e}"))?;
+    let db = open_database(&raft).await?;
 
     let sql_listener = TcpListener::bind(config.listen)
         .await
@@ -233,6 +358,7 @@ async fn run(config: NodeConfig) -> Result<(), String> {
         http_listener,
         db.clone(),
         metrics,
+        config.fault_injection,
         shutdown.clone(),
     ));
 
@@ -263,6 +389,30 @@ async fn run(config: NodeConfig) -> Result<(), String> {
     Ok(())
 }
 
+/// Loads the catalog through a linearizable read. A restarting member of a
+/// cluster may have to wait for an election (or for its peers to come back),
+/// so it retries until a leader answers or the node is told to stop.
+async fn open_database(raft: &Arc<RaftNode>) -> Result<Arc<Database>, String> {
+    let mut logged = false;
+    loop {
+        let opened = tokio::select! {
+            opened = Database::open(raft.clone()) => opened,
+            _ = wait_for_signal() => return Err("stopped before the catalog could be loaded".into()),
+        };
+        match opened {
+            Ok(db) => return Ok(db),
+            Err(e) if e.is_retryable() => {
+                if !logged {
+                    tracing::warn!("waiting for a Raft leader to load the catalog: {e}");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(format!("load catalog: {e}")),
+        }
+    }
+}
+
 fn open_engine(data_dir: &Path, block_cache_mb: usize) -> Result<Arc<dyn Engine>, String> {
     let mut rocks = RocksConfig::new(data_dir.join("db"));
     rocks.block_cache_bytes = block_cache_mb.saturating_mul(1 << 20);
@@ -286,5 +436,37 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statefulset_ordinals_become_node_ids() {
+        assert_eq!(ordinal_of("sluice-0"), Ok(0));
+        assert_eq!(ordinal_of("sluice-12.sluice.db.svc.cluster.local"), Ok(12));
+        assert_eq!(ordinal_of("my-db-sluice-2"), Ok(2));
+        assert!(ordinal_of("sluice").is_err());
+        assert!(ordinal_of("").is_err());
+    }
+
+    #[test]
+    fn join_and_init_resolve_from_flags() {
+        let args = StartArgs {
+            join: vec!["10.0.0.1:7433".into()],
+            ..StartArgs::default()
+        };
+        let config = NodeConfig::resolve(args).unwrap();
+        assert_eq!(config.join, vec!["10.0.0.1:7433".to_string()]);
+        assert_eq!(config.peer_listen, DEFAULT_PEER_LISTEN.parse().unwrap());
+
+        let unroutable = StartArgs {
+            peer_listen: Some("0.0.0.0:7433".parse().unwrap()),
+            ..StartArgs::default()
+        };
+        let err = NodeConfig::resolve(unroutable).unwrap_err();
+        assert!(err.contains("--advertise-addr"), "{err}");
     }
 }

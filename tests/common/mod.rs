@@ -26,6 +26,8 @@ const STDERR_TAIL: u64 = 16 * 1024;
 pub struct TestServer {
     child: Option<Child>,
     dir: TempDir,
+    /// Arguments after `start --data-dir …`; the listeners default to ephemeral ports.
+    args: Vec<String>,
     pub sql_port: u16,
     pub http_port: u16,
 }
@@ -38,9 +40,16 @@ impl TestServer {
 
     /// Starts a server whose data lives in `dir/data` (and its stderr in `dir/server.stderr`).
     pub fn start_in(dir: TempDir) -> TestServer {
+        TestServer::start_with_args(dir, &["--peer-listen", "127.0.0.1:0"])
+    }
+
+    /// Starts a server with these extra `sluice start` arguments (which must include
+    /// `--peer-listen`: the default port would collide between tests).
+    pub fn start_with_args(dir: TempDir, args: &[&str]) -> TestServer {
         let mut server = TestServer {
             child: None,
             dir,
+            args: args.iter().map(|a| a.to_string()).collect(),
             sql_port: 0,
             http_port: 0,
         };
@@ -72,12 +81,16 @@ impl TestServer {
             .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(self.data_dir())
+            .args(&self.args)
             // The server must not pick up settings from the environment of whoever runs the tests.
             .env_remove("SLUICE_LISTEN")
             .env_remove("SLUICE_HTTP_LISTEN")
             .env_remove("SLUICE_DATA_DIR")
             .env_remove("SLUICE_CONFIG")
             .env_remove("SLUICE_PASSWORD")
+            .env_remove("SLUICE_PEER_LISTEN")
+            .env_remove("SLUICE_JOIN")
+            .env_remove("SLUICE_NODE_ID")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
@@ -250,12 +263,22 @@ impl TestServer {
 
     /// A minimal HTTP/1.0 GET against the HTTP listener: (status code, body).
     pub fn http_get(&self, path: &str) -> (u16, String) {
+        self.http_request("GET", path)
+    }
+
+    /// A minimal HTTP/1.0 POST with no body: (status code, body).
+    pub fn http_post(&self, path: &str) -> (u16, String) {
+        self.http_request("POST", path)
+    }
+
+    fn http_request(&self, method: &str, path: &str) -> (u16, String) {
         let mut stream =
             TcpStream::connect(("127.0.0.1", self.http_port)).expect("connect to the http port");
         stream
             .set_read_timeout(Some(Duration::from_secs(10)))
             .expect("set read timeout");
-        let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let request =
+            format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\n\r\n");
         stream.write_all(request.as_bytes()).expect("send request");
         let mut response = Vec::new();
         stream.read_to_end(&mut response).expect("read response");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use prometheus::{
     exponential_buckets, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, Opts, Registry, TextEncoder,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sluice_planner::Database;
 
@@ -45,6 +45,12 @@ struct RaftGauges {
     leader_changes: IntGauge,
     proposals: IntGauge,
     proposal_failures: IntGauge,
+    forwarded_proposals: IntGauge,
+    snapshots_installed: IntGauge,
+    snapshot_index: IntGauge,
+    purged_index: IntGauge,
+    members: IntGauge,
+    follower_lag: IntGaugeVec,
 }
 
 /// The statement kinds counted separately.
@@ -115,6 +121,30 @@ impl Metrics {
                 "sluice_raft_proposal_failures",
                 "Proposals that failed",
             )?,
+            forwarded_proposals: IntGauge::new(
+                "sluice_raft_forwarded_proposals",
+                "Proposals this node forwarded to the leader",
+            )?,
+            snapshots_installed: IntGauge::new(
+                "sluice_raft_snapshots_installed",
+                "Snapshots received from a leader and installed",
+            )?,
+            snapshot_index: IntGauge::new(
+                "sluice_raft_snapshot_index",
+                "Last log index covered by the current snapshot",
+            )?,
+            purged_index: IntGauge::new(
+                "sluice_raft_purged_index",
+                "Log entries purged behind the snapshot (log disk use is bounded by this)",
+            )?,
+            members: IntGauge::new("sluice_raft_members", "Members of the Raft cluster")?,
+            follower_lag: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_raft_follower_lag_entries",
+                    "Log entries the leader has that a follower does not (leader only)",
+                ),
+                &["node_id"],
+            )?,
         };
         let engine = GaugeVec::new(
             Opts::new("sluice_engine_stat", "Storage engine statistics"),
@@ -159,9 +189,15 @@ impl Metrics {
             &raft.leader_changes,
             &raft.proposals,
             &raft.proposal_failures,
+            &raft.forwarded_proposals,
+            &raft.snapshots_installed,
+            &raft.snapshot_index,
+            &raft.purged_index,
+            &raft.members,
         ] {
             registry.register(Box::new(gauge.clone()))?;
         }
+        registry.register(Box::new(raft.follower_lag.clone()))?;
         registry.register(Box::new(transactions.open.clone()))?;
         registry.register(Box::new(transactions.oldest_seconds.clone()))?;
         for counter in [
@@ -222,6 +258,25 @@ impl Metrics {
         gauges
             .proposal_failures
             .set(saturate(status.proposal_failures));
+        gauges
+            .forwarded_proposals
+            .set(saturate(status.forwarded_proposals));
+        gauges
+            .snapshots_installed
+            .set(saturate(status.snapshots_installed));
+        gauges.snapshot_index.set(saturate(status.snapshot_index));
+        gauges.purged_index.set(saturate(status.purged_index));
+        gauges.members.set(saturate(raft.members().len() as u64));
+        // Only the leader knows its followers' progress; others show none.
+        gauges.follower_lag.reset();
+        for follower in &status.followers {
+            gauges
+                .follower_lag
+                .with_label_values(&[follower.node_id.to_string().as_str()])
+                .set(saturate(
+                    status.last_log_index.saturating_sub(follower.matched_index),
+                ));
+        }
         let stats = db.transaction_stats();
         let txn = &self.transactions;
         txn.open.set(saturate(stats.open));

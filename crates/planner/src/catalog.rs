@@ -47,7 +47,7 @@ const ROWS_PREFIX: u8 = 0x02;
 /// Schemas that exist without a catalog entry.
 const BUILTIN_SCHEMAS: [&str; 1] = [DEFAULT_SCHEMA];
 /// Schemas provided by DataFusion or datafusion-pg-catalog, never stored.
-pub const SYSTEM_SCHEMAS: [&str; 2] = ["pg_catalog", "information_schema"];
+pub const SYSTEM_SCHEMAS: [&str; 3] = ["pg_catalog", "information_schema", "sluice_catalog"];
 
 pub fn schema_key(name: &str) -> Vec<u8> {
     let mut key = vec![CATALOG_PREFIX, b's'];

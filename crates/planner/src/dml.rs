@@ -911,6 +911,12 @@ pub fn raft_error(error: sluice_raftstore::Error) -> Error {
             sqlstate::CANNOT_CONNECT_NOW,
             format!("no Raft leader is available to accept the statement; retry: {error}"),
         ),
+        R::Ambiguous(why) => Error::new(
+            sqlstate::STATEMENT_COMPLETION_UNKNOWN,
+            "the statement may or may not have been committed",
+        )
+        .with_detail(format!("{why}. The leader changed or lost its quorum while the statement was being committed; check its effect before retrying.")),
+        R::Membership(why) => Error::new(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, why),
         R::Storage(e) => storage_error(e),
         R::ShuttingDown => Error::new(sqlstate::ADMIN_SHUTDOWN, "the node is shutting down"),
         other => Error::new(sqlstate::INTERNAL_ERROR, other.to_string()),

@@ -33,6 +33,7 @@ pub use api::{sqlstate, CommandTag, CopyFormat, CopyIn, CopyOptions, Error, Outp
 mod apply;
 mod cached_plan;
 mod catalog;
+mod cluster;
 mod copy;
 mod ddl;
 mod dml;
@@ -41,6 +42,7 @@ mod index;
 mod names;
 mod pg_overlay;
 mod session;
+mod system_views;
 mod table;
 mod transaction;
 mod types;

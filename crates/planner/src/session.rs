@@ -41,6 +41,30 @@ pub const SERVER_VERSION: &str = "15.8 (Sluice 0.1.0)";
 /// Compiled DEFAULT expressions per table id, with the definition they were compiled from.
 type DefaultsCache = HashMap<u64, (Arc<TableDef>, HashMap<String, Expr>)>;
 
+/// `sluice.read_consistency`: how fresh a statement's snapshot must be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadConsistency {
+    /// Reflects every write acknowledged before the statement (the default).
+    Linearizable,
+    /// This replica's applied state, served without asking the leader;
+    /// `sluice_catalog.nodes` shows how far behind it is.
+    Stale,
+}
+
+impl ReadConsistency {
+    fn parse(value: &str) -> Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "linearizable" | "strong" => Ok(Self::Linearizable),
+            "stale" | "local" => Ok(Self::Stale),
+            _ => Err(Error::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("invalid value for parameter \"sluice.read_consistency\": \"{value}\""),
+            )
+            .with_detail("Available values: linearizable, stale.")),
+        }
+    }
+}
+
 /// State shared by every session of a node.
 pub struct Database {
     raft: Arc<RaftNode>,
@@ -132,7 +156,23 @@ impl Database {
 
     /// A linearizable snapshot and the catalog as of that snapshot.
     pub(crate) async fn read_view(&self) -> Result<Arc<dyn Snapshot>> {
-        let snapshot = self.raft.read_snapshot().await.map_err(dml::raft_error)?;
+        self.read_view_at(ReadConsistency::Linearizable).await
+    }
+
+    /// A snapshot at the given consistency and the catalog as of it. A stale
+    /// snapshot is this replica's applied state, with no leader round trip;
+    /// writes planned from it are still validated at apply (their row
+    /// checks fail with 40001 if what they read was out of date).
+    pub(crate) async fn read_view_at(
+        &self,
+        consistency: ReadConsistency,
+    ) -> Result<Arc<dyn Snapshot>> {
+        let snapshot = match consistency {
+            ReadConsistency::Linearizable => {
+                self.raft.read_snapshot().await.map_err(dml::raft_error)?
+            }
+            ReadConsistency::Stale => self.raft.local_snapshot(),
+        };
         self.catalog.refresh(snapshot.as_ref())?;
         Ok(snapshot)
     }
@@ -242,6 +282,7 @@ pub(crate) enum PreparedKind {
         options: crate::api::CopyOptions,
     },
     Tag(&'static str),
+    Cluster(crate::cluster::ClusterChange),
 }
 
 impl PreparedKind {
@@ -302,6 +343,7 @@ fn default_settings() -> BTreeMap<String, String> {
         ("lock_timeout", "0"),
         ("idle_in_transaction_session_timeout", "0"),
         ("sluice.max_transaction_bytes", "24MB"),
+        ("sluice.read_consistency", "linearizable"),
         ("extra_float_digits", "1"),
         ("max_identifier_length", "63"),
         ("default_transaction_isolation", "read committed"),
@@ -342,6 +384,13 @@ impl Session {
             datafusion_pg_catalog::setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
         {
             tracing::error!("pg_catalog setup failed: {e}");
+        }
+        if let Err(e) = datafusion::catalog::CatalogProvider::register_schema(
+            catalog.as_ref(),
+            crate::system_views::SCHEMA_NAME,
+            Arc::new(crate::system_views::SystemViews::new(db.raft.clone())),
+        ) {
+            tracing::error!("sluice_catalog setup failed: {e}");
         }
         crate::functions::register(&ctx);
         let mut settings = default_settings();
@@ -486,11 +535,12 @@ impl Session {
             .expect("transaction lock")
             .as_ref()
             .map(Transaction::needs_snapshot);
+        let consistency = ReadConsistency::parse(&self.setting("sluice.read_consistency"))?;
         let Some(needs_snapshot) = needs_snapshot else {
-            return self.db.read_view().await;
+            return self.db.read_view_at(consistency).await;
         };
         let fresh = if needs_snapshot {
-            Some(self.db.read_view().await?)
+            Some(self.db.read_view_at(consistency).await?)
         } else {
             None
         };
@@ -604,7 +654,33 @@ impl Session {
     }
 
     /// Plans `statement`. `param_types` are the client-declared types of `$n`.
+    ///
+    /// Planning uses the catalog this node last loaded. In a cluster, DDL
+    /// acknowledged through another member may not be loaded here yet, so a
+    /// statement that names an unknown table, schema or column is planned
+    /// once more after a linearizable read has refreshed the catalog (if
+    /// that read brought a newer catalog). Known names need no round trip:
+    /// execution re-checks the catalog version against its own read.
     pub async fn prepare(
+        &mut self,
+        statement: Statement,
+        param_types: &[Option<DataType>],
+    ) -> Result<Arc<Prepared>> {
+        let version = self.db.catalog.current().version;
+        let first = self.prepare_once(statement.clone(), param_types).await;
+        match first {
+            Err(e) if names_missing_object(&e) => {
+                self.db.read_view().await?;
+                if self.db.catalog.current().version == version {
+                    return Err(e);
+                }
+                self.prepare_once(statement, param_types).await
+            }
+            other => other,
+        }
+    }
+
+    async fn prepare_once(
         &mut self,
         statement: Statement,
         param_types: &[Option<DataType>],
@@ -714,6 +790,11 @@ impl Session {
                 let kind = copy::prepare(self, &statement.ast).await?;
                 (kind, None, Vec::new())
             }
+            ast::Statement::Call(call) => (
+                PreparedKind::Cluster(crate::cluster::prepare_call(call)?),
+                None,
+                Vec::new(),
+            ),
             ast::Statement::Discard { .. } => (PreparedKind::Tag("DISCARD ALL"), None, Vec::new()),
             ast::Statement::Deallocate { .. } => {
                 (PreparedKind::Tag("DEALLOCATE"), None, Vec::new())
@@ -918,6 +999,15 @@ impl Session {
                 dml::execute(self, plan, &prepared.param_types, params).await
             }
             PreparedKind::Ddl => ddl::execute(self, &prepared.statement.ast).await,
+            PreparedKind::Cluster(change) => {
+                if self.transaction_state() != TransactionState::Idle {
+                    return Err(Error::new(
+                        sqlstate::ACTIVE_SQL_TRANSACTION,
+                        "membership changes cannot run inside a transaction block",
+                    ));
+                }
+                crate::cluster::execute(self, change).await
+            }
             PreparedKind::Set { name, value } => {
                 self.apply_set(name, value.clone())?;
                 Ok(Output::Command(CommandTag::new("SET")))
@@ -1106,6 +1196,9 @@ impl Session {
             "sluice.max_transaction_bytes" => {
                 self.transaction_limit_of(&value)?;
             }
+            "sluice.read_consistency" => {
+                ReadConsistency::parse(&value)?;
+            }
             "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout"
                 if parse_duration_ms(&value).is_none() =>
             {
@@ -1205,7 +1298,9 @@ fn reads_system_catalog(statement: &ast::Statement) -> bool {
             .first()
             .map(|part| part.to_string().to_ascii_lowercase())
             .unwrap_or_default();
-        if name.0.len() > 1 && crate::catalog::SYSTEM_SCHEMAS.contains(&first.as_str())
+        if name.0.len() > 1
+            && first != crate::system_views::SCHEMA_NAME
+            && crate::catalog::SYSTEM_SCHEMAS.contains(&first.as_str())
             || name.0.len() == 1 && first.starts_with("pg_")
         {
             found = true;
@@ -1397,6 +1492,17 @@ fn cast_parameter_types(plan: &LogicalPlan) -> HashMap<String, DataType> {
         })
     });
     found
+}
+
+/// Errors that a catalog loaded more recently might not give.
+fn names_missing_object(error: &Error) -> bool {
+    matches!(
+        error.code,
+        sqlstate::UNDEFINED_TABLE
+            | sqlstate::INVALID_SCHEMA_NAME
+            | sqlstate::UNDEFINED_COLUMN
+            | sqlstate::UNDEFINED_OBJECT
+    )
 }
 
 fn aborted_block() -> Error {

@@ -17,12 +17,20 @@ pub enum Error {
     /// not proposed.
     #[error("command of {bytes} bytes exceeds the limit of {limit} bytes")]
     CommandTooLarge { bytes: usize, limit: usize },
-    /// This node is not the leader. Retryable (on the leader, once forwarding exists).
+    /// This node is not the leader and could not route to it. Retryable.
     #[error("not the leader (leader: {leader_id:?})")]
     NotLeader { leader_id: Option<u64> },
     /// No leader or quorum within the wait. Retryable.
     #[error("raft unavailable: {0}")]
     Unavailable(String),
+    /// The write was sent towards the leader but its outcome is unknown (the
+    /// leader stopped answering, or lost its quorum before committing). It
+    /// may or may not be applied; the client must check before retrying.
+    #[error("outcome unknown: {0}")]
+    Ambiguous(String),
+    /// A membership change was refused (unknown node, reused id, last voter).
+    #[error("membership change refused: {0}")]
+    Membership(String),
     /// The engine failed under the log store or state machine. Fatal: the
     /// Raft group has stopped and the node must not continue.
     #[error("raft storage failure: {0}")]
@@ -45,6 +53,28 @@ impl Error {
     /// True when the node can no longer serve writes and should stop.
     pub fn is_fatal(&self) -> bool {
         matches!(self, Error::Storage(_))
+    }
+}
+
+impl Error {
+    /// An equal error, for answering every proposer of a failed batch.
+    pub(crate) fn duplicate(&self) -> Error {
+        match self {
+            Error::Apply(e) => Error::Apply(e.clone()),
+            Error::CommandTooLarge { bytes, limit } => Error::CommandTooLarge {
+                bytes: *bytes,
+                limit: *limit,
+            },
+            Error::NotLeader { leader_id } => Error::NotLeader {
+                leader_id: *leader_id,
+            },
+            Error::Unavailable(m) => Error::Unavailable(m.clone()),
+            Error::Ambiguous(m) => Error::Ambiguous(m.clone()),
+            Error::Membership(m) => Error::Membership(m.clone()),
+            Error::Storage(e) => Error::Storage(crate::types::clone_engine_error(e)),
+            Error::ShuttingDown => Error::ShuttingDown,
+            Error::Internal(m) => Error::Internal(m.clone()),
+        }
     }
 }
 

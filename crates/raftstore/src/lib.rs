@@ -1,17 +1,22 @@
 //! Replication: an openraft (0.9, storage v2) Raft group whose state machine
-//! applies [`Command`]s to the engine. For now a node is a cluster of one;
-//! the peer transport comes with the cluster work (module `network` is the seam).
+//! applies [`Command`]s to the engine. A node is started alone
+//! ([`RaftNode::start`], no transport: tests and embedded use) or as a
+//! member of a cluster ([`RaftNode::start_cluster`]), which serves the peer
+//! transport (module `network`: openraft's RPCs plus forwarding, read
+//! index, join and status over one framed TCP protocol).
 //!
 //! Main flow of a write:
 //!
 //! 1. [`RaftNode::propose`] checks the command's serialized size against
 //!    `max_command_bytes` and queues it. The batcher (`node::run_batcher`)
-//!    gathers the commands queued meanwhile into one [`CommandBatch`] and
-//!    calls openraft's `Raft::client_write` with it.
+//!    gathers the commands queued meanwhile into one [`CommandBatch`]. On
+//!    the leader it calls openraft's `Raft::client_write` with it; on a
+//!    follower it forwards the batch to the leader (`PeerRequest::ClientWrite`),
+//!    which does the same, and relays the responses.
 //! 2. openraft appends the entry: `LogStore::append` writes it to
 //!    `Keyspace::RaftLog` in one engine batch with `Durability::Sync` (the
 //!    fsync) and only then reports the flush.
-//! 3. With the entry durable on a majority (here: this node), it is committed:
+//! 3. With the entry durable on a majority of voters, it is committed:
 //!    `LogStore::save_committed` records the committed id.
 //! 4. `StateMachine::apply` applies every command of every entry handed to
 //!    it, deterministically, into one engine `WriteBatch` that also records
@@ -21,9 +26,11 @@
 //!    batcher, which answers each proposer: an [`ApplyOutcome`] or
 //!    [`Error::Apply`].
 //!
-//! Reads: [`RaftNode::read_snapshot`] calls openraft's `ensure_linearizable`
-//! (leadership confirmed by a quorum, and the state machine applied up to
-//! the read index), then takes an engine snapshot.
+//! Reads: [`RaftNode::read_snapshot`] on the leader calls openraft's
+//! `ensure_linearizable` (leadership confirmed by a quorum, and the state
+//! machine applied up to the read index); on a follower it asks the leader
+//! for that read index and waits until its own state machine has applied it.
+//! Then it takes an engine snapshot.
 //! [`RaftNode::local_snapshot`] skips the confirmation (stale reads).
 //!
 //! # Durability: the ordered writes and fsyncs
@@ -63,6 +70,9 @@ mod write_set;
 
 pub use command::{ApplyError, ApplyOutcome, Command, CommandBatch, CommandResponse, Mutation};
 pub use error::{Error, Result};
-pub use node::{NodeStatus, RaftConfig, RaftNode};
+pub use network::FaultFilter;
+pub use node::{
+    Bootstrap, FollowerProgress, Member, MemberStatus, NodeStatus, PeerSetup, RaftConfig, RaftNode,
+};
 pub use types::TypeConfig;
 pub use write_set::{plan_mutations, Overlaid, RangeDigest, ReadRecorder, WriteSet};

@@ -1,33 +1,42 @@
-//! [`RaftNode`]: one Raft group over one engine, and its proposal batcher.
+//! [`RaftNode`]: one Raft group over one engine, its proposal batcher, and
+//! the routing that lets any member accept writes and linearizable reads.
+//!
+//! Routing: a proposal always enters the local batcher. The batcher sends a
+//! batch to openraft when this node is leader and otherwise forwards it to
+//! the leader over the peer transport (`PeerRequest::ClientWrite`). A read
+//! on a follower asks the leader for a read index (`PeerRequest::ReadIndex`:
+//! leadership confirmed by a quorum) and waits until its own replica has
+//! applied that far. While no leader is known (an election), both wait up to
+//! `leader_wait_ms` and then fail with [`Error::Unavailable`] (retryable). A
+//! forwarded write whose answer is lost fails with [`Error::Ambiguous`]: it
+//! may have been applied, so it is never retried behind the client's back.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::InitializeError;
+use openraft::error::{ClientWriteError, InitializeError, RaftError};
 use openraft::metrics::WaitError;
-use openraft::{BasicNode, Raft, RaftMetrics, ServerState, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Raft, RaftMetrics, ServerState, SnapshotPolicy};
 use sluice_engine::{Engine, Snapshot};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch, Semaphore};
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::command::{ApplyOutcome, Command, CommandBatch, CommandResponse};
 use crate::error::{from_check_leader, from_client_write, from_fatal, Error, Result};
 use crate::log_store::LogStore;
-use crate::network::NoPeersNetwork;
+use crate::network::{
+    FaultFilter, PeerConnection, PeerHandler, PeerRequest, PeerResponse, SendError, TcpNetwork,
+};
 use crate::state_machine::StateMachine;
 use crate::types::{FatalSlot, NodeId, StorageUsers, TypeConfig};
 
 /// How long `RaftNode::start` waits to become leader with everything applied.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// A snapshot is built once this many entries were applied since the last
-/// one; the log behind it is then purged, which bounds the log's disk use.
-const SNAPSHOT_EVERY_LOGS: u64 = 10_000;
-/// Entries kept behind a snapshot so that a briefly lagging follower can
-/// catch up from the log instead of a full snapshot.
-const LOGS_KEPT_BEHIND_SNAPSHOT: u64 = 1_000;
 /// Proposals waiting to join a batch; senders wait when it is full.
 const PROPOSAL_QUEUE: usize = 4096;
 /// Most commands in one Raft entry.
@@ -35,6 +44,14 @@ const MAX_BATCH_COMMANDS: usize = 1024;
 /// Batches proposed but not yet applied. Two lets one batch fill while the
 /// previous one is being fsynced and applied.
 const MAX_INFLIGHT_BATCHES: usize = 2;
+/// How long a `Status` request to a peer may take before the peer is
+/// reported unreachable.
+const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long the leader may take to catch a joining node up before the join
+/// fails (the node retries).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(600);
+/// Pause between routing attempts while a leader change settles.
+const ROUTE_RETRY: Duration = Duration::from_millis(10);
 
 /// How to run a [`RaftNode`]. [`RaftConfig::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,10 +65,23 @@ pub struct RaftConfig {
     pub election_timeout_max_ms: u64,
     /// Largest serialized command `propose` accepts.
     pub max_command_bytes: usize,
+    /// A snapshot is built once this many entries were applied since the
+    /// last one; the log behind it is then purged, which bounds its disk use.
+    pub snapshot_every_logs: u64,
+    /// Entries kept behind a snapshot so that a briefly lagging follower can
+    /// catch up from the log instead of a full snapshot.
+    pub logs_kept_behind_snapshot: u64,
+    /// How long a write or a read barrier may wait for a leader (during an
+    /// election) before it fails as unavailable.
+    pub leader_wait_ms: u64,
+    /// How long a proposal may wait for its commit before it fails as
+    /// ambiguous (the leader lost its quorum, or the disk hangs).
+    pub write_timeout_ms: u64,
 }
 
 impl RaftConfig {
-    /// Heartbeat 50 ms, election timeout 150–300 ms, commands up to 64 MiB.
+    /// Heartbeat 50 ms, election timeout 150–300 ms, commands up to 64 MiB,
+    /// a snapshot every 10,000 entries, writes wait up to 3 s for a leader.
     pub fn new(node_id: u64, data_dir: PathBuf) -> Self {
         Self {
             node_id,
@@ -60,6 +90,10 @@ impl RaftConfig {
             election_timeout_min_ms: 150,
             election_timeout_max_ms: 300,
             max_command_bytes: 64 << 20,
+            snapshot_every_logs: 10_000,
+            logs_kept_behind_snapshot: 1_000,
+            leader_wait_ms: 3_000,
+            write_timeout_ms: 10_000,
         }
     }
 
@@ -69,11 +103,11 @@ impl RaftConfig {
             heartbeat_interval: self.heartbeat_interval_ms,
             election_timeout_min: self.election_timeout_min_ms,
             election_timeout_max: self.election_timeout_max_ms,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(SNAPSHOT_EVERY_LOGS),
-            max_in_snapshot_log_to_keep: LOGS_KEPT_BEHIND_SNAPSHOT,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every_logs),
+            max_in_snapshot_log_to_keep: self.logs_kept_behind_snapshot,
             // Past this lag a follower gets a snapshot; keep it above the
             // snapshot interval or a snapshot may not catch it up.
-            replication_lag_threshold: SNAPSHOT_EVERY_LOGS * 2,
+            replication_lag_threshold: self.snapshot_every_logs * 2,
             ..Default::default()
         }
         .validate()
@@ -81,12 +115,59 @@ impl RaftConfig {
     }
 }
 
-/// A point-in-time view of the node, for `/metrics` and diagnostics.
-#[derive(Debug, Clone, serde::Serialize)]
+/// How a node of a multi-node cluster finds its group on first start.
+/// Ignored on restart, when the stored log already says who the members are
+/// (except that a node that crashed before it became a voter joins again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Form a new cluster with this node as its only member.
+    Init,
+    /// Ask a member at one of these peer addresses to add this node.
+    Join(Vec<String>),
+}
+
+/// The peer side of a node: where it listens, how others reach it, how it
+/// joins, and its fault filter (for tests).
+#[derive(Debug)]
+pub struct PeerSetup {
+    pub listener: TcpListener,
+    /// The address other nodes connect to (may differ from the bound one,
+    /// e.g. a Kubernetes headless-Service name).
+    pub advertise_addr: String,
+    pub bootstrap: Bootstrap,
+    pub faults: FaultFilter,
+}
+
+/// A member of the cluster as the membership records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Member {
+    pub node_id: u64,
+    pub addr: String,
+    pub voter: bool,
+}
+
+/// A member and what it reported about itself (`None`: unreachable).
+#[derive(Debug, Clone)]
+pub struct MemberStatus {
+    pub member: Member,
+    pub status: Option<NodeStatus>,
+}
+
+/// How far the leader has replicated its log to one follower.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FollowerProgress {
+    pub node_id: u64,
+    /// Highest log index known to be on the follower (0 = none).
+    pub matched_index: u64,
+}
+
+/// A point-in-time view of the node, for `/metrics`, `/ready` and
+/// `sluice_catalog.nodes`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
     pub node_id: u64,
-    /// "leader", "follower", "candidate", "learner" or "shutdown".
-    pub role: &'static str,
+    /// "leader", "follower", "candidate", "learner", "removed" or "shutdown".
+    pub role: String,
     pub term: u64,
     pub leader_id: Option<u64>,
     pub last_log_index: u64,
@@ -94,6 +175,8 @@ pub struct NodeStatus {
     pub applied_index: u64,
     /// Last log index included in the current snapshot (0 = none).
     pub snapshot_index: u64,
+    /// Log entries this node has purged behind its snapshot (0 = none).
+    pub purged_index: u64,
     /// Leader elections observed: changes of the leader id to a new known leader.
     pub leader_changes: u64,
     /// Calls to `propose`.
@@ -101,6 +184,33 @@ pub struct NodeStatus {
     /// Calls to `propose` that failed for a reason other than an apply
     /// rejection (`Error::Apply` is a committed, answered command).
     pub proposal_failures: u64,
+    /// Proposals this node forwarded to the leader.
+    pub forwarded_proposals: u64,
+    /// Snapshots received and installed from a leader.
+    pub snapshots_installed: u64,
+    /// Milliseconds since the leader last heard from a quorum (leader only).
+    pub millis_since_quorum_ack: Option<u64>,
+    /// Replication progress per follower (leader only).
+    pub followers: Vec<FollowerProgress>,
+}
+
+impl NodeStatus {
+    /// True when the node can serve: a voter (leader or follower) with a
+    /// known leader, or a learner that has caught up with what is committed.
+    pub fn readiness(&self) -> std::result::Result<(), String> {
+        match (self.role.as_str(), self.leader_id) {
+            ("leader" | "follower", Some(_)) => Ok(()),
+            ("learner", Some(_)) if self.applied_index >= self.committed_index => Ok(()),
+            ("learner", Some(_)) => Err(format!(
+                "learner catching up (applied {} of {})",
+                self.applied_index, self.committed_index
+            )),
+            (role @ ("leader" | "follower" | "learner"), None) => {
+                Err(format!("no known leader (role {role}, term {})", self.term))
+            }
+            (role, _) => Err(format!("node is {role} (term {})", self.term)),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -108,6 +218,8 @@ struct Counters {
     leader_changes: AtomicU64,
     proposals: AtomicU64,
     proposal_failures: AtomicU64,
+    forwarded_proposals: AtomicU64,
+    snapshots_installed: AtomicU64,
     committed_index: Arc<AtomicU64>,
 }
 
@@ -125,17 +237,63 @@ struct ErrorContext {
     shutting_down: Arc<AtomicBool>,
 }
 
-/// One Raft group replicating commands into one engine.
-pub struct RaftNode {
+/// Idle connections to peers, reused by forwarding and status requests.
+struct PeerPool {
+    node_id: NodeId,
+    faults: FaultFilter,
+    idle: Mutex<HashMap<NodeId, Vec<PeerConnection>>>,
+}
+
+impl PeerPool {
+    async fn call(
+        &self,
+        target: NodeId,
+        addr: &str,
+        request: PeerRequest,
+        timeout: Duration,
+    ) -> std::result::Result<PeerResponse, SendError> {
+        let reused = {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            idle.get_mut(&target).and_then(|conns| conns.pop())
+        };
+        let mut connection = match reused {
+            Some(c) if c.addr() == addr => c,
+            _ => PeerConnection::new(self.node_id, target, addr.to_string(), self.faults.clone()),
+        };
+        let result = connection.call(request, timeout).await;
+        if result.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let conns = idle.entry(target).or_default();
+            if conns.len() < 4 {
+                conns.push(connection);
+            }
+        }
+        result
+    }
+}
+
+/// What the batcher, the read path and the peer server share.
+struct Shared {
     node_id: NodeId,
     raft: Raft<TypeConfig>,
-    engine: Arc<dyn Engine>,
-    max_command_bytes: usize,
-    proposals: mpsc::Sender<Proposal>,
     metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     applied: watch::Receiver<u64>,
     counters: Arc<Counters>,
     errors: ErrorContext,
+    peers: Option<PeerPool>,
+    leader_wait: Duration,
+    write_timeout: Duration,
+}
+
+/// One Raft group replicating commands into one engine.
+pub struct RaftNode {
+    node_id: NodeId,
+    shared: Arc<Shared>,
+    engine: Arc<dyn Engine>,
+    max_command_bytes: usize,
+    proposals: mpsc::Sender<Proposal>,
+    faults: FaultFilter,
+    stop: CancellationToken,
     storage_users: StorageUsers,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -154,12 +312,33 @@ impl RaftNode {
         self.max_command_bytes
     }
 
-    /// Opens the Raft group on `engine`. On first start initializes a
-    /// one-member cluster {node_id}; on restart recovers from the stored
-    /// log, vote and applied index (re-applying committed entries). Returns
-    /// once this node is leader with everything committed applied, or an
-    /// error after about 10 s.
+    /// Opens a one-member Raft group on `engine`, with no peer transport.
+    /// On first start initializes the cluster {node_id}; on restart recovers
+    /// from the stored log, vote and applied index (re-applying committed
+    /// entries). Returns once this node is leader with everything committed
+    /// applied, or an error after about 10 s.
     pub async fn start(engine: Arc<dyn Engine>, config: RaftConfig) -> Result<Arc<RaftNode>> {
+        Self::open(engine, config, None).await
+    }
+
+    /// Opens a member of a multi-node cluster: serves the peer transport on
+    /// `peers.listener`, then initializes, joins or recovers (see
+    /// [`Bootstrap`]). A node that forms a cluster returns once it leads it;
+    /// a joining node once it is a voter; a restarting node of a larger
+    /// cluster at once (its readiness tells when it has a leader).
+    pub async fn start_cluster(
+        engine: Arc<dyn Engine>,
+        config: RaftConfig,
+        peers: PeerSetup,
+    ) -> Result<Arc<RaftNode>> {
+        Self::open(engine, config, Some(peers)).await
+    }
+
+    async fn open(
+        engine: Arc<dyn Engine>,
+        config: RaftConfig,
+        peers: Option<PeerSetup>,
+    ) -> Result<Arc<RaftNode>> {
         let raft_config = Arc::new(config.openraft_config()?);
         let fatal = FatalSlot::default();
         let counters = Arc::new(Counters::default());
@@ -183,76 +362,142 @@ impl RaftNode {
         .map_err(Error::Storage)?;
 
         let node_id = config.node_id;
-        let raft = Raft::new(
+        let faults = peers.as_ref().map(|p| p.faults.clone()).unwrap_or_default();
+        let network = TcpNetwork {
             node_id,
-            raft_config,
-            NoPeersNetwork,
-            log_store,
-            state_machine,
-        )
-        .await
-        .map_err(|e| from_fatal(&e, &fatal, false))?;
+            faults: faults.clone(),
+        };
+        let raft = Raft::new(node_id, raft_config, network, log_store, state_machine)
+            .await
+            .map_err(|e| from_fatal(&e, &fatal, false))?;
         let errors = ErrorContext {
             fatal,
             shutting_down: Arc::new(AtomicBool::new(false)),
         };
-
-        if let Err(e) = Self::become_leader(&raft, node_id, &errors).await {
-            // Stop the core so that it releases the engine.
-            let _ = raft.shutdown().await;
-            let _ = wait_released(&storage_users).await;
-            return Err(e);
-        }
-
-        let (proposals, proposal_rx) = mpsc::channel(PROPOSAL_QUEUE);
-        let tasks = vec![
-            tokio::spawn(watch_leader(raft.metrics(), counters.clone())),
-            tokio::spawn(run_batcher(
-                raft.clone(),
-                proposal_rx,
-                config.max_command_bytes,
-                errors.clone(),
-            )),
-        ];
-        tracing::info!(node_id, "raft node started as leader");
-        Ok(Arc::new(RaftNode {
+        let shared = Arc::new(Shared {
             node_id,
             metrics: raft.metrics(),
-            raft,
+            raft: raft.clone(),
+            applied: applied_rx,
+            counters: counters.clone(),
+            errors: errors.clone(),
+            peers: peers.as_ref().map(|_| PeerPool {
+                node_id,
+                faults: faults.clone(),
+                idle: Mutex::default(),
+            }),
+            leader_wait: Duration::from_millis(config.leader_wait_ms),
+            write_timeout: Duration::from_millis(config.write_timeout_ms),
+        });
+
+        let stop = CancellationToken::new();
+        let mut tasks = vec![tokio::spawn(watch_leader(raft.metrics(), counters.clone()))];
+        let bootstrap = match peers {
+            Some(setup) => {
+                tasks.push(tokio::spawn(crate::network::serve(
+                    setup.listener,
+                    node_id,
+                    faults.clone(),
+                    shared.clone(),
+                    stop.clone(),
+                )));
+                Some((setup.bootstrap, setup.advertise_addr))
+            }
+            None => None,
+        };
+
+        let (proposals, proposal_rx) = mpsc::channel(PROPOSAL_QUEUE);
+        tasks.push(tokio::spawn(run_batcher(
+            shared.clone(),
+            proposal_rx,
+            config.max_command_bytes,
+        )));
+        let node = Arc::new(RaftNode {
+            node_id,
+            shared,
             engine,
             max_command_bytes: config.max_command_bytes,
             proposals,
-            applied: applied_rx,
-            counters,
-            errors,
+            faults,
+            stop,
             storage_users,
             tasks: Mutex::new(tasks),
-        }))
+        });
+        if let Err(e) = node.bootstrap(bootstrap).await {
+            let _ = node.shutdown().await;
+            return Err(e);
+        }
+        tracing::info!(node_id, role = %node.status().role, "raft node started");
+        Ok(node)
     }
 
-    async fn become_leader(
-        raft: &Raft<TypeConfig>,
-        node_id: NodeId,
-        errors: &ErrorContext,
-    ) -> Result<()> {
+    async fn bootstrap(&self, cluster: Option<(Bootstrap, String)>) -> Result<()> {
+        let raft = &self.shared.raft;
+        let errors = &self.shared.errors;
         let initialized = raft
             .is_initialized()
             .await
             .map_err(|e| from_fatal(&e, &errors.fatal, false))?;
-        if !initialized {
-            match raft.initialize(BTreeSet::from([node_id])).await {
-                Ok(()) => tracing::info!(node_id, "initialized a one-member raft cluster"),
-                // Raced with a stored state; it is initialized, which is the goal.
-                Err(openraft::error::RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(openraft::error::RaftError::APIError(e)) => {
-                    return Err(Error::Internal(format!("initialize raft: {e}")));
-                }
-                Err(openraft::error::RaftError::Fatal(e)) => {
-                    return Err(from_fatal(&e, &errors.fatal, false));
-                }
+        let (bootstrap, addr) = match cluster {
+            None => (Bootstrap::Init, String::new()),
+            Some(c) => c,
+        };
+        if initialized {
+            let members = self.members();
+            let alone = members.len() == 1 && members[0].node_id == self.node_id;
+            let voter = members.iter().any(|m| m.node_id == self.node_id && m.voter);
+            if alone {
+                self.wait_leader_self().await?;
+                return self.update_own_address(&members[0].addr, &addr).await;
             }
+            if let (false, Bootstrap::Join(seeds)) = (voter, &bootstrap) {
+                // Crashed between being added as a learner and promoted.
+                return self.join(seeds, &addr).await;
+            }
+            return Ok(());
         }
-        let waited = raft
+        match bootstrap {
+            Bootstrap::Init => {
+                let members = BTreeMap::from([(self.node_id, BasicNode::new(addr))]);
+                match raft.initialize(members).await {
+                    Ok(()) => tracing::info!(node_id = self.node_id, "initialized a new cluster"),
+                    // Raced with a stored state; it is initialized, which is the goal.
+                    Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                    Err(RaftError::APIError(e)) => {
+                        return Err(Error::Internal(format!("initialize raft: {e}")));
+                    }
+                    Err(RaftError::Fatal(e)) => {
+                        return Err(from_fatal(&e, &errors.fatal, false));
+                    }
+                }
+                self.wait_leader_self().await
+            }
+            Bootstrap::Join(seeds) => self.join(&seeds, &addr).await,
+        }
+    }
+
+    /// A lone member records the address it now listens on (it may have
+    /// been formed without a transport, or moved), so that nodes joining
+    /// later can reach it. Members of larger clusters keep their address.
+    async fn update_own_address(&self, stored: &str, addr: &str) -> Result<()> {
+        if addr.is_empty() || stored == addr {
+            return Ok(());
+        }
+        tracing::info!(node_id = self.node_id, from = %stored, to = %addr, "recording this node's new peer address");
+        let nodes = BTreeMap::from([(self.node_id, BasicNode::new(addr))]);
+        self.shared
+            .raft
+            .change_membership(ChangeMembers::SetNodes(nodes), true)
+            .await
+            .map(|_| ())
+            .map_err(|e| from_client_write(&e, &self.shared.errors.fatal, false))
+    }
+
+    async fn wait_leader_self(&self) -> Result<()> {
+        let node_id = self.node_id;
+        let waited = self
+            .shared
+            .raft
             .wait(Some(START_TIMEOUT))
             .metrics(
                 |m| {
@@ -268,16 +513,48 @@ impl RaftNode {
             Err(WaitError::Timeout(after, _)) => Err(Error::Unavailable(format!(
                 "node {node_id} did not become leader within {after:?}"
             ))),
-            Err(WaitError::ShuttingDown) => {
-                let running = raft.metrics().borrow().running_state.clone();
-                Err(match running {
-                    Err(fatal) => from_fatal(&fatal, &errors.fatal, false),
-                    Ok(()) => errors.fatal.get().map_or_else(
-                        || Error::Unavailable("raft stopped during start".into()),
-                        Error::Storage,
-                    ),
-                })
+            Err(WaitError::ShuttingDown) => Err(self.stopped_error()),
+        }
+    }
+
+    /// Asks the seeds (following redirects to the leader) to add this node,
+    /// until one succeeds. The leader adds it as a learner, waits for it to
+    /// catch up (by snapshot and log), then promotes it to voter.
+    async fn join(&self, seeds: &[String], addr: &str) -> Result<()> {
+        let Some(pool) = &self.shared.peers else {
+            return Err(Error::Internal("join without a peer transport".into()));
+        };
+        if seeds.is_empty() {
+            return Err(Error::Internal("join: no seed addresses".into()));
+        }
+        let mut attempt = 0usize;
+        let mut target = seeds[0].clone();
+        loop {
+            self.check_running()?;
+            let request = PeerRequest::Join {
+                node_id: self.node_id,
+                addr: addr.to_string(),
+            };
+            // The seed's id is unknown: `0` is no node's id, and a seed
+            // accepts a join addressed to 0 (see `Shared::handle_sluice`).
+            match pool.call(0, &target, request, JOIN_TIMEOUT).await {
+                Ok(PeerResponse::Done) => {
+                    tracing::info!(node_id = self.node_id, via = %target, "joined the cluster");
+                    return Ok(());
+                }
+                Ok(PeerResponse::NotLeader {
+                    leader_addr: Some(leader),
+                    ..
+                }) => {
+                    target = leader;
+                    continue;
+                }
+                Ok(other) => tracing::warn!(seed = %target, "join refused: {other:?}"),
+                Err(e) => tracing::warn!(seed = %target, "join: {e}"),
             }
+            attempt += 1;
+            target = seeds[attempt % seeds.len()].clone();
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
@@ -285,13 +562,12 @@ impl RaftNode {
     /// majority) and applied. Concurrent proposals share Raft entries (group
     /// commit), so several outcomes may carry the same `applied_index`.
     pub async fn propose(&self, command: Command) -> Result<ApplyOutcome> {
-        self.counters.proposals.fetch_add(1, Ordering::Relaxed);
+        let counters = &self.shared.counters;
+        counters.proposals.fetch_add(1, Ordering::Relaxed);
         let result = self.propose_inner(command).await;
         if let Err(e) = &result {
             if !matches!(e, Error::Apply(_)) {
-                self.counters
-                    .proposal_failures
-                    .fetch_add(1, Ordering::Relaxed);
+                counters.proposal_failures.fetch_add(1, Ordering::Relaxed);
             }
         }
         result
@@ -321,13 +597,7 @@ impl RaftNode {
     }
 
     fn check_running(&self) -> Result<()> {
-        if let Some(e) = self.errors.fatal.get() {
-            return Err(Error::Storage(e));
-        }
-        if self.errors.shutting_down.load(Ordering::Acquire) {
-            return Err(Error::ShuttingDown);
-        }
-        Ok(())
+        self.shared.check_running()
     }
 
     /// The error for a batcher that went away: the node stopped.
@@ -338,18 +608,13 @@ impl RaftNode {
         }
     }
 
-    /// A snapshot that reflects every write acknowledged before this call:
-    /// confirms leadership with a quorum (`ensure_linearizable`), waits until
-    /// the read index is applied, then takes an engine snapshot.
+    /// A snapshot that reflects every write acknowledged before this call.
+    /// On the leader: confirms leadership with a quorum and waits until the
+    /// read index is applied. On a follower: gets the read index from the
+    /// leader and waits until the local replica has applied it.
     pub async fn read_snapshot(&self) -> Result<Arc<dyn Snapshot>> {
         self.check_running()?;
-        self.raft.ensure_linearizable().await.map_err(|e| {
-            from_check_leader(
-                &e,
-                &self.errors.fatal,
-                self.errors.shutting_down.load(Ordering::Acquire),
-            )
-        })?;
+        self.shared.read_barrier().await?;
         Ok(self.engine.snapshot())
     }
 
@@ -363,38 +628,73 @@ impl RaftNode {
         &self.engine
     }
 
+    pub fn node_id(&self) -> u64 {
+        self.node_id
+    }
+
     pub fn status(&self) -> NodeStatus {
-        let metrics = self.metrics.borrow();
-        let role = if self.errors.shutting_down.load(Ordering::Acquire) {
-            "shutdown"
-        } else {
-            match metrics.state {
-                ServerState::Leader => "leader",
-                ServerState::Follower => "follower",
-                ServerState::Candidate => "candidate",
-                ServerState::Learner => "learner",
-                ServerState::Shutdown => "shutdown",
-            }
-        };
-        NodeStatus {
-            node_id: self.node_id,
-            role,
-            term: metrics.current_term,
-            leader_id: metrics.current_leader,
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            committed_index: self.counters.committed_index.load(Ordering::Relaxed),
-            applied_index: metrics.last_applied.map_or(0, |id| id.index),
-            snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
-            leader_changes: self.counters.leader_changes.load(Ordering::Relaxed),
-            proposals: self.counters.proposals.load(Ordering::Relaxed),
-            proposal_failures: self.counters.proposal_failures.load(Ordering::Relaxed),
-        }
+        self.shared.status()
+    }
+
+    /// The members of the cluster as this node's applied membership says.
+    pub fn members(&self) -> Vec<Member> {
+        self.shared.members()
+    }
+
+    /// Every member with the status it reports (asked over the peer
+    /// transport, each within 300 ms; unreachable members have none).
+    pub async fn cluster_status(&self) -> Vec<MemberStatus> {
+        let members = self.members();
+        let asks = members.into_iter().map(|member| async move {
+            let status = if member.node_id == self.node_id {
+                Some(self.status())
+            } else {
+                match &self.shared.peers {
+                    Some(pool) => match pool
+                        .call(
+                            member.node_id,
+                            &member.addr,
+                            PeerRequest::Status,
+                            STATUS_TIMEOUT,
+                        )
+                        .await
+                    {
+                        Ok(PeerResponse::Status(s)) => Some(s),
+                        _ => None,
+                    },
+                    None => None,
+                }
+            };
+            MemberStatus { member, status }
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// Adds a node (as a learner, promoted to voter once caught up). Runs on
+    /// the leader; a follower forwards it. Ids are never reused: adding an
+    /// id that is already a member with another address is refused.
+    pub async fn add_node(&self, node_id: u64, addr: String) -> Result<()> {
+        self.shared
+            .membership_change(PeerRequest::Join { node_id, addr })
+            .await
+    }
+
+    /// Removes a node from the membership (voter and learner alike).
+    pub async fn remove_node(&self, node_id: u64) -> Result<()> {
+        self.shared
+            .membership_change(PeerRequest::Remove { node_id })
+            .await
+    }
+
+    /// The fault filter of this node's transport (tests, fault injection).
+    pub fn faults(&self) -> &FaultFilter {
+        &self.faults
     }
 
     /// Watch of the applied log index, updated right after each apply batch
     /// is written to the engine.
     pub fn applied_watch(&self) -> watch::Receiver<u64> {
-        self.applied.clone()
+        self.shared.applied.clone()
     }
 
     /// Stops the Raft group and its tasks. Afterwards every call returns
@@ -402,8 +702,12 @@ impl RaftNode {
     /// call this before dropping the node to reopen the same engine
     /// directory. Idempotent.
     pub async fn shutdown(&self) -> Result<()> {
-        self.errors.shutting_down.store(true, Ordering::Release);
-        let result = self.raft.shutdown().await;
+        self.shared
+            .errors
+            .shutting_down
+            .store(true, Ordering::Release);
+        self.stop.cancel();
+        let result = self.shared.raft.shutdown().await;
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for task in tasks {
             task.abort();
@@ -417,13 +721,14 @@ impl RaftNode {
 
 impl Drop for RaftNode {
     fn drop(&mut self) {
-        if self.errors.shutting_down.load(Ordering::Acquire) {
+        if self.shared.errors.shutting_down.load(Ordering::Acquire) {
             return;
         }
+        self.stop.cancel();
         // Without a shutdown the core task would run on and keep the engine
         // open; stop it in the background as well as we can.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let raft = self.raft.clone();
+            let raft = self.shared.raft.clone();
             runtime.spawn(async move {
                 let _ = raft.shutdown().await;
             });
@@ -435,6 +740,432 @@ impl Drop for RaftNode {
             .drain(..)
         {
             task.abort();
+        }
+    }
+}
+
+impl Shared {
+    fn check_running(&self) -> Result<()> {
+        if let Some(e) = self.errors.fatal.get() {
+            return Err(Error::Storage(e));
+        }
+        if self.errors.shutting_down.load(Ordering::Acquire) {
+            return Err(Error::ShuttingDown);
+        }
+        Ok(())
+    }
+
+    fn shutting_down(&self) -> bool {
+        self.errors.shutting_down.load(Ordering::Acquire)
+    }
+
+    fn members(&self) -> Vec<Member> {
+        let metrics = self.metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| Member {
+                node_id: *id,
+                addr: node.addr.clone(),
+                voter: voters.contains(id),
+            })
+            .collect()
+    }
+
+    fn member_addr(&self, node_id: NodeId) -> Option<String> {
+        let metrics = self.metrics.borrow();
+        let membership = metrics.membership_config.membership();
+        membership.get_node(&node_id).map(|n| n.addr.clone())
+    }
+
+    fn status(&self) -> NodeStatus {
+        let metrics = self.metrics.borrow();
+        let in_membership = metrics
+            .membership_config
+            .membership()
+            .get_node(&self.node_id)
+            .is_some();
+        let role = if self.shutting_down() {
+            "shutdown"
+        } else {
+            match metrics.state {
+                ServerState::Leader => "leader",
+                ServerState::Follower => "follower",
+                ServerState::Candidate => "candidate",
+                ServerState::Learner if !in_membership && metrics.last_applied.is_some() => {
+                    "removed"
+                }
+                ServerState::Learner => "learner",
+                ServerState::Shutdown => "shutdown",
+            }
+        };
+        let followers = metrics
+            .replication
+            .as_ref()
+            .map(|replication| {
+                replication
+                    .iter()
+                    .filter(|(id, _)| **id != self.node_id)
+                    .map(|(id, matched)| FollowerProgress {
+                        node_id: *id,
+                        matched_index: matched.map_or(0, |l| l.index),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let counters = &self.counters;
+        NodeStatus {
+            node_id: self.node_id,
+            role: role.to_string(),
+            term: metrics.current_term,
+            leader_id: metrics.current_leader,
+            last_log_index: metrics.last_log_index.unwrap_or(0),
+            committed_index: counters.committed_index.load(Ordering::Relaxed),
+            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
+            purged_index: metrics.purged.map_or(0, |id| id.index),
+            leader_changes: counters.leader_changes.load(Ordering::Relaxed),
+            proposals: counters.proposals.load(Ordering::Relaxed),
+            proposal_failures: counters.proposal_failures.load(Ordering::Relaxed),
+            forwarded_proposals: counters.forwarded_proposals.load(Ordering::Relaxed),
+            snapshots_installed: counters.snapshots_installed.load(Ordering::Relaxed),
+            millis_since_quorum_ack: metrics.millis_since_quorum_ack,
+            followers,
+        }
+    }
+
+    /// The current leader, waiting (until `deadline`) while none is known.
+    async fn leader(&self, deadline: tokio::time::Instant) -> Result<NodeId> {
+        let mut metrics = self.metrics.clone();
+        loop {
+            self.check_running()?;
+            if let Some(leader) = metrics.borrow_and_update().current_leader {
+                return Ok(leader);
+            }
+            match tokio::time::timeout_at(deadline, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(Error::ShuttingDown),
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "no Raft leader elected within {:?}",
+                        self.leader_wait
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Sends `request` to the leader, following leader changes until
+    /// `deadline`. `Ok(None)` means this node is the leader: act locally.
+    /// A request that was sent but not answered is [`Error::Ambiguous`]
+    /// when `idempotent` is false.
+    async fn to_leader(
+        &self,
+        request: impl Fn() -> PeerRequest,
+        timeout: Duration,
+        idempotent: bool,
+    ) -> Result<Option<PeerResponse>> {
+        let deadline = tokio::time::Instant::now() + self.leader_wait;
+        loop {
+            let leader = self.leader(deadline).await?;
+            if leader == self.node_id {
+                return Ok(None);
+            }
+            let (Some(pool), Some(addr)) = (&self.peers, self.member_addr(leader)) else {
+                return Err(Error::NotLeader {
+                    leader_id: Some(leader),
+                });
+            };
+            let retry = match pool.call(leader, &addr, request(), timeout).await {
+                Ok(PeerResponse::NotLeader { .. }) => true,
+                Ok(response) => return Ok(Some(response)),
+                Err(SendError::NotSent(why)) => {
+                    tracing::debug!(leader, "route to leader: {why}");
+                    true
+                }
+                Err(SendError::NoAnswer(why)) if !idempotent => {
+                    return Err(Error::Ambiguous(format!(
+                        "the leader (node {leader}) did not answer: {why}"
+                    )))
+                }
+                Err(SendError::NoAnswer(why)) => {
+                    tracing::debug!(leader, "route to leader: {why}");
+                    true
+                }
+            };
+            if retry {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Error::Unavailable(format!(
+                        "the leader (node {leader}) could not be reached within {:?}",
+                        self.leader_wait
+                    )));
+                }
+                tokio::time::sleep(ROUTE_RETRY).await;
+            }
+        }
+    }
+
+    /// Waits until the local replica has applied everything committed
+    /// before the call (linearizable reads).
+    async fn read_barrier(&self) -> Result<()> {
+        let index = match self
+            .to_leader(|| PeerRequest::ReadIndex, self.leader_wait, true)
+            .await?
+        {
+            None => return self.local_read_barrier().await,
+            Some(PeerResponse::ReadIndex(index)) => index,
+            Some(other) => return Err(unexpected_answer("read index", other)),
+        };
+        let mut applied = self.applied.clone();
+        let waited =
+            tokio::time::timeout(self.leader_wait, applied.wait_for(|a| *a >= index)).await;
+        match waited {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(Error::ShuttingDown),
+            Err(_) => Err(Error::Unavailable(format!(
+                "this replica did not apply up to the read index {index} within {:?}",
+                self.leader_wait
+            ))),
+        }
+    }
+
+    /// The leader's own barrier: a quorum confirms it still leads, then its
+    /// state machine catches up with the read index.
+    async fn local_read_barrier(&self) -> Result<()> {
+        match tokio::time::timeout(self.leader_wait, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(from_check_leader(
+                &e,
+                &self.errors.fatal,
+                self.shutting_down(),
+            )),
+            Err(_) => Err(Error::Unavailable(format!(
+                "leadership not confirmed by a quorum within {:?}",
+                self.leader_wait
+            ))),
+        }
+    }
+
+    /// The leader's read index for a follower's read.
+    async fn read_index(&self) -> PeerResponse {
+        match tokio::time::timeout(self.leader_wait, self.raft.get_read_log_id()).await {
+            Ok(Ok((read, _))) => PeerResponse::ReadIndex(read.map_or(0, |l| l.index)),
+            Ok(Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                f,
+            )))) => self.not_leader(f.leader_id),
+            Ok(Err(e)) => PeerResponse::Failed(e.to_string()),
+            Err(_) => PeerResponse::Failed("leadership not confirmed by a quorum in time".into()),
+        }
+    }
+
+    fn not_leader(&self, leader_id: Option<NodeId>) -> PeerResponse {
+        PeerResponse::NotLeader {
+            leader_id,
+            leader_addr: leader_id.and_then(|id| self.member_addr(id)),
+        }
+    }
+
+    /// Appends `batch` locally (this node believes it leads) and waits for
+    /// its responses, at most `write_timeout`.
+    async fn write_local(&self, batch: CommandBatch) -> Result<Vec<CommandResponse>> {
+        let expected = batch.commands.len();
+        let written = tokio::time::timeout(self.write_timeout, self.raft.client_write(batch)).await;
+        match written {
+            Ok(Ok(written)) if written.data.len() == expected => Ok(written.data),
+            Ok(Ok(written)) => {
+                let message = format!(
+                    "entry {} answered {} responses for {} commands",
+                    written.log_id,
+                    written.data.len(),
+                    expected
+                );
+                tracing::error!("{message}");
+                Err(Error::Internal(message))
+            }
+            Ok(Err(e)) => Err(from_client_write(
+                &e,
+                &self.errors.fatal,
+                self.shutting_down(),
+            )),
+            Err(_) => Err(Error::Ambiguous(format!(
+                "the write was not committed within {:?} (the leader may have lost its quorum)",
+                self.write_timeout
+            ))),
+        }
+    }
+
+    /// Appends `batch` on whichever node leads.
+    async fn write(&self, batch: CommandBatch) -> Result<Vec<CommandResponse>> {
+        let forward =
+            self.peers.is_some() && self.metrics.borrow().current_leader != Some(self.node_id);
+        if !forward {
+            return self.write_local(batch).await;
+        }
+        let timeout = self.write_timeout;
+        match self
+            .to_leader(|| PeerRequest::ClientWrite(batch.clone()), timeout, false)
+            .await?
+        {
+            None => self.write_local(batch).await,
+            Some(PeerResponse::ClientWrite(responses)) => {
+                self.counters
+                    .forwarded_proposals
+                    .fetch_add(responses.len() as u64, Ordering::Relaxed);
+                Ok(responses)
+            }
+            Some(PeerResponse::Failed(why)) => Err(Error::Unavailable(format!(
+                "the leader failed the write: {why}"
+            ))),
+            Some(other) => Err(unexpected_answer("forwarded write", other)),
+        }
+    }
+
+    /// Runs a membership change on the leader (forwarding it if need be).
+    async fn membership_change(&self, request: PeerRequest) -> Result<()> {
+        let answer = match &request {
+            PeerRequest::Join { .. } | PeerRequest::Remove { .. } => {
+                let again = || match &request {
+                    PeerRequest::Join { node_id, addr } => PeerRequest::Join {
+                        node_id: *node_id,
+                        addr: addr.clone(),
+                    },
+                    PeerRequest::Remove { node_id } => PeerRequest::Remove { node_id: *node_id },
+                    _ => unreachable!("matched above"),
+                };
+                match self.to_leader(again, JOIN_TIMEOUT, true).await? {
+                    None => self.change_membership_here(again()).await,
+                    Some(answer) => answer,
+                }
+            }
+            _ => return Err(Error::Internal("not a membership change".into())),
+        };
+        match answer {
+            PeerResponse::Done => Ok(()),
+            PeerResponse::Failed(why) => Err(Error::Membership(why)),
+            other => Err(unexpected_answer("membership change", other)),
+        }
+    }
+
+    /// A membership change on this node, which must be the leader.
+    async fn change_membership_here(&self, request: PeerRequest) -> PeerResponse {
+        let result = match request {
+            PeerRequest::Join { node_id, addr } => self.add_member(node_id, addr).await,
+            PeerRequest::Remove { node_id } => self.remove_member(node_id).await,
+            _ => return PeerResponse::Failed("not a membership change".into()),
+        };
+        match result {
+            Ok(()) => PeerResponse::Done,
+            Err(MembershipError::Raft(RaftError::APIError(ClientWriteError::ForwardToLeader(
+                f,
+            )))) => self.not_leader(f.leader_id),
+            Err(MembershipError::Raft(e)) => PeerResponse::Failed(e.to_string()),
+            Err(MembershipError::Refused(why)) => {
+                tracing::warn!("membership change refused: {why}");
+                PeerResponse::Failed(why)
+            }
+        }
+    }
+
+    async fn add_member(&self, node_id: NodeId, addr: String) -> Result<(), MembershipError> {
+        if node_id == 0 {
+            return Err(MembershipError::Refused("node id 0 is reserved".into()));
+        }
+        let current = self.members().into_iter().find(|m| m.node_id == node_id);
+        match current {
+            Some(m) if m.addr != addr => {
+                return Err(MembershipError::Refused(format!(
+                    "node {node_id} is already a member at {}; node ids are never reused",
+                    m.addr
+                )))
+            }
+            Some(m) if m.voter => return Ok(()),
+            _ => {}
+        }
+        tracing::info!(node_id, %addr, "adding a learner");
+        self.raft
+            .add_learner(node_id, BasicNode::new(addr), true)
+            .await?;
+        tracing::info!(node_id, "learner caught up; promoting to voter");
+        self.raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([node_id])), false)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_member(&self, node_id: NodeId) -> Result<(), MembershipError> {
+        let members = self.members();
+        let Some(member) = members.iter().find(|m| m.node_id == node_id) else {
+            return Err(MembershipError::Refused(format!(
+                "node {node_id} is not a member"
+            )));
+        };
+        let voters = members.iter().filter(|m| m.voter).count();
+        if member.voter && voters == 1 {
+            return Err(MembershipError::Refused(
+                "cannot remove the last voter".into(),
+            ));
+        }
+        tracing::info!(node_id, "removing a member");
+        let change = if member.voter {
+            ChangeMembers::RemoveVoters(BTreeSet::from([node_id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([node_id]))
+        };
+        self.raft.change_membership(change, false).await?;
+        Ok(())
+    }
+}
+
+enum MembershipError {
+    Raft(RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>),
+    Refused(String),
+}
+
+impl From<RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>> for MembershipError {
+    fn from(e: RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> Self {
+        MembershipError::Raft(e)
+    }
+}
+
+fn unexpected_answer(what: &str, answer: PeerResponse) -> Error {
+    match answer {
+        PeerResponse::Failed(why) => Error::Unavailable(format!("{what}: {why}")),
+        other => Error::Internal(format!("{what}: unexpected answer {other:?}")),
+    }
+}
+
+impl PeerHandler for Shared {
+    fn raft(&self) -> &Raft<TypeConfig> {
+        &self.raft
+    }
+
+    fn snapshot_installed(&self) {
+        self.counters
+            .snapshots_installed
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn handle_sluice(&self, request: PeerRequest) -> PeerResponse {
+        if self.check_running().is_err() {
+            return PeerResponse::Failed("node is stopping".into());
+        }
+        let leads = self.metrics.borrow().current_leader == Some(self.node_id);
+        match request {
+            PeerRequest::Status => PeerResponse::Status(self.status()),
+            PeerRequest::ReadIndex if leads => self.read_index().await,
+            PeerRequest::ClientWrite(batch) if leads => match self.write_local(batch).await {
+                Ok(responses) => PeerResponse::ClientWrite(responses),
+                Err(Error::NotLeader { leader_id }) => self.not_leader(leader_id),
+                Err(e) => PeerResponse::Failed(e.to_string()),
+            },
+            request @ (PeerRequest::Join { .. } | PeerRequest::Remove { .. }) if leads => {
+                self.change_membership_here(request).await
+            }
+            _ => {
+                let leader = self.metrics.borrow().current_leader;
+                self.not_leader(leader)
+            }
         }
     }
 }
@@ -476,12 +1207,7 @@ async fn watch_leader(
 /// Groups queued proposals into Raft entries: each batch is one entry, one
 /// log write and one fsync. A batch takes whatever queued up while the
 /// previous ones were in flight, up to `max_bytes` of commands.
-async fn run_batcher(
-    raft: Raft<TypeConfig>,
-    mut queue: mpsc::Receiver<Proposal>,
-    max_bytes: usize,
-    errors: ErrorContext,
-) {
+async fn run_batcher(shared: Arc<Shared>, mut queue: mpsc::Receiver<Proposal>, max_bytes: usize) {
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT_BATCHES));
     let mut carried: Option<Proposal> = None;
     loop {
@@ -510,46 +1236,79 @@ async fn run_batcher(
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
-        let errors = errors.clone();
+        let shared = shared.clone();
         tokio::spawn(async move {
-            submit(&raft, batch, &errors).await;
+            submit(&shared, batch).await;
             drop(permit);
         });
     }
 }
 
-async fn submit(raft: &Raft<TypeConfig>, batch: Vec<Proposal>, errors: &ErrorContext) {
+async fn submit(shared: &Shared, batch: Vec<Proposal>) {
     let mut replies = Vec::with_capacity(batch.len());
     let mut commands = Vec::with_capacity(batch.len());
     for proposal in batch {
         commands.push(proposal.command);
         replies.push(proposal.reply);
     }
-    match raft.client_write(CommandBatch { commands }).await {
-        Ok(written) if written.data.len() == replies.len() => {
-            for (reply, response) in replies.into_iter().zip(written.data) {
+    match shared.write(CommandBatch { commands }).await {
+        Ok(responses) => {
+            for (reply, response) in replies.into_iter().zip(responses) {
                 // The proposer may have given up waiting; nothing to do then.
                 let _ = reply.send(Ok(response));
             }
         }
-        Ok(written) => {
-            let message = format!(
-                "entry {} answered {} responses for {} commands",
-                written.log_id,
-                written.data.len(),
-                replies.len()
-            );
-            tracing::error!("{message}");
-            for reply in replies {
-                let _ = reply.send(Err(Error::Internal(message.clone())));
-            }
-        }
         Err(e) => {
-            let shutting_down = errors.shutting_down.load(Ordering::Acquire);
             for reply in replies {
-                let _ = reply.send(Err(from_client_write(&e, &errors.fatal, shutting_down)));
+                let _ = reply.send(Err(e.duplicate()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(role: &str, leader_id: Option<u64>, applied: u64, committed: u64) -> NodeStatus {
+        NodeStatus {
+            node_id: 1,
+            role: role.into(),
+            term: 3,
+            leader_id,
+            last_log_index: committed,
+            committed_index: committed,
+            applied_index: applied,
+            snapshot_index: 0,
+            purged_index: 0,
+            leader_changes: 0,
+            proposals: 0,
+            proposal_failures: 0,
+            forwarded_proposals: 0,
+            snapshots_installed: 0,
+            millis_since_quorum_ack: None,
+            followers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn ready_only_as_a_voter_with_a_leader_or_a_caught_up_learner() {
+        assert!(status("leader", Some(1), 5, 5).readiness().is_ok());
+        assert!(status("follower", Some(2), 4, 5).readiness().is_ok());
+        assert_eq!(
+            status("follower", None, 5, 5).readiness().unwrap_err(),
+            "no known leader (role follower, term 3)"
+        );
+        assert_eq!(
+            status("candidate", None, 5, 5).readiness().unwrap_err(),
+            "node is candidate (term 3)"
+        );
+        assert!(status("learner", Some(2), 5, 5).readiness().is_ok());
+        assert_eq!(
+            status("learner", Some(2), 3, 5).readiness().unwrap_err(),
+            "learner catching up (applied 3 of 5)"
+        );
+        assert!(status("removed", Some(2), 5, 5).readiness().is_err());
+        assert!(status("shutdown", Some(1), 5, 5).readiness().is_err());
     }
 }

@@ -1,0 +1,242 @@
+//! Scenario tests of a three-member Raft group in one process: real TCP
+//! transport on loopback, memory engines, faults injected through each
+//! node's `FaultFilter`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_engine::{KeyRange, Keyspace, KvPair, MemoryEngine};
+use sluice_raftstore::{
+    Bootstrap, Command, Error, FaultFilter, Mutation, PeerSetup, RaftConfig, RaftNode,
+};
+use tempfile::TempDir;
+use tokio::net::TcpListener;
+
+struct Member {
+    node: Arc<RaftNode>,
+    addr: String,
+    _dir: TempDir,
+}
+
+fn config(id: u64, dir: &TempDir, snapshot_every: u64) -> RaftConfig {
+    let mut config = RaftConfig::new(id, dir.path().join("raft"));
+    config.write_timeout_ms = 700;
+    config.leader_wait_ms = 1_500;
+    config.snapshot_every_logs = snapshot_every;
+    config.logs_kept_behind_snapshot = snapshot_every / 10;
+    config
+}
+
+async fn member(id: u64, bootstrap: Bootstrap, snapshot_every: u64) -> Member {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let node = RaftNode::start_cluster(
+        MemoryEngine::new(),
+        config(id, &dir, snapshot_every),
+        PeerSetup {
+            listener,
+            advertise_addr: addr.clone(),
+            bootstrap,
+            faults: FaultFilter::default(),
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("start node {id}: {e}"));
+    Member {
+        node,
+        addr,
+        _dir: dir,
+    }
+}
+
+async fn cluster(size: u64, snapshot_every: u64) -> Vec<Member> {
+    let first = member(1, Bootstrap::Init, snapshot_every).await;
+    let seed = first.addr.clone();
+    let mut members = vec![first];
+    for id in 2..=size {
+        members.push(member(id, Bootstrap::Join(vec![seed.clone()]), snapshot_every).await);
+    }
+    members
+}
+
+fn put(key: &str, value: &str) -> Command {
+    Command {
+        mutations: vec![Mutation::Put {
+            key: key.into(),
+            value: value.into(),
+        }],
+    }
+}
+
+fn local_data(node: &RaftNode) -> Vec<KvPair> {
+    node.local_snapshot()
+        .scan(Keyspace::Data, &KeyRange::all(), usize::MAX)
+        .unwrap()
+}
+
+async fn leader_of(members: &[&Member]) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (i, m) in members.iter().enumerate() {
+            let status = m.node.status();
+            if status.role == "leader"
+                && members
+                    .iter()
+                    .all(|o| o.node.status().leader_id == Some(status.node_id))
+            {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader agreed on");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn converge(members: &[&Member]) -> Vec<KvPair> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let data: Vec<_> = members.iter().map(|m| local_data(&m.node)).collect();
+        if data.windows(2).all(|w| w[0] == w[1]) {
+            return data.into_iter().next().unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "replicas did not converge");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn shutdown(members: Vec<Member>) {
+    for m in members {
+        m.node.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_through_any_member_reach_every_replica() {
+    // Followers forward proposals; a linearizable read on any member sees
+    // every write acknowledged before it, wherever it was proposed.
+    let members = cluster(3, 10_000).await;
+    assert_eq!(members[0].node.members().len(), 3);
+    assert!(members[2].node.members().iter().all(|m| m.voter));
+    for round in 0..5 {
+        for (i, m) in members.iter().enumerate() {
+            let key = format!("k{round}-{i}");
+            m.node.propose(put(&key, "v")).await.unwrap();
+            for reader in &members {
+                let snapshot = reader.node.read_snapshot().await.unwrap();
+                assert!(
+                    snapshot
+                        .get(Keyspace::Data, key.as_bytes())
+                        .unwrap()
+                        .is_some(),
+                    "{key} written through node {} not visible on node {}",
+                    i + 1,
+                    reader.node.node_id()
+                );
+            }
+        }
+    }
+    let forwarded: u64 = members
+        .iter()
+        .map(|m| m.node.status().forwarded_proposals)
+        .sum();
+    assert_eq!(forwarded, 10, "two of three members forwarded each round");
+    let all: Vec<&Member> = members.iter().collect();
+    assert_eq!(converge(&all).await.len(), 15);
+    let statuses = members[1].node.cluster_status().await;
+    assert!(statuses.iter().all(|s| s.status.is_some()));
+    shutdown(members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn isolated_leader_commits_nothing_and_the_majority_goes_on() {
+    let members = cluster(3, 10_000).await;
+    let all: Vec<&Member> = members.iter().collect();
+    let old = leader_of(&all).await;
+    members[old].node.propose(put("before", "1")).await.unwrap();
+    let others: Vec<usize> = (0..3).filter(|&i| i != old).collect();
+    members[old]
+        .node
+        .faults()
+        .isolate_from(others.iter().map(|&i| members[i].node.node_id()));
+
+    let refused = members[old].node.propose(put("minority", "x")).await;
+    assert!(
+        matches!(refused, Err(Error::Ambiguous(_))),
+        "an isolated leader must not acknowledge: {refused:?}"
+    );
+    let read = members[old].node.read_snapshot().await;
+    assert!(
+        matches!(read, Err(Error::Unavailable(_))),
+        "an isolated leader must not serve linearizable reads"
+    );
+
+    let majority: Vec<&Member> = others.iter().map(|&i| &members[i]).collect();
+    let new = leader_of(&majority).await;
+    assert_ne!(majority[new].node.node_id(), members[old].node.node_id());
+    majority[0]
+        .node
+        .propose(put("majority", "2"))
+        .await
+        .unwrap();
+    majority[1]
+        .node
+        .propose(put("before", "changed"))
+        .await
+        .unwrap();
+
+    members[old].node.faults().heal();
+    let data = converge(&all).await;
+    let keys: Vec<&[u8]> = data.iter().map(|(k, _)| k.as_slice()).collect();
+    assert_eq!(keys, vec![b"before".as_slice(), b"majority"]);
+    assert_eq!(data[0].1, b"changed");
+    shutdown(members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn late_joiner_installs_a_snapshot_and_a_removed_member_is_left_behind() {
+    // A snapshot every 10 entries, one kept behind it: a node joining after
+    // 60 writes cannot catch up from the log and receives the snapshot.
+    let mut members = vec![member(1, Bootstrap::Init, 10).await];
+    for i in 0..60 {
+        members[0]
+            .node
+            .propose(put(&format!("k{i:03}"), "v"))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while members[0].node.status().purged_index == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "log never purged behind a snapshot"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seed = members[0].addr.clone();
+    members.push(member(2, Bootstrap::Join(vec![seed.clone()]), 10).await);
+    members.push(member(3, Bootstrap::Join(vec![seed]), 10).await);
+    assert!(members[1].node.status().snapshots_installed >= 1);
+    let all: Vec<&Member> = members.iter().collect();
+    assert_eq!(converge(&all).await.len(), 60);
+
+    // Removal goes through any member; the removed one hears no more writes.
+    members[1].node.remove_node(3).await.unwrap();
+    assert_eq!(members[0].node.members().len(), 2);
+    let refused = members[0].node.remove_node(3).await;
+    assert!(matches!(refused, Err(Error::Membership(_))), "{refused:?}");
+    let frozen = members[2].node.status().applied_index;
+    members[0]
+        .node
+        .propose(put("after-removal", "v"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(local_data(&members[2].node)
+        .iter()
+        .all(|(k, _)| k.as_slice() != b"after-removal"));
+    assert!(members[2].node.status().applied_index <= frozen + 1);
+    let remaining: Vec<&Member> = members[..2].iter().collect();
+    assert_eq!(converge(&remaining).await.len(), 61);
+    shutdown(members).await;
+}
