@@ -3,8 +3,9 @@
 //! printing Markdown rows for `bench/RESULTS.md` (`bench/run` calls it).
 //!
 //! - `failover`: a 3-node loopback cluster under a steady write load; the
-//!   leader is killed with SIGKILL, the time from the kill to the first
-//!   acknowledged write issued after it is the write unavailability; the
+//!   leader is killed with SIGKILL; probes (a write every 20 ms, each on a
+//!   new connection to a live member) measure the write unavailability: the
+//!   time from the kill to the first acknowledged probe issued after it; the
 //!   killed member is restarted and the cluster settles before the next
 //!   kill. Anchor: a 3-node etcd at its default timeouts, same pattern
 //!   (puts through its JSON gateway).
@@ -183,14 +184,96 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// Which system a probe writes to.
+#[derive(Clone, Copy)]
+enum System {
+    Sluice,
+    Etcd,
+}
+
+/// Issues one write every 20 ms on an idle one of 8 connections per live
+/// member, opened before the kill (as a client behind a health-checked
+/// balancer would), so that requests stuck on the dead leader cannot hide
+/// when writes resume: the first probe issued after the kill and
+/// acknowledged ends the unavailability. Opening connections during the
+/// election is avoided on purpose: a storm of new sessions is a different
+/// experiment (see the cluster notes in docs/architecture.md).
+async fn probes(system: System, ports: Vec<u16>, killed: usize, round: u64) -> Load {
+    enum Conn {
+        Sluice(tokio_postgres::Client),
+        Etcd(http::Connection),
+    }
+    let mut pool = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        if i == killed {
+            continue;
+        }
+        for _ in 0..8 {
+            let conn = match system {
+                System::Sluice => connect(*port).await.map(Conn::Sluice),
+                System::Etcd => http::Connection::open(*port).await.ok().map(Conn::Etcd),
+            };
+            if let Some(conn) = conn {
+                pool.push(Arc::new(tokio::sync::Mutex::new(conn)));
+            }
+        }
+    }
+    assert!(!pool.is_empty(), "no probe connection opened");
+    let mut load = Load::new();
+    let (stop, acks) = (load.stop.clone(), load.acks.clone());
+    load.tasks.push(tokio::spawn(async move {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            n += 1;
+            let Some(conn) = pool.iter().find_map(|c| c.clone().try_lock_owned().ok()) else {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            };
+            let acks = acks.clone();
+            tokio::spawn(async move {
+                let mut conn = conn;
+                let issued = Instant::now();
+                let key = format!("probe/{round}/{n}");
+                let written = tokio::time::timeout(Duration::from_secs(10), async {
+                    match &mut *conn {
+                        Conn::Sluice(client) => {
+                            let id = ((1u64 << 62) | (round << 32) | n) as i64;
+                            client
+                                .execute("INSERT INTO kv VALUES ($1, $2)", &[&id, &key])
+                                .await
+                                .is_ok()
+                        }
+                        Conn::Etcd(http) => {
+                            let body = format!(
+                                r#"{{"key":"{}","value":"{}"}}"#,
+                                http::base64(key.as_bytes()),
+                                http::base64(b"probe")
+                            );
+                            http.post("/v3/kv/put", &body).await.is_ok()
+                        }
+                    }
+                })
+                .await;
+                if let Ok(true) = written {
+                    acks.lock().unwrap().push((issued, Instant::now()));
+                }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }));
+    load
+}
+
 /// Kills the leader under load; the write unavailability of that kill.
 async fn sluice_kill(cluster: &mut SluiceCluster, writers: usize, round: u64) -> Duration {
     let load = Load::sluice(&cluster.sql_ports, writers, round);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let leader = cluster.leader().await;
+    let probe = probes(System::Sluice, cluster.sql_ports.clone(), leader, round).await;
     let killed = Instant::now();
     cluster.members[leader].kill9();
-    let gap = wait_first_ack_after(&load.acks, killed).await;
+    let gap = wait_first_ack_after(&probe.acks, killed).await;
+    let _ = probe.finish().await;
     let _ = load.finish().await;
     cluster.members[leader].start();
     cluster.wait_caught_up().await;
@@ -201,9 +284,11 @@ async fn etcd_kill(cluster: &mut EtcdCluster, writers: usize, round: u64) -> Dur
     let load = Load::etcd(&cluster.client_ports, writers, round);
     tokio::time::sleep(Duration::from_millis(700)).await;
     let leader = cluster.leader().await;
+    let probe = probes(System::Etcd, cluster.client_ports.clone(), leader, round).await;
     let killed = Instant::now();
     cluster.members[leader].kill9();
-    let gap = wait_first_ack_after(&load.acks, killed).await;
+    let gap = wait_first_ack_after(&probe.acks, killed).await;
+    let _ = probe.finish().await;
     let _ = load.finish().await;
     cluster.members[leader].start();
     // Settled: a leader again, and the restarted member has had time to catch up.
