@@ -23,9 +23,19 @@ pub struct Metrics {
     pub(crate) copy_rows_in: IntCounter,
     raft: RaftGauges,
     transactions: TransactionGauges,
+    topics: TopicMetrics,
     engine: GaugeVec,
     /// One scrape at a time: counters catch up by difference.
     rendering: std::sync::Mutex<()>,
+}
+
+struct TopicMetrics {
+    appended_records: IntCounter,
+    appended_bytes: IntCounter,
+    delivered_records: IntCounter,
+    retention_deletes: IntCounter,
+    subscriptions: IntGauge,
+    consumer_lag: IntGaugeVec,
 }
 
 struct TransactionGauges {
@@ -150,6 +160,35 @@ impl Metrics {
             Opts::new("sluice_engine_stat", "Storage engine statistics"),
             &["name"],
         )?;
+        let topics = TopicMetrics {
+            appended_records: IntCounter::new(
+                "sluice_topic_appended_records_total",
+                "Records appended to topics through this node (acknowledged)",
+            )?,
+            appended_bytes: IntCounter::new(
+                "sluice_topic_appended_bytes_total",
+                "Bytes of record batches appended through this node (after compression)",
+            )?,
+            delivered_records: IntCounter::new(
+                "sluice_topic_delivered_records_total",
+                "Records delivered to subscribers by FETCH and SUBSCRIBE on this node",
+            )?,
+            retention_deletes: IntCounter::new(
+                "sluice_topic_retention_deletes_total",
+                "Retention commands this node proposed as leader",
+            )?,
+            subscriptions: IntGauge::new(
+                "sluice_topic_subscriptions",
+                "Subscription cursors and streaming SUBSCRIBEs open on this node",
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "sluice_consumer_lag_records",
+                    "Records appended and not yet committed, per consumer group and partition",
+                ),
+                &["group", "topic", "partition"],
+            )?,
+        };
         let transactions = TransactionGauges {
             open: IntGauge::new(
                 "sluice_transactions_open",
@@ -208,6 +247,16 @@ impl Metrics {
             registry.register(Box::new(counter.clone()))?;
         }
         registry.register(Box::new(engine.clone()))?;
+        for counter in [
+            &topics.appended_records,
+            &topics.appended_bytes,
+            &topics.delivered_records,
+            &topics.retention_deletes,
+        ] {
+            registry.register(Box::new(counter.clone()))?;
+        }
+        registry.register(Box::new(topics.subscriptions.clone()))?;
+        registry.register(Box::new(topics.consumer_lag.clone()))?;
         // Show every kind from the first scrape, not only after first use.
         for kind in KINDS {
             statements.with_label_values(&[kind]);
@@ -223,6 +272,7 @@ impl Metrics {
             copy_rows_in,
             raft,
             transactions,
+            topics,
             engine,
             rendering: std::sync::Mutex::new(()),
         })
@@ -288,6 +338,35 @@ impl Metrics {
             (&txn.conflicts, stats.conflicts),
         ] {
             counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        let topic_stats = db.topic_stats();
+        let topics = &self.topics;
+        for (counter, total) in [
+            (&topics.appended_records, topic_stats.appended_records),
+            (&topics.appended_bytes, topic_stats.appended_bytes),
+            (&topics.delivered_records, topic_stats.delivered_records),
+            (&topics.retention_deletes, topic_stats.retention_deletes),
+        ] {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        topics
+            .subscriptions
+            .set(saturate(topic_stats.open_subscriptions));
+        topics.consumer_lag.reset();
+        match db.consumer_lag() {
+            Ok(rows) => {
+                for row in rows {
+                    topics
+                        .consumer_lag
+                        .with_label_values(&[
+                            row.group.as_str(),
+                            row.topic.as_str(),
+                            row.partition.to_string().as_str(),
+                        ])
+                        .set(saturate(row.lag));
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "consumer lag for metrics"),
         }
         for (name, value) in raft.engine().stats() {
             self.engine.with_label_values(&[name.as_str()]).set(value);

@@ -209,6 +209,9 @@ pub mod sqlstate {
     pub const UNDEFINED_TABLE: &str = "42P01";
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const DUPLICATE_TABLE: &str = "42P07";
+    pub const WRONG_OBJECT_TYPE: &str = "42809";
+    pub const GENERATED_ALWAYS: &str = "428C9";
+    pub const DUPLICATE_CURSOR: &str = "42P03";
     pub const DUPLICATE_SCHEMA: &str = "42P06";
     pub const INVALID_SCHEMA_NAME: &str = "3F000";
     pub const DUPLICATE_OBJECT: &str = "42710";

@@ -128,6 +128,11 @@ pub struct TableDef {
     /// their exact bytes (statements `Check` them).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub indexes: Vec<IndexDef>,
+    /// Set for a topic ([`crate::topic`]): an append-only log whose last
+    /// three columns are the system columns `_partition`, `_offset` and
+    /// `_timestamp`, assigned at append. Omitted for tables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<sluice_stream::TopicOptions>,
 }
 
 impl TableDef {
@@ -141,6 +146,25 @@ impl TableDef {
 
     pub fn kinds(&self) -> Vec<ValueKind> {
         self.columns.iter().map(|c| c.ty.value_kind()).collect()
+    }
+
+    /// A table Sluice defines itself (`sluice_catalog.consumer_offsets`):
+    /// its definition is not stored and DDL cannot change it.
+    pub fn is_builtin(&self) -> bool {
+        self.id >= crate::offsets::BUILTIN_ID_BASE
+    }
+
+    pub fn is_topic(&self) -> bool {
+        self.topic.is_some()
+    }
+
+    /// The columns a producer writes: all of a table's, a topic's without
+    /// its system columns.
+    pub fn user_columns(&self) -> &[ColumnDef] {
+        match self.topic {
+            Some(_) => &self.columns[..self.columns.len().saturating_sub(3)],
+            None => &self.columns,
+        }
     }
 
     pub fn has_primary_key(&self) -> bool {
@@ -321,6 +345,12 @@ impl CatalogState {
                 .tables
                 .insert((table.schema.clone(), table.name.clone()), Arc::new(table));
         }
+        for builtin in crate::offsets::builtin_tables() {
+            state.tables.insert(
+                (builtin.schema.clone(), builtin.name.clone()),
+                Arc::new(builtin),
+            );
+        }
         Ok(state)
     }
 
@@ -500,22 +530,36 @@ impl CatalogProvider for SessionCatalog {
     }
 
     fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        if let Some(system) = self
+        let system = self
             .system_schemas
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-        {
-            return Some(system.clone());
-        }
+            .cloned();
         let state = self.shared.current();
-        state.schemas.get(name)?;
-        Some(Arc::new(SluiceSchema {
-            name: name.to_string(),
-            state,
-            defaults: self.defaults.clone(),
-            dml_target: self.current_dml_target(),
-        }))
+        match system {
+            // sluice_catalog: its built-in tables, then the computed views.
+            Some(views) if name == crate::system_views::SCHEMA_NAME => {
+                Some(Arc::new(SluiceSchema {
+                    name: name.to_string(),
+                    state,
+                    defaults: self.defaults.clone(),
+                    dml_target: self.current_dml_target(),
+                    fallback: Some(views),
+                }))
+            }
+            Some(system) => Some(system),
+            None => {
+                state.schemas.get(name)?;
+                Some(Arc::new(SluiceSchema {
+                    name: name.to_string(),
+                    state,
+                    defaults: self.defaults.clone(),
+                    dml_target: self.current_dml_target(),
+                    fallback: None,
+                }))
+            }
+        }
     }
 
     fn register_schema(
@@ -553,6 +597,8 @@ struct SluiceSchema {
     state: Arc<CatalogState>,
     defaults: DefaultsFn,
     dml_target: Option<DmlTarget>,
+    /// Tables to look in after this schema's own (sluice_catalog's views).
+    fallback: Option<Arc<dyn SchemaProvider>>,
 }
 
 impl fmt::Debug for SluiceSchema {
@@ -566,10 +612,15 @@ impl fmt::Debug for SluiceSchema {
 #[async_trait]
 impl SchemaProvider for SluiceSchema {
     fn table_names(&self) -> Vec<String> {
-        self.state
+        let mut names: Vec<String> = self
+            .state
             .tables_in(&self.name)
             .map(|t| t.name.clone())
-            .collect()
+            .collect();
+        if let Some(fallback) = &self.fallback {
+            names.extend(fallback.table_names());
+        }
+        names
     }
 
     async fn table(
@@ -577,19 +628,28 @@ impl SchemaProvider for SluiceSchema {
         name: &str,
     ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
         let Some(def) = self.state.table(&self.name, name) else {
-            return Ok(None);
+            return match &self.fallback {
+                Some(fallback) => fallback.table(name).await,
+                None => Ok(None),
+            };
         };
+        let target = self.dml_target.filter(|target| target.id == def.id);
+        if def.is_topic() {
+            return Ok(Some(Arc::new(crate::topic::TopicTable::new(
+                def.clone(),
+                target.is_some(),
+            ))));
+        }
         let defaults = (self.defaults)(def);
-        let table = match self.dml_target {
-            Some(target) if target.id == def.id => {
-                SluiceTable::dml_target(def.clone(), defaults, target.with_key)
-            }
-            _ => SluiceTable::new(def.clone(), defaults),
+        let table = match target {
+            Some(target) => SluiceTable::dml_target(def.clone(), defaults, target.with_key),
+            None => SluiceTable::new(def.clone(), defaults),
         };
         Ok(Some(Arc::new(table)))
     }
 
     fn table_exist(&self, name: &str) -> bool {
         self.state.table(&self.name, name).is_some()
+            || self.fallback.as_ref().is_some_and(|f| f.table_exist(name))
     }
 }

@@ -57,7 +57,7 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Pr
                         quote_ident(&table.schema),
                         quote_ident(&table.name)
                     );
-                    session.parse(&sql)?.remove(0).ast
+                    session.parse(&sql)?.remove(0).into_sql()?
                 }
                 ast::CopySource::Query(query) => ast::Statement::Query(query.clone()),
             };
@@ -73,7 +73,11 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Pr
 
 fn column_list(table: &TableDef, columns: &[ast::Ident]) -> Result<Vec<String>> {
     if columns.is_empty() {
-        return Ok(table.columns.iter().map(|c| c.name.clone()).collect());
+        return Ok(table
+            .user_columns()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect());
     }
     columns
         .iter()
@@ -209,6 +213,45 @@ fn copy_options(
     Ok(out)
 }
 
+/// COPY options given as `(name, value)` pairs (`COPY (SUBSCRIBE …) TO
+/// STDOUT (FORMAT csv, HEADER)`), with the same rules as a table's COPY.
+pub fn options_from_pairs(pairs: &[(String, Option<String>)]) -> Result<CopyOptions> {
+    let one_char = |name: &str, value: &Option<String>| -> Result<char> {
+        let value = value.as_deref().unwrap_or_default();
+        let mut chars = value.chars();
+        match (chars.next(), chars.next()) {
+            (Some(c), None) => Ok(c),
+            _ => Err(Error::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("COPY {name} must be a single one-byte character"),
+            )),
+        }
+    };
+    let mut options = Vec::new();
+    for (name, value) in pairs {
+        let text = value.clone().unwrap_or_default();
+        options.push(match name.as_str() {
+            "format" => ast::CopyOption::Format(ast::Ident::new(text)),
+            "delimiter" => ast::CopyOption::Delimiter(one_char(name, value)?),
+            "null" => ast::CopyOption::Null(text),
+            "header" => ast::CopyOption::Header(
+                value.is_none()
+                    || matches!(text.to_ascii_lowercase().as_str(), "true" | "on" | "1"),
+            ),
+            "quote" => ast::CopyOption::Quote(one_char(name, value)?),
+            "escape" => ast::CopyOption::Escape(one_char(name, value)?),
+            "encoding" => ast::CopyOption::Encoding(text),
+            other => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("COPY option {other} is not supported"),
+                ))
+            }
+        });
+    }
+    copy_options(&options, &[])
+}
+
 /// Inserts one batch of COPY rows (fields in `copy.columns` order, already unescaped).
 pub async fn insert_rows(
     session: &mut Session,
@@ -261,12 +304,25 @@ pub async fn insert_rows(
                 vec![value; rows.len()]
             }
         };
+        let assigned = table.is_topic()
+            && table
+                .column_index(&column.name)
+                .is_some_and(|i| i >= table.user_columns().len());
         for (row, value) in values.iter_mut().zip(column_values) {
-            if value.is_null() && !column.nullable {
+            if value.is_null() && !column.nullable && !assigned {
                 return Err(not_null_violation(&table, &column.name));
             }
             row.push(value);
         }
+    }
+    if table.is_topic() {
+        let plan = crate::topic::append_mutations(&table, &values)?;
+        let size = crate::topic::append_size(&plan.mutations);
+        propose(session, &table, plan.mutations).await?;
+        if session.transaction_state() == crate::TransactionState::Idle {
+            session.db.topics.appended(size);
+        }
+        return Ok(values.len() as u64);
     }
     let keyed = keyed_rows(session, &table, &values)?;
     let mutations = keyed

@@ -79,7 +79,14 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
             ast::ObjectType::Table => {
                 for name in names {
                     match lookup(&catalog, name)? {
-                        Some(def) => change.drop_table(&def),
+                        Some(def) => {
+                            change.drop_table(&def);
+                            if def.is_topic() {
+                                for key in crate::offsets::rows_of_topic(snapshot.as_ref(), &def)? {
+                                    change.mutations.push(Mutation::Delete { key });
+                                }
+                            }
+                        }
                         None if *if_exists => {}
                         None => return Err(undefined_table(name)),
                     }
@@ -164,6 +171,15 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
         ast::Statement::Truncate(truncate) => {
             for target in &truncate.table_names {
                 match lookup(&catalog, &target.name)? {
+                    Some(def) if def.is_topic() => {
+                        // Offsets continue after a TRUNCATE, as after retention:
+                        // each partition keeps its state and newest batch key range.
+                        return Err(Error::new(
+                            sqlstate::FEATURE_NOT_SUPPORTED,
+                            format!("cannot truncate topic \"{}\"", def.name),
+                        )
+                        .with_detail("Records leave a topic by retention (ALTER TOPIC … SET (retention = …)) or with DROP TOPIC."));
+                    }
                     Some(def) => {
                         let range = def.rows_range();
                         let (start, end) = range_bounds(&range);
@@ -263,6 +279,10 @@ impl CatalogChange {
     fn drop_table(&mut self, def: &TableDef) {
         let (start, end) = range_bounds(&def.rows_range());
         self.mutations.push(Mutation::DeleteRange { start, end });
+        if def.is_topic() {
+            let (start, end) = sluice_stream::topic::topic_key_range(def.id);
+            self.mutations.push(Mutation::DeleteRange { start, end });
+        }
         self.mutations.extend(index::drop_entries(def));
         self.mutations.push(Mutation::Delete {
             key: table_key(def.id),
@@ -291,7 +311,16 @@ fn undefined_table(name: &ast::ObjectName) -> Error {
 
 fn lookup(catalog: &CatalogState, name: &ast::ObjectName) -> Result<Option<Arc<TableDef>>> {
     let (schema, table) = resolve_name(name)?;
-    Ok(catalog.table(&schema, &table).cloned())
+    match catalog.table(&schema, &table) {
+        Some(def) if def.is_builtin() => Err(Error::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied: \"{}\" is a system table",
+                def.qualified_name()
+            ),
+        )),
+        other => Ok(other.cloned()),
+    }
 }
 
 fn resolve_single_object(name: &ast::ObjectName) -> Result<String> {
@@ -424,6 +453,7 @@ fn table_definition(
         columns,
         primary_key,
         indexes: Vec::new(),
+        topic: None,
     };
     validate_defaults(session, &def)?;
     Ok(Some(def))
@@ -761,4 +791,189 @@ async fn abandon_index(session: &Session, table: &TableDef, index_id: u64) -> Re
     change.put(table_key(restored.id), encode_json(&restored));
     change.mutations.push(index::delete_all(index_id));
     change.commit(session).await
+}
+
+/// The system columns every topic ends with, in order.
+pub const TOPIC_COLUMNS: [(&str, SqlType); 3] = [
+    ("_partition", SqlType::Int4),
+    ("_offset", SqlType::Int8),
+    ("_timestamp", SqlType::TimestampTz),
+];
+
+/// `CREATE TOPIC`: a table definition whose rows are records.
+pub(crate) async fn create_topic(
+    session: &mut Session,
+    create: &ast::CreateTable,
+) -> Result<Output> {
+    let snapshot = session.db.read_view().await?;
+    let catalog = session.db.catalog.current();
+    let mut change = CatalogChange::begin(snapshot.as_ref())?;
+    let Some(mut def) = table_definition(session, &catalog, create)? else {
+        return Ok(Output::Command(CommandTag::new("CREATE TOPIC")));
+    };
+    if def.has_primary_key() {
+        return Err(Error::new(
+            sqlstate::INVALID_TABLE_DEFINITION,
+            "a topic has no primary key: its records are identified by (_partition, _offset)",
+        ));
+    }
+    for column in &def.columns {
+        if TOPIC_COLUMNS.iter().any(|(name, _)| *name == column.name) {
+            return Err(Error::new(
+                sqlstate::DUPLICATE_COLUMN,
+                format!(
+                    "column name \"{}\" is reserved for topics' system columns",
+                    column.name
+                ),
+            ));
+        }
+    }
+    let mut options = sluice_stream::TopicOptions::default();
+    let given = match &create.table_options {
+        ast::CreateTableOptions::None => Vec::new(),
+        ast::CreateTableOptions::With(options) => options.clone(),
+        other => {
+            return Err(Error::new(
+                sqlstate::SYNTAX_ERROR,
+                format!("topic options go in WITH (…), not {other}"),
+            ))
+        }
+    };
+    for option in &given {
+        let (name, value) = option_text(option)?;
+        options
+            .set(&name, &value)
+            .map_err(crate::topic::stream_error)?;
+    }
+    validate_topic_options(&def, &mut options)?;
+    for (name, ty) in TOPIC_COLUMNS {
+        def.columns.push(ColumnDef {
+            name: name.to_string(),
+            ty,
+            nullable: false,
+            default: None,
+            missing_value: None,
+        });
+    }
+    def.topic = Some(options);
+    let id = change.allocate_id(snapshot.as_ref())?;
+    let def = TableDef { id, ..def };
+    change.put(table_key(id), encode_json(&def));
+    change.commit(session).await?;
+    Ok(Output::Command(CommandTag::new("CREATE TOPIC")))
+}
+
+/// Folds the partition key to a column name and checks that it exists.
+fn validate_topic_options(def: &TableDef, options: &mut sluice_stream::TopicOptions) -> Result<()> {
+    if let Some(key) = &mut options.partition_key {
+        *key = key.to_ascii_lowercase();
+        let key = key.clone();
+        if !def.user_columns().iter().any(|c| c.name == key) {
+            return Err(Error::new(
+                sqlstate::UNDEFINED_COLUMN,
+                format!("partition_key column \"{key}\" does not exist"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `name = value` of a WITH option, the value as text.
+fn option_text(option: &ast::SqlOption) -> Result<(String, String)> {
+    let ast::SqlOption::KeyValue { key, value } = option else {
+        return Err(Error::new(
+            sqlstate::SYNTAX_ERROR,
+            format!("expected name = value, found {option}"),
+        ));
+    };
+    let text = match value {
+        ast::Expr::Value(v) => match &v.value {
+            ast::Value::SingleQuotedString(s) => s.clone(),
+            ast::Value::Number(n, _) => n.clone(),
+            ast::Value::Boolean(b) => b.to_string(),
+            other => other.to_string(),
+        },
+        ast::Expr::Identifier(ident) => ident.value.clone(),
+        ast::Expr::UnaryOp {
+            op: ast::UnaryOperator::Minus,
+            expr,
+        } => format!("-{expr}"),
+        other => other.to_string(),
+    };
+    Ok((key.value.to_ascii_lowercase(), text))
+}
+
+fn lookup_topic(catalog: &CatalogState, name: &ast::ObjectName) -> Result<Option<Arc<TableDef>>> {
+    match lookup(catalog, name)? {
+        Some(def) if def.is_topic() => Ok(Some(def)),
+        Some(_) => Err(Error::new(
+            sqlstate::WRONG_OBJECT_TYPE,
+            format!("\"{name}\" is a table, not a topic"),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// `ALTER TOPIC name SET (…)`: retention, compression (for new batches) and
+/// more partitions (never fewer: records would lose their partition).
+pub(crate) async fn alter_topic(
+    session: &mut Session,
+    name: &ast::ObjectName,
+    given: &[(String, String)],
+) -> Result<Output> {
+    let snapshot = session.db.read_view().await?;
+    let catalog = session.db.catalog.current();
+    let mut change = CatalogChange::begin(snapshot.as_ref())?;
+    let def = lookup_topic(&catalog, name)?.ok_or_else(|| undefined_topic(name))?;
+    let mut options = def.topic.clone().unwrap_or_default();
+    for (option, value) in given {
+        options
+            .set(option, value)
+            .map_err(crate::topic::stream_error)?;
+    }
+    let before = def.topic.as_ref().map_or(1, |t| t.partitions);
+    if options.partitions < before {
+        return Err(Error::new(
+            sqlstate::INVALID_PARAMETER_VALUE,
+            format!("a topic's partitions can only grow (it has {before})"),
+        ));
+    }
+    validate_topic_options(&def, &mut options)?;
+    let mut altered = TableDef::clone(&def);
+    altered.topic = Some(options);
+    change.put(table_key(def.id), encode_json(&altered));
+    change.commit(session).await?;
+    Ok(Output::Command(CommandTag::new("ALTER TOPIC")))
+}
+
+/// `DROP TOPIC`: the definition, every record and the groups' offsets.
+pub(crate) async fn drop_topics(
+    session: &mut Session,
+    names: &[ast::ObjectName],
+    if_exists: bool,
+) -> Result<Output> {
+    let snapshot = session.db.read_view().await?;
+    let catalog = session.db.catalog.current();
+    let mut change = CatalogChange::begin(snapshot.as_ref())?;
+    for name in names {
+        match lookup_topic(&catalog, name)? {
+            Some(def) => {
+                change.drop_table(&def);
+                for key in crate::offsets::rows_of_topic(snapshot.as_ref(), &def)? {
+                    change.mutations.push(Mutation::Delete { key });
+                }
+            }
+            None if if_exists => {}
+            None => return Err(undefined_topic(name)),
+        }
+    }
+    change.commit(session).await?;
+    Ok(Output::Command(CommandTag::new("DROP TOPIC")))
+}
+
+fn undefined_topic(name: &ast::ObjectName) -> Error {
+    Error::new(
+        sqlstate::UNDEFINED_TABLE,
+        format!("topic \"{name}\" does not exist"),
+    )
 }

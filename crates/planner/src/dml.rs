@@ -176,6 +176,23 @@ pub async fn prepare(
                 }
             };
             let table = lookup_table(session, &name)?;
+            if table.is_topic() && insert.columns.is_empty() {
+                // A topic's system columns are assigned, not given: a
+                // column-less INSERT lists the topic's own columns.
+                insert.columns = table
+                    .user_columns()
+                    .iter()
+                    .map(|c| {
+                        ast::ObjectName::from(vec![ast::Ident::with_quote('"', c.name.clone())])
+                    })
+                    .collect();
+            }
+            if table.is_topic() && insert.on.is_some() {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "ON CONFLICT is not supported for topics: records have no key to conflict on",
+                ));
+            }
             let on_conflict = match insert.on.take() {
                 None => OnConflict::Error,
                 Some(ast::OnInsert::OnConflict(conflict)) => {
@@ -246,6 +263,13 @@ pub async fn prepare(
         }
         _ => return Err(Error::new(sqlstate::INTERNAL_ERROR, "not a DML statement")),
     };
+    if table.is_topic() && op != DmlOp::Insert {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("cannot {} topic \"{}\"", op.verb(), table.name),
+        )
+        .with_detail("A topic is append-only: records leave it by retention or with DROP TOPIC."));
+    }
     let plan = {
         let _target = session.catalog.dml_target(table.id, op != DmlOp::Insert);
         session.plan(statement).await?
@@ -358,6 +382,11 @@ pub async fn execute(
     for batch in &batches {
         rows.extend(batch_rows(table, batch, with_key)?);
     }
+    if table.is_topic() {
+        drop(snapshot);
+        let values: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
+        return append(session, table, values, plan.returning.as_ref()).await;
+    }
     let planned = match plan.op {
         DmlOp::Insert => insert(session, table, rows, &plan.on_conflict, snapshot.as_ref()).await?,
         DmlOp::Update => update(table, rows, snapshot.as_ref())?,
@@ -391,6 +420,41 @@ pub async fn execute(
             })
         }
     }
+}
+
+/// INSERT into a topic: the rows become appends (see [`crate::topic`]).
+async fn append(
+    session: &mut Session,
+    table: &Arc<TableDef>,
+    mut values: Vec<Vec<Value>>,
+    returning: Option<&Returning>,
+) -> Result<Output> {
+    let mut plan = crate::topic::append_mutations(table, &values)?;
+    let mutations = std::mem::take(&mut plan.mutations);
+    let size = crate::topic::append_size(&mutations);
+    let outcome = propose(session, table, mutations).await?;
+    // In a block the appends count when COMMIT acknowledges them.
+    if session.transaction_state() == crate::TransactionState::Idle {
+        session.db.topics.appended(size);
+    }
+    let Some(returning) = returning else {
+        return Ok(Output::Command(CommandTag::with_rows(
+            "INSERT",
+            values.len() as u64,
+        )));
+    };
+    crate::topic::fill_system_columns(table, &mut values, &plan, &outcome.appended);
+    // Nullable: inside a block the offsets are not known before COMMIT.
+    let batch = rows_to_batch(&table.dml_schema(false), &table.types(), &values)?;
+    let plan = returning_plan(table, &returning.items, batch).await?;
+    let ctx = scratch_context(&[])?;
+    let frame = ctx.execute_logical_plan(plan).await.map_err(map_df_error)?;
+    let stream = frame.execute_stream().await.map_err(map_df_error)?;
+    Ok(Output::Rows {
+        schema: returning.schema.clone(),
+        stream,
+        verb: "INSERT",
+    })
 }
 
 async fn collect(
@@ -464,7 +528,8 @@ pub fn batch_rows(table: &TableDef, batch: &RecordBatch, with_key: bool) -> Resu
         let mut values = Vec::with_capacity(columns);
         for (index, column) in table.columns.iter().enumerate() {
             let value = value_at(&arrays[index], row, column.ty, &column.name)?;
-            if value.is_null() && !column.nullable {
+            // A topic's system columns are assigned at append, not given.
+            if value.is_null() && !column.nullable && index < table.user_columns().len() {
                 return Err(not_null_violation(table, &column.name));
             }
             values.push(value);
@@ -902,6 +967,10 @@ pub fn raft_error(error: sluice_raftstore::Error) -> Error {
         R::Apply(ApplyError::ReadConflict { .. }) => Error::new(
             sqlstate::SERIALIZATION_FAILURE,
             "could not serialize access due to read/write dependencies among transactions",
+        ),
+        R::Apply(ApplyError::CorruptLog { .. }) => Error::new(
+            sqlstate::DATA_CORRUPTED,
+            "the state of a topic partition does not decode; the append was refused on every replica",
         ),
         R::CommandTooLarge { bytes, limit } => Error::new(
             sqlstate::PROGRAM_LIMIT_EXCEEDED,

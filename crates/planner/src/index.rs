@@ -112,7 +112,10 @@ pub fn definition_check(table: &TableDef) -> Mutation {
 /// the index entries they imply (see the module docs).
 pub fn with_index_upkeep(table: &TableDef, mutations: Vec<Mutation>) -> Result<Vec<Mutation>> {
     let mut out = Vec::with_capacity(mutations.len() + 1);
-    out.push(definition_check(table));
+    // A built-in table's definition is code, not stored data.
+    if !table.is_builtin() {
+        out.push(definition_check(table));
+    }
     if table.indexes.is_empty() {
         out.extend(mutations);
         return Ok(out);
@@ -143,10 +146,12 @@ pub fn with_index_upkeep(table: &TableDef, mutations: Vec<Mutation>) -> Result<V
             Mutation::Insert { key, value } | Mutation::Put { key, value } => (key, Some(value)),
             Mutation::Delete { key } => (key, None),
             Mutation::Check { .. } | Mutation::CheckRange { .. } => continue,
-            Mutation::InsertIfAbsent { .. } | Mutation::DeleteRange { .. } => {
+            Mutation::InsertIfAbsent { .. }
+            | Mutation::DeleteRange { .. }
+            | Mutation::Append { .. } => {
                 return Err(Error::new(
                     sqlstate::INTERNAL_ERROR,
-                    "conditional and range writes cannot maintain secondary indexes",
+                    "conditional, range and append writes cannot maintain secondary indexes",
                 ))
             }
         };

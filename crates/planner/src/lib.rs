@@ -40,13 +40,18 @@ mod dml;
 mod functions;
 mod index;
 mod names;
+mod offsets;
 mod pg_overlay;
 mod session;
+mod stream_sql;
 mod system_views;
 mod table;
+mod topic;
 mod transaction;
 mod types;
 
+pub use offsets::ConsumerLag;
 pub use session::{Database, Prepared, Session, Statement, SERVER_VERSION};
+pub use topic::TopicStats;
 pub use transaction::{IsolationLevel, TransactionState, TransactionStats};
 pub use types::SqlType;

@@ -75,6 +75,7 @@ pub struct Database {
     defaults: Mutex<DefaultsCache>,
     pub(crate) rowids: dml::RowIdGenerator,
     pub(crate) transactions: Arc<TransactionRegistry>,
+    pub(crate) topics: Arc<crate::topic::TopicCounters>,
 }
 
 impl fmt::Debug for Database {
@@ -89,7 +90,7 @@ impl Database {
         let catalog = Arc::new(SharedCatalog::default());
         let snapshot = raft.read_snapshot().await.map_err(dml::raft_error)?;
         catalog.refresh(snapshot.as_ref())?;
-        Ok(Arc::new(Database {
+        let db = Arc::new(Database {
             raft,
             catalog,
             parser: PostgresCompatibilityParser::new(),
@@ -97,7 +98,23 @@ impl Database {
             defaults: Mutex::default(),
             rowids: dml::RowIdGenerator::new(),
             transactions: Arc::default(),
-        }))
+            topics: Arc::default(),
+        });
+        crate::topic::spawn_retention(Arc::downgrade(&db));
+        Ok(db)
+    }
+
+    /// Every consumer group's lag per committed partition, from the local
+    /// replica (for metrics).
+    pub fn consumer_lag(&self) -> Result<Vec<crate::offsets::ConsumerLag>> {
+        let snapshot = self.raft.local_snapshot();
+        let catalog = self.catalog.refresh(snapshot.as_ref())?;
+        crate::offsets::consumer_lag(snapshot.as_ref(), &catalog)
+    }
+
+    /// Appends, subscriptions and retention (for metrics).
+    pub fn topic_stats(&self) -> crate::topic::TopicStats {
+        self.topics.snapshot()
     }
 
     /// Open transaction blocks and how finished ones ended (for metrics).
@@ -211,7 +228,18 @@ fn base_config() -> SessionConfig {
 /// One parsed SQL statement.
 #[derive(Clone, Debug)]
 pub struct Statement {
-    pub(crate) ast: ast::Statement,
+    pub(crate) kind: StatementKind,
+}
+
+/// PostgreSQL's grammar as sqlparser knows it, or one of the topic
+/// statements ([`crate::stream_sql`]).
+// sqlparser's statement is large and always was held by value here; boxing
+// it would cost an allocation per statement for no gain.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub(crate) enum StatementKind {
+    Sql(ast::Statement),
+    Stream(Box<crate::stream_sql::StreamStatement>),
 }
 
 impl Statement {
@@ -222,18 +250,41 @@ impl Statement {
     /// statement.
     pub fn reads_or_writes_rows_only(&self) -> bool {
         matches!(
-            self.ast,
-            ast::Statement::Query(_)
-                | ast::Statement::Insert(_)
-                | ast::Statement::Update(_)
-                | ast::Statement::Delete(_)
+            self.kind,
+            StatementKind::Sql(
+                ast::Statement::Query(_)
+                    | ast::Statement::Insert(_)
+                    | ast::Statement::Update(_)
+                    | ast::Statement::Delete(_)
+            )
         )
+    }
+
+    /// The sqlparser statement, if this is one.
+    pub(crate) fn sql(&self) -> Option<&ast::Statement> {
+        match &self.kind {
+            StatementKind::Sql(ast) => Some(ast),
+            StatementKind::Stream(_) => None,
+        }
+    }
+
+    pub(crate) fn into_sql(self) -> Result<ast::Statement> {
+        match self.kind {
+            StatementKind::Sql(ast) => Ok(ast),
+            StatementKind::Stream(stream) => Err(Error::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("{} is not allowed here", stream.tag()),
+            )),
+        }
     }
 }
 
 impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.ast)
+        match &self.kind {
+            StatementKind::Sql(ast) => write!(f, "{ast}"),
+            StatementKind::Stream(stream) => write!(f, "{}", stream.tag()),
+        }
     }
 }
 
@@ -283,13 +334,17 @@ pub(crate) enum PreparedKind {
     },
     Tag(&'static str),
     Cluster(crate::cluster::ClusterChange),
+    Stream(crate::topic::StreamPlan),
 }
 
 impl PreparedKind {
     fn uses_catalog(&self) -> bool {
         matches!(
             self,
-            PreparedKind::Query(_) | PreparedKind::Dml(_) | PreparedKind::CopyOut { .. }
+            PreparedKind::Query(_)
+                | PreparedKind::Dml(_)
+                | PreparedKind::CopyOut { .. }
+                | PreparedKind::Stream(_)
         )
     }
 }
@@ -307,6 +362,8 @@ pub struct Session {
     txn: Mutex<Option<Transaction>>,
     /// Warnings for the client from the last statement.
     notices: Vec<Error>,
+    /// Cursors declared `FOR SUBSCRIBE`, until CLOSE or the session ends.
+    pub(crate) cursors: crate::topic::Cursors,
 }
 
 /// Settings reported to the client at startup and whenever they change.
@@ -344,6 +401,7 @@ fn default_settings() -> BTreeMap<String, String> {
         ("idle_in_transaction_session_timeout", "0"),
         ("sluice.max_transaction_bytes", "24MB"),
         ("sluice.read_consistency", "linearizable"),
+        ("sluice.fetch_timeout", crate::topic::DEFAULT_FETCH_TIMEOUT),
         ("extra_float_digits", "1"),
         ("max_identifier_length", "63"),
         ("default_transaction_isolation", "read committed"),
@@ -388,7 +446,10 @@ impl Session {
         if let Err(e) = datafusion::catalog::CatalogProvider::register_schema(
             catalog.as_ref(),
             crate::system_views::SCHEMA_NAME,
-            Arc::new(crate::system_views::SystemViews::new(db.raft.clone())),
+            Arc::new(crate::system_views::SystemViews::new(
+                db.raft.clone(),
+                db.catalog.clone(),
+            )),
         ) {
             tracing::error!("sluice_catalog setup failed: {e}");
         }
@@ -419,6 +480,7 @@ impl Session {
             changed: Vec::new(),
             txn: Mutex::new(None),
             notices: Vec::new(),
+            cursors: Default::default(),
         }
     }
 
@@ -448,13 +510,23 @@ impl Session {
             .try_with_sql(sql)
             .and_then(|mut parser| parse_statements(&mut parser))
             .map_err(syntax_error)?;
-        if statements.iter().any(reads_system_catalog) {
-            statements = self.db.parser.parse(sql).map_err(syntax_error)?;
+        let reads_catalog = statements.iter().any(|statement| match &statement.kind {
+            StatementKind::Sql(ast) => reads_system_catalog(ast),
+            StatementKind::Stream(_) => false,
+        });
+        if reads_catalog {
+            statements = self
+                .db
+                .parser
+                .parse(sql)
+                .map_err(syntax_error)?
+                .into_iter()
+                .map(|ast| Statement {
+                    kind: StatementKind::Sql(ast),
+                })
+                .collect();
         }
-        Ok(statements
-            .into_iter()
-            .map(|ast| Statement { ast })
-            .collect())
+        Ok(statements)
     }
 
     pub fn reported_parameters(&self) -> Vec<(String, String)> {
@@ -475,6 +547,13 @@ impl Session {
     /// How long the client may stay idle inside a transaction block
     /// (`idle_in_transaction_session_timeout`); `None` outside a block or
     /// when the setting is 0.
+    /// How long a FETCH from a subscription waits for its first record.
+    pub(crate) fn fetch_timeout(&self) -> Duration {
+        parse_duration_ms(&self.setting("sluice.fetch_timeout"))
+            .or_else(|| parse_duration_ms(crate::topic::DEFAULT_FETCH_TIMEOUT))
+            .unwrap_or(Duration::from_millis(500))
+    }
+
     pub fn idle_in_transaction_timeout(&self) -> Option<Duration> {
         if self.transaction_state() == TransactionState::Idle {
             return None;
@@ -580,8 +659,9 @@ impl Session {
             return Ok(Output::Command(CommandTag::new("ROLLBACK")));
         }
         if let Some(mutations) = txn.commit_command()? {
+            let appended = crate::topic::append_size(&mutations);
             match self.db.raft().propose(Command { mutations }).await {
-                Ok(_) => {}
+                Ok(_) => self.db.topics.appended(appended),
                 Err(sluice_raftstore::Error::Apply(
                     conflict @ (ApplyError::Conflict { .. } | ApplyError::ReadConflict { .. }),
                 )) => {
@@ -600,7 +680,8 @@ impl Session {
     fn commit_conflict(&self, conflict: &ApplyError) -> Error {
         let (ApplyError::Conflict { key }
         | ApplyError::ReadConflict { key }
-        | ApplyError::DuplicateKey { key }) = conflict;
+        | ApplyError::DuplicateKey { key }
+        | ApplyError::CorruptLog { log: key }) = conflict;
         let what = self.db.catalog.current().describe_data_key(key);
         let (message, detail) = match conflict {
             ApplyError::ReadConflict { .. } => (
@@ -687,8 +768,8 @@ impl Session {
     ) -> Result<Arc<Prepared>> {
         if self.transaction_state() == TransactionState::Failed
             && !matches!(
-                statement.ast,
-                ast::Statement::Commit { .. } | ast::Statement::Rollback { .. }
+                statement.kind,
+                StatementKind::Sql(ast::Statement::Commit { .. } | ast::Statement::Rollback { .. })
             )
         {
             return Err(aborted_block());
@@ -701,16 +782,28 @@ impl Session {
                 true,
             )])))
         };
-        let (kind, result_schema, param_types) = match &statement.ast {
+        let ast = match &statement.kind {
+            StatementKind::Sql(ast) => ast,
+            StatementKind::Stream(stream) => {
+                let (kind, result_schema) = crate::topic::prepare(self, stream).await?;
+                return Ok(Arc::new(Prepared {
+                    statement,
+                    param_types: Vec::new(),
+                    result_schema,
+                    kind,
+                    catalog_version,
+                }));
+            }
+        };
+        let (kind, result_schema, param_types) = match ast {
             ast::Statement::Query(_) | ast::Statement::Explain { .. } => {
-                let plan = self.plan(statement.ast.clone()).await?;
-                let schema =
-                    crate::names::postgres_column_names(&statement.ast, plan.schema().as_arrow());
+                let plan = self.plan(ast.clone()).await?;
+                let schema = crate::names::postgres_column_names(ast, plan.schema().as_arrow());
                 let types = parameter_types(&plan, param_types)?;
                 (PreparedKind::Query(self.cache(plan)?), Some(schema), types)
             }
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                let (plan, types) = dml::prepare(self, &statement.ast, param_types).await?;
+                let (plan, types) = dml::prepare(self, ast, param_types).await?;
                 let schema = plan.returning_schema();
                 (PreparedKind::Dml(Box::new(plan)), schema, types)
             }
@@ -787,7 +880,7 @@ impl Session {
                 chain: false,
             } => (PreparedKind::Rollback, None, Vec::new()),
             ast::Statement::Copy { .. } => {
-                let kind = copy::prepare(self, &statement.ast).await?;
+                let kind = copy::prepare(self, ast).await?;
                 (kind, None, Vec::new())
             }
             ast::Statement::Call(call) => (
@@ -998,7 +1091,14 @@ impl Session {
             PreparedKind::Dml(plan) => {
                 dml::execute(self, plan, &prepared.param_types, params).await
             }
-            PreparedKind::Ddl => ddl::execute(self, &prepared.statement.ast).await,
+            PreparedKind::Ddl => match prepared.statement.sql() {
+                Some(ast) => ddl::execute(self, ast).await,
+                None => Err(Error::new(
+                    sqlstate::INTERNAL_ERROR,
+                    "DDL without a statement",
+                )),
+            },
+            PreparedKind::Stream(plan) => crate::topic::execute(self, plan).await,
             PreparedKind::Cluster(change) => {
                 if self.transaction_state() != TransactionState::Idle {
                     return Err(Error::new(
@@ -1199,7 +1299,10 @@ impl Session {
             "sluice.read_consistency" => {
                 ReadConsistency::parse(&value)?;
             }
-            "statement_timeout" | "lock_timeout" | "idle_in_transaction_session_timeout"
+            "statement_timeout"
+            | "lock_timeout"
+            | "idle_in_transaction_session_timeout"
+            | "sluice.fetch_timeout"
                 if parse_duration_ms(&value).is_none() =>
             {
                 return Err(Error::new(
@@ -1250,6 +1353,16 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    /// Cursors of consumer groups leave their groups with the session.
+    fn drop(&mut self) {
+        let db = self.db.clone();
+        for (_, mut open) in self.cursors.drain() {
+            open.leave(&db);
+        }
+    }
+}
+
 /// Nesting depth beyond which a statement is refused rather than risking the stack.
 const MAX_PARSE_DEPTH: usize = 100;
 
@@ -1257,7 +1370,7 @@ const MAX_PARSE_DEPTH: usize = 100;
 /// TRANSACTION] [AND [NO] CHAIN]` (a spelling of ROLLBACK the dialect lacks).
 fn parse_statements(
     parser: &mut datafusion::sql::sqlparser::parser::Parser,
-) -> std::result::Result<Vec<ast::Statement>, datafusion::sql::sqlparser::parser::ParserError> {
+) -> std::result::Result<Vec<Statement>, datafusion::sql::sqlparser::parser::ParserError> {
     use datafusion::sql::sqlparser::keywords::Keyword;
     use datafusion::sql::sqlparser::tokenizer::Token;
     let mut statements = Vec::new();
@@ -1265,6 +1378,15 @@ fn parse_statements(
         while parser.consume_token(&Token::SemiColon) {}
         if parser.peek_token_ref().token == Token::EOF {
             return Ok(statements);
+        }
+        if let Some(stream) = crate::stream_sql::parse(parser)? {
+            statements.push(Statement {
+                kind: StatementKind::Stream(Box::new(stream)),
+            });
+            if !matches!(parser.peek_token_ref().token, Token::SemiColon | Token::EOF) {
+                return parser.expected("end of statement", parser.peek_token());
+            }
+            continue;
         }
         let statement = if parser.parse_keyword(Keyword::ABORT) {
             let _ = parser.parse_one_of_keywords(&[Keyword::WORK, Keyword::TRANSACTION]);
@@ -1282,7 +1404,9 @@ fn parse_statements(
         } else {
             parser.parse_statement()?
         };
-        statements.push(statement);
+        statements.push(Statement {
+            kind: StatementKind::Sql(statement),
+        });
         if !matches!(parser.peek_token_ref().token, Token::SemiColon | Token::EOF) {
             return parser.expected("end of statement", parser.peek_token());
         }

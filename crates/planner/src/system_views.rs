@@ -5,6 +5,9 @@
 //!   the role, indexes and lag each member reports about itself over the
 //!   peer transport (members that do not answer within 300 ms are listed
 //!   with `reachable = false` and NULL figures).
+//! - `sluice_catalog.consumer_lag`: per consumer group and committed
+//!   partition, the partition's end offset, the committed offset and the
+//!   lag between them, read from the local replica.
 
 use std::fmt;
 use std::sync::Arc;
@@ -24,13 +27,16 @@ pub const SCHEMA_NAME: &str = "sluice_catalog";
 /// The `sluice_catalog` schema of one node.
 pub struct SystemViews {
     raft: Arc<RaftNode>,
+    catalog: Arc<crate::catalog::SharedCatalog>,
 }
 
 impl SystemViews {
-    pub fn new(raft: Arc<RaftNode>) -> Self {
-        Self { raft }
+    pub fn new(raft: Arc<RaftNode>, catalog: Arc<crate::catalog::SharedCatalog>) -> Self {
+        Self { raft, catalog }
     }
 }
+
+const VIEWS: [&str; 2] = ["nodes", "consumer_lag"];
 
 impl fmt::Debug for SystemViews {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -41,7 +47,7 @@ impl fmt::Debug for SystemViews {
 #[async_trait]
 impl SchemaProvider for SystemViews {
     fn table_names(&self) -> Vec<String> {
-        vec!["nodes".into()]
+        VIEWS.iter().map(|v| v.to_string()).collect()
     }
 
     async fn table(
@@ -52,12 +58,16 @@ impl SchemaProvider for SystemViews {
             "nodes" => Some(Arc::new(NodesView {
                 raft: self.raft.clone(),
             })),
+            "consumer_lag" => Some(Arc::new(LagView {
+                raft: self.raft.clone(),
+                catalog: self.catalog.clone(),
+            })),
             _ => None,
         })
     }
 
     fn table_exist(&self, name: &str) -> bool {
-        name == "nodes"
+        VIEWS.contains(&name)
     }
 }
 
@@ -184,6 +194,88 @@ impl TableProvider for NodesView {
         members.sort_by_key(|m| m.member.node_id);
         let batch = nodes_batch(self.raft.node_id(), &members)?;
         let table = MemTable::try_new(nodes_schema(), vec![vec![batch]])?;
+        table.scan(state, projection, filters, limit).await
+    }
+}
+
+/// `sluice_catalog.consumer_lag`.
+struct LagView {
+    raft: Arc<RaftNode>,
+    catalog: Arc<crate::catalog::SharedCatalog>,
+}
+
+impl fmt::Debug for LagView {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LagView").finish_non_exhaustive()
+    }
+}
+
+fn lag_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("group_name", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("partition", DataType::Int32, false),
+        Field::new("end_offset", DataType::Int64, false),
+        Field::new("committed_offset", DataType::Int64, false),
+        Field::new("lag", DataType::Int64, false),
+    ]))
+}
+
+#[async_trait]
+impl TableProvider for LagView {
+    fn schema(&self) -> SchemaRef {
+        lag_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn DfSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+        let failed = |e: crate::api::Error| DataFusionError::External(Box::new(e));
+        let snapshot = self.raft.local_snapshot();
+        let catalog = self.catalog.refresh(snapshot.as_ref()).map_err(failed)?;
+        let rows = crate::offsets::consumer_lag(snapshot.as_ref(), &catalog).map_err(failed)?;
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(
+                rows.iter()
+                    .map(|r| Some(r.group.as_str()))
+                    .collect::<StringArray>(),
+            ),
+            Arc::new(
+                rows.iter()
+                    .map(|r| Some(r.topic.as_str()))
+                    .collect::<StringArray>(),
+            ),
+            Arc::new(
+                rows.iter()
+                    .map(|r| Some(r.partition as i32))
+                    .collect::<datafusion::arrow::array::Int32Array>(),
+            ),
+            Arc::new(
+                rows.iter()
+                    .map(|r| Some(saturate(r.end_offset)))
+                    .collect::<Int64Array>(),
+            ),
+            Arc::new(
+                rows.iter()
+                    .map(|r| Some(saturate(r.committed_offset)))
+                    .collect::<Int64Array>(),
+            ),
+            Arc::new(
+                rows.iter()
+                    .map(|r| Some(saturate(r.lag)))
+                    .collect::<Int64Array>(),
+            ),
+        ];
+        let batch = RecordBatch::try_new(lag_schema(), columns)?;
+        let table = MemTable::try_new(lag_schema(), vec![vec![batch]])?;
         table.scan(state, projection, filters, limit).await
     }
 }

@@ -103,6 +103,8 @@ struct Savepoint {
     writes: Arc<WriteSet>,
     expected: Arc<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     expected_bytes: usize,
+    appends: Arc<Vec<Mutation>>,
+    appends_bytes: usize,
 }
 
 /// The node's transaction blocks, for metrics: the open ones (each holds a
@@ -202,6 +204,10 @@ pub(crate) struct Transaction {
     /// expects to find.
     expected: Arc<BTreeMap<Vec<u8>, Option<Vec<u8>>>>,
     expected_bytes: usize,
+    /// Topic appends, proposed as they are at COMMIT (their offsets are
+    /// assigned at apply), after the writes.
+    appends: Arc<Vec<Mutation>>,
+    appends_bytes: usize,
     /// Open savepoints, oldest first; names may repeat (the newest wins).
     savepoints: Vec<Savepoint>,
     pub(crate) failed: bool,
@@ -233,6 +239,8 @@ impl Transaction {
             writes: Arc::default(),
             expected: Arc::default(),
             expected_bytes: 0,
+            appends: Arc::default(),
+            appends_bytes: 0,
             savepoints: Vec::new(),
             failed: false,
             implicit: false,
@@ -268,7 +276,7 @@ impl Transaction {
     /// stay under the block's limit.
     fn check_size(&self) -> Result<()> {
         let reads = self.reads.as_ref().map_or(0, |reads| reads.bytes());
-        let bytes = self.writes.bytes() + self.expected_bytes + reads;
+        let bytes = self.writes.bytes() + self.expected_bytes + self.appends_bytes + reads;
         if bytes > self.limit {
             return Err(Error::new(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
@@ -304,6 +312,12 @@ impl Transaction {
             )
         })?;
         let read_base = |key: &[u8]| base.get(Keyspace::Data, key);
+        // Appends take their sequence numbers at apply, so they are kept
+        // aside and join the commit command as they are: concurrent
+        // appenders to one partition never conflict.
+        let (appends, mutations): (Vec<Mutation>, Vec<Mutation>) = mutations
+            .into_iter()
+            .partition(|m| matches!(m, Mutation::Append { .. }));
         let mut touched: Vec<Vec<u8>> = Vec::new();
         for mutation in &mutations {
             match mutation {
@@ -318,6 +332,7 @@ impl Transaction {
                         "this statement cannot run inside a transaction block yet",
                     ))
                 }
+                Mutation::Append { .. } => unreachable!("partitioned out above"),
                 // Only COMMIT proposes range checks, from the recorded reads.
                 Mutation::CheckRange { .. } => {
                     return Err(Error::new(
@@ -345,10 +360,17 @@ impl Transaction {
             |range, limit| view.scan(Keyspace::Data, range, limit),
         )
         .map_err(storage_error)?;
-        let (ops, outcome) = match planned {
+        let (ops, mut outcome) = match planned {
             Ok(planned) => planned,
             Err(rejected) => return Ok(Err(rejected)),
         };
+        for append in appends {
+            if let Mutation::Append { count, entry, .. } = &append {
+                outcome.inserted += count;
+                self.appends_bytes += entry.len();
+            }
+            Arc::make_mut(&mut self.appends).push(append);
+        }
         for key in touched {
             if !self.expected.contains_key(&key) && self.writes.lookup(&key).is_none() {
                 let value = match base_reads.remove(&key) {
@@ -374,6 +396,8 @@ impl Transaction {
             writes: self.writes.clone(),
             expected: self.expected.clone(),
             expected_bytes: self.expected_bytes,
+            appends: self.appends.clone(),
+            appends_bytes: self.appends_bytes,
         });
     }
 
@@ -394,6 +418,8 @@ impl Transaction {
         self.writes = savepoint.writes.clone();
         self.expected = savepoint.expected.clone();
         self.expected_bytes = savepoint.expected_bytes;
+        self.appends = savepoint.appends.clone();
+        self.appends_bytes = savepoint.appends_bytes;
         self.failed = false;
         Ok(())
     }
@@ -417,7 +443,7 @@ impl Transaction {
     /// still shares them). The caller reports the outcome with
     /// [`Self::committed`].
     pub(crate) fn commit_command(&mut self) -> Result<Option<Vec<Mutation>>> {
-        if self.writes.is_empty() {
+        if self.writes.is_empty() && self.appends.is_empty() {
             return Ok(None);
         }
         self.check_size()?;
@@ -429,6 +455,7 @@ impl Transaction {
             mutations.extend(reads.checks());
         }
         mutations.extend(self.writes.to_mutations());
+        mutations.extend(Arc::unwrap_or_clone(std::mem::take(&mut self.appends)));
         Ok(Some(mutations))
     }
 

@@ -38,6 +38,18 @@ pub enum Mutation {
         end: Bound<Vec<u8>>,
         digest: [u8; 32],
     },
+    /// Appends `entry` to the sequence log under `log` (see [`seqlog`]) at
+    /// the log's next sequence number, which only apply assigns, so every
+    /// replica numbers it identically. `entry` holds `count` items numbered
+    /// from there on; `stamp` (a producer clock, any unit) feeds the log's
+    /// sparse stamp index, one entry per `index_interval` of stamp.
+    Append {
+        log: Vec<u8>,
+        entry: Vec<u8>,
+        count: u64,
+        stamp: u64,
+        index_interval: u64,
+    },
 }
 
 /// A batch of mutations applied all together or not at all.
@@ -55,6 +67,9 @@ pub struct ApplyOutcome {
     pub inserted: u64,
     /// `InsertIfAbsent` mutations skipped because the key existed.
     pub ignored: u64,
+    /// The first sequence number of each `Append`, in mutation order.
+    #[serde(default)]
+    pub appended: Vec<u64>,
 }
 
 /// Why a command was rejected at apply. The same on every replica.
@@ -68,6 +83,9 @@ pub enum ApplyError {
     /// unbounded).
     #[error("read/write conflict")]
     ReadConflict { key: Vec<u8> },
+    /// The state of the sequence log under `log` does not decode.
+    #[error("corrupt sequence log state")]
+    CorruptLog { log: Vec<u8> },
 }
 
 /// The state machine's response to one log entry.
@@ -86,4 +104,104 @@ pub struct CommandResponse {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommandBatch {
     pub commands: Vec<Command>,
+}
+
+/// The layout of a sequence log, the storage under one `Append` log prefix
+/// (all integers big-endian):
+///
+/// | key | value |
+/// |---|---|
+/// | `<log> 0x00` | [`LogState`]: next sequence number, highest stamp, last indexed stamp |
+/// | `<log> 0x01 <last seq u64>` | an entry as appended, holding `count` items (keyed by its last number, so a forward seek from `n` finds the entry holding `n`) |
+/// | `<log> 0x02 <stamp u64>` | first seq u64 of the entry that raised the highest stamp to `stamp` |
+///
+/// Entries are removed from the front only (`DeleteRange`), so the first
+/// remaining entry is the log's start. An `Append` of no items writes nothing. The stamp index answers "the
+/// first entry whose stamp may be at or after T" without a reverse scan: an
+/// index entry is written when the highest stamp passes the last indexed
+/// one by `index_interval`, so every entry before the first index entry at
+/// or after `T - index_interval` has a stamp below `T`.
+pub mod seqlog {
+    use serde::{Deserialize, Serialize};
+
+    pub const STATE: u8 = 0x00;
+    pub const ENTRIES: u8 = 0x01;
+    pub const STAMPS: u8 = 0x02;
+
+    /// What apply keeps about a log.
+    #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct LogState {
+        pub next: u64,
+        pub max_stamp: u64,
+        /// Stamp of the last index entry; `None` before the first.
+        pub indexed_stamp: Option<u64>,
+    }
+
+    impl LogState {
+        pub fn encode(&self) -> Vec<u8> {
+            let mut out = Vec::with_capacity(25);
+            out.extend_from_slice(&self.next.to_be_bytes());
+            out.extend_from_slice(&self.max_stamp.to_be_bytes());
+            match self.indexed_stamp {
+                Some(stamp) => {
+                    out.push(1);
+                    out.extend_from_slice(&stamp.to_be_bytes());
+                }
+                None => out.push(0),
+            }
+            out
+        }
+
+        /// `None` for bytes that are not a state (corruption).
+        pub fn decode(bytes: &[u8]) -> Option<LogState> {
+            let u64_at = |at: usize| {
+                bytes
+                    .get(at..at + 8)
+                    .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+            };
+            let indexed_stamp = match bytes.get(16) {
+                Some(0) if bytes.len() == 17 => None,
+                Some(1) if bytes.len() == 25 => Some(u64_at(17)?),
+                _ => return None,
+            };
+            Some(LogState {
+                next: u64_at(0)?,
+                max_stamp: u64_at(8)?,
+                indexed_stamp,
+            })
+        }
+    }
+
+    fn key(log: &[u8], kind: u8, number: Option<u64>) -> Vec<u8> {
+        let mut key = Vec::with_capacity(log.len() + 9);
+        key.extend_from_slice(log);
+        key.push(kind);
+        if let Some(number) = number {
+            key.extend_from_slice(&number.to_be_bytes());
+        }
+        key
+    }
+
+    pub fn state_key(log: &[u8]) -> Vec<u8> {
+        key(log, STATE, None)
+    }
+
+    pub fn entry_key(log: &[u8], seq: u64) -> Vec<u8> {
+        key(log, ENTRIES, Some(seq))
+    }
+
+    pub fn stamp_key(log: &[u8], stamp: u64) -> Vec<u8> {
+        key(log, STAMPS, Some(stamp))
+    }
+
+    /// The prefix of every entry key (and, with [`STAMPS`], of the index).
+    pub fn section(log: &[u8], kind: u8) -> Vec<u8> {
+        key(log, kind, None)
+    }
+
+    /// The number at the end of an entry or stamp key.
+    pub fn number_of(key: &[u8]) -> Option<u64> {
+        let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
+        Some(u64::from_be_bytes(tail.try_into().ok()?))
+    }
 }

@@ -66,13 +66,17 @@ mod node;
 mod snapshot;
 mod state_machine;
 mod types;
+mod watch;
 mod write_set;
 
-pub use command::{ApplyError, ApplyOutcome, Command, CommandBatch, CommandResponse, Mutation};
+pub use command::{
+    seqlog, ApplyError, ApplyOutcome, Command, CommandBatch, CommandResponse, Mutation,
+};
 pub use error::{Error, Result};
 pub use network::FaultFilter;
 pub use node::{
     Bootstrap, FollowerProgress, Member, MemberStatus, NodeStatus, PeerSetup, RaftConfig, RaftNode,
 };
 pub use types::TypeConfig;
+pub use watch::LogWatchers;
 pub use write_set::{plan_mutations, Overlaid, RangeDigest, ReadRecorder, WriteSet};

@@ -34,6 +34,7 @@ use crate::network::{
 };
 use crate::state_machine::StateMachine;
 use crate::types::{FatalSlot, NodeId, StorageUsers, TypeConfig};
+use crate::watch::LogWatchers;
 
 /// How long `RaftNode::start` waits to become leader with everything applied.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -295,6 +296,7 @@ pub struct RaftNode {
     faults: FaultFilter,
     stop: CancellationToken,
     storage_users: StorageUsers,
+    log_watchers: Arc<LogWatchers>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -351,12 +353,14 @@ impl RaftNode {
         )
         .map_err(Error::Storage)?;
         let (applied_tx, applied_rx) = watch::channel(0);
+        let log_watchers = Arc::new(LogWatchers::default());
         let state_machine = StateMachine::open(
             engine.clone(),
             config.data_dir.join("snapshots"),
             applied_tx,
             fatal.clone(),
             storage_users.clone(),
+            log_watchers.clone(),
         )
         .await
         .map_err(Error::Storage)?;
@@ -421,6 +425,7 @@ impl RaftNode {
             faults,
             stop,
             storage_users,
+            log_watchers,
             tasks: Mutex::new(tasks),
         });
         if let Err(e) = node.bootstrap(bootstrap).await {
@@ -695,6 +700,11 @@ impl RaftNode {
     /// is written to the engine.
     pub fn applied_watch(&self) -> watch::Receiver<u64> {
         self.shared.applied.clone()
+    }
+
+    /// Wake-ups for readers of sequence logs (topic partitions).
+    pub fn log_watchers(&self) -> &Arc<LogWatchers> {
+        &self.log_watchers
     }
 
     /// Stops the Raft group and its tasks. Afterwards every call returns

@@ -26,13 +26,14 @@ use sluice_engine::{
 };
 use tokio::sync::watch;
 
-use crate::command::{ApplyError, ApplyOutcome, Command, CommandResponse};
+use crate::command::{ApplyError, ApplyOutcome, Command, CommandResponse, Mutation};
 use crate::log_store::read_meta_snapshot;
 use crate::snapshot::{self, SnapshotDir, SnapshotReader, StoredSnapshot};
 use crate::types::{
     blocking, encode, meta_key, Entry, FatalSlot, LogId, RaftStorageError, SnapshotMeta,
     StorageUsers, StoredMembership, TypeConfig,
 };
+use crate::watch::LogWatchers;
 use crate::write_set::{merged_scan, plan_mutations, WriteSet};
 
 /// An apply batch is written early once its payload passes this size, so a
@@ -52,6 +53,8 @@ struct PendingApply {
     /// The batch's writes, read through by later commands of the batch.
     overlay: WriteSet,
     bytes: usize,
+    /// Sequence logs appended to, with their next sequence number after it.
+    appended: Vec<(Vec<u8>, u64)>,
 }
 
 impl PendingApply {
@@ -63,6 +66,14 @@ impl PendingApply {
         command: Command,
         index: u64,
     ) -> Result<Result<ApplyOutcome, ApplyError>, EngineError> {
+        let logs: Vec<(Vec<u8>, u64)> = command
+            .mutations
+            .iter()
+            .filter_map(|m| match m {
+                Mutation::Append { log, count, .. } => Some((log.clone(), *count)),
+                _ => None,
+            })
+            .collect();
         let overlay = &self.overlay;
         let planned = plan_mutations(
             command.mutations,
@@ -84,6 +95,9 @@ impl PendingApply {
             Err(rejected) => return Ok(Err(rejected)),
         };
         outcome.applied_index = index;
+        for ((log, count), first) in logs.into_iter().zip(&outcome.appended) {
+            self.appended.push((log, first + count));
+        }
         for op in ops {
             self.bytes += match &op {
                 WriteOp::Put { key, value, .. } => key.len() + value.len(),
@@ -106,6 +120,7 @@ pub(crate) struct StateMachine {
     applied_tx: watch::Sender<u64>,
     fatal: FatalSlot,
     users: StorageUsers,
+    watchers: Arc<LogWatchers>,
 }
 
 impl StateMachine {
@@ -117,6 +132,7 @@ impl StateMachine {
         applied_tx: watch::Sender<u64>,
         fatal: FatalSlot,
         users: StorageUsers,
+        watchers: Arc<LogWatchers>,
     ) -> Result<Self, EngineError> {
         let interrupted: Option<String> =
             read_meta_snapshot(&*engine.snapshot(), meta_key::INSTALLING)?;
@@ -149,6 +165,7 @@ impl StateMachine {
             applied_tx,
             fatal,
             users,
+            watchers,
         })
     }
 
@@ -159,6 +176,7 @@ impl StateMachine {
         applied: LogId,
     ) -> Result<(), RaftStorageError> {
         let subject = ErrorSubject::Apply(applied);
+        let appended = pending.appended;
         let mut batch = pending.batch;
         put_applied_state(&mut batch, Some(applied), &self.membership)
             .map_err(|e| self.fatal.fail(subject.clone(), ErrorVerb::Write, e))?;
@@ -168,6 +186,7 @@ impl StateMachine {
             .map_err(|e| self.fatal.fail(subject, ErrorVerb::Write, e))?;
         self.applied = Some(applied);
         self.applied_tx.send_replace(applied.index);
+        self.watchers.notify(&appended);
         Ok(())
     }
 }
@@ -294,6 +313,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
         self.snapshots.set_current(installed);
+        self.watchers.wake_all();
         self.applied_tx
             .send_replace(meta.last_log_id.map_or(0, |id| id.index));
         Ok(())
@@ -503,6 +523,7 @@ mod tests {
             tx,
             FatalSlot::default(),
             StorageUsers::default(),
+            Arc::default(),
         )
         .await
         .unwrap()

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use sluice_engine::{Error as EngineError, KeyRange, Keyspace, KvPair, Snapshot, WriteOp};
 
+use crate::command::seqlog::{self, LogState};
 use crate::command::{ApplyError, ApplyOutcome, Mutation};
 
 /// Pending writes to `Keyspace::Data`, by key.
@@ -197,6 +198,60 @@ pub fn plan_mutations<E>(
                         Bound::Unbounded => Vec::new(),
                     };
                     return Ok(Err(ApplyError::ReadConflict { key }));
+                }
+                continue;
+            }
+            Mutation::Append {
+                log,
+                entry,
+                count,
+                stamp,
+                index_interval,
+            } => {
+                let state_key = seqlog::state_key(&log);
+                let mut state = match current(&local, &state_key)? {
+                    None => LogState::default(),
+                    Some(bytes) => match LogState::decode(&bytes) {
+                        Some(state) => state,
+                        None => return Ok(Err(ApplyError::CorruptLog { log })),
+                    },
+                };
+                let first = state.next;
+                outcome.appended.push(first);
+                if count == 0 {
+                    continue;
+                }
+                outcome.inserted += count;
+                state.next = first.saturating_add(count);
+                state.max_stamp = state.max_stamp.max(stamp);
+                let due = match state.indexed_stamp {
+                    None => true,
+                    Some(indexed) => {
+                        state.max_stamp >= indexed.saturating_add(index_interval.max(1))
+                    }
+                };
+                // Keyed by its last number: a forward seek from n finds the entry holding n.
+                let mut writes = vec![WriteOp::Put {
+                    keyspace: Keyspace::Data,
+                    key: seqlog::entry_key(&log, first + count - 1),
+                    value: entry,
+                }];
+                if due {
+                    state.indexed_stamp = Some(state.max_stamp);
+                    writes.push(WriteOp::Put {
+                        keyspace: Keyspace::Data,
+                        key: seqlog::stamp_key(&log, state.max_stamp),
+                        value: first.to_be_bytes().to_vec(),
+                    });
+                }
+                writes.push(WriteOp::Put {
+                    keyspace: Keyspace::Data,
+                    key: state_key,
+                    value: state.encode(),
+                });
+                for op in writes {
+                    local.apply(&op);
+                    ops.push(op);
                 }
                 continue;
             }

@@ -1,0 +1,141 @@
+//! A subscription cursor: only a position per partition in durable
+//! storage, plus the watchers that wake it when apply appends.
+//!
+//! Memory per cursor is its positions and at most one fetch's records, so
+//! a slow consumer costs the server nothing while it is not fetching.
+//! Waiting is event-driven: before each read the cursor marks its
+//! partitions' watchers seen, then reads from a fresh snapshot; only when
+//! that read finds nothing does it wait, and any append applied after the
+//! mark (so possibly after the snapshot) wakes it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_engine::Snapshot;
+use sluice_raftstore::LogWatchers;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::topic::{self, Record};
+
+/// Bytes one fetch returns at most (records beyond it wait for the next).
+pub const MAX_FETCH_BYTES: usize = 4 << 20;
+
+pub struct Cursor {
+    topic_id: u64,
+    /// Next offset to deliver, per partition read.
+    positions: BTreeMap<u32, u64>,
+    watchers: BTreeMap<u32, watch::Receiver<u64>>,
+    /// Where the next fetch starts reading, for fairness across partitions.
+    next_turn: usize,
+}
+
+impl Cursor {
+    /// A cursor over `positions` (partition → first offset to deliver).
+    pub fn new(watchers: &LogWatchers, topic_id: u64, positions: BTreeMap<u32, u64>) -> Self {
+        let watchers = positions
+            .keys()
+            .map(|&p| (p, watchers.watch(&topic::partition_log(topic_id, p))))
+            .collect();
+        Self {
+            topic_id,
+            positions,
+            watchers,
+            next_turn: 0,
+        }
+    }
+
+    pub fn topic_id(&self) -> u64 {
+        self.topic_id
+    }
+
+    /// Next offset to deliver, per partition.
+    pub fn positions(&self) -> &BTreeMap<u32, u64> {
+        &self.positions
+    }
+
+    /// Stops reading `partition` (a group rebalance took it away).
+    pub fn release(&mut self, partition: u32) {
+        self.positions.remove(&partition);
+        self.watchers.remove(&partition);
+    }
+
+    /// Starts reading `partition` at `offset`.
+    pub fn acquire(&mut self, watchers: &LogWatchers, partition: u32, offset: u64) {
+        self.positions.insert(partition, offset);
+        self.watchers.insert(
+            partition,
+            watchers.watch(&topic::partition_log(self.topic_id, partition)),
+        );
+    }
+
+    /// Records available now, up to `max`, read from `snapshot` across the
+    /// partitions in turn. Positions advance past what is returned.
+    pub fn read_available(&mut self, snapshot: &dyn Snapshot, max: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        let partitions: Vec<u32> = self.positions.keys().copied().collect();
+        if partitions.is_empty() {
+            return Ok(out);
+        }
+        let turn = self.next_turn % partitions.len();
+        self.next_turn = self.next_turn.wrapping_add(1);
+        let mut bytes = 0;
+        for &partition in partitions[turn..].iter().chain(&partitions[..turn]) {
+            if out.len() >= max || bytes >= MAX_FETCH_BYTES {
+                break;
+            }
+            let from = self.positions[&partition];
+            let before = out.len();
+            let next = topic::read(
+                snapshot,
+                self.topic_id,
+                partition,
+                from,
+                max - out.len(),
+                MAX_FETCH_BYTES - bytes,
+                &mut out,
+            )?;
+            bytes += out[before..]
+                .iter()
+                .map(|r| r.data.len() + 16)
+                .sum::<usize>();
+            self.positions.insert(partition, next);
+        }
+        Ok(out)
+    }
+
+    /// Waits up to `timeout` for at least one record, then returns what is
+    /// available (up to `max`). A zero timeout returns at once. Fails with
+    /// [`Error::Closed`] when the node shuts down while it waits.
+    pub async fn fetch(
+        &mut self,
+        snapshot: impl Fn() -> Arc<dyn Snapshot>,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Record>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            for watcher in self.watchers.values_mut() {
+                watcher.borrow_and_update();
+            }
+            let records = self.read_available(&*snapshot(), max)?;
+            if !records.is_empty() || max == 0 || tokio::time::Instant::now() >= deadline {
+                return Ok(records);
+            }
+            if self.watchers.is_empty() {
+                tokio::time::sleep_until(deadline).await;
+                return Ok(records);
+            }
+            let changed = self.watchers.values_mut().map(|w| Box::pin(w.changed()));
+            tokio::select! {
+                (result, _, _) = futures::future::select_all(changed) => {
+                    if result.is_err() {
+                        return Err(Error::Closed);
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Ok(records),
+            }
+        }
+    }
+}
