@@ -12,9 +12,12 @@
 //! - `replicated-writes`: durable single-row writes with 100-byte values
 //!   from N clients spread over the members of a 3-node cluster, beside a
 //!   single Sluice node and a 3-node etcd: writes/s and latency.
+//! - `topic-append` and `subscribe-latency`: see module `topics` (anchor:
+//!   Redis Streams).
 
 mod http;
 mod procs;
+mod topics;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -32,6 +35,9 @@ struct Cli {
     /// The etcd binary of the anchor
     #[arg(long, default_value = "/usr/bin/etcd")]
     etcd: PathBuf,
+    /// The redis-server binary of the topic suites' anchor
+    #[arg(long, default_value = "/usr/bin/redis-server")]
+    redis: PathBuf,
     #[command(subcommand)]
     suite: Suite,
 }
@@ -53,6 +59,27 @@ enum Suite {
         reps: usize,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    TopicAppend {
+        /// Records appended per run
+        #[arg(long, default_value_t = 1_000_000)]
+        records: u64,
+        #[arg(long, default_value_t = 4)]
+        producers: u64,
+        /// Records per COPY, INSERT or Redis pipeline
+        #[arg(long, default_value_t = 10_000)]
+        batch: u64,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+    },
+    SubscribeLatency {
+        /// Records per second the producer appends
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
     },
 }
 
@@ -444,5 +471,18 @@ async fn main() {
             reps,
             seconds,
         } => replicated_writes(&cli, clients, *reps, *seconds).await,
+        Suite::TopicAppend {
+            records,
+            producers,
+            batch,
+            reps,
+        } => {
+            topics::topic_append(&cli.sluice, &cli.redis, *records, *producers, *batch, *reps).await
+        }
+        Suite::SubscribeLatency {
+            rate,
+            seconds,
+            reps,
+        } => topics::subscribe_latency(&cli.sluice, &cli.redis, *rate, *seconds, *reps).await,
     }
 }

@@ -25,7 +25,7 @@ pub struct Member {
 }
 
 impl Member {
-    fn new(program: &Path, args: Vec<String>, log: PathBuf) -> Member {
+    pub fn new(program: &Path, args: Vec<String>, log: PathBuf) -> Member {
         Member {
             program: program.to_path_buf(),
             args,

@@ -1,0 +1,535 @@
+//! Topic suites: durable appends of 100-byte records and end-to-end
+//! subscription latency, Sluice beside Redis Streams (AOF with
+//! `appendfsync always`, durable like Sluice, and `everysec`, which is not).
+//!
+//! - `topic-append`: P producers append N records in total in batches of B:
+//!   Sluice by `COPY … FROM STDIN` and by multi-row INSERT into a 4-partition
+//!   topic, Redis by pipelined `XADD`. Records per second.
+//! - `subscribe-latency`: a producer appends at a steady rate (10 records
+//!   per statement or pipeline, spread over 4 connections) and one consumer
+//!   receives: Sluice through `COPY (SUBSCRIBE … FROM END) TO STDOUT`, Redis
+//!   through `XREAD BLOCK`. Latency is from just before the producer sends
+//!   a record to its receipt (both ends on this machine's clock).
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use crate::procs::{connect, free_port, wait_until, Member, SluiceCluster};
+use crate::{median, ms, percentile};
+
+/// A Redis server on loopback with its AOF in a temporary directory.
+pub struct Redis {
+    _member: Member,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub async fn start(binary: &Path, fsync: &str) -> Redis {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let port = free_port();
+        let args = vec![
+            "--port".to_string(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.path().display().to_string(),
+            "--appendonly".into(),
+            "yes".into(),
+            "--appendfsync".into(),
+            fsync.into(),
+            "--save".into(),
+            String::new(),
+        ];
+        let mut member = Member::new(binary, args, dir.path().join("redis.log"));
+        member.start();
+        wait_until("redis answers", Duration::from_secs(30), || async move {
+            match Resp::connect(port).await {
+                Some(mut r) => {
+                    matches!(r.call(&[b"PING"]).await, Ok(Reply::Simple(pong)) if pong == "PONG")
+                }
+                None => false,
+            }
+        })
+        .await;
+        Redis {
+            _member: member,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+/// A minimal RESP2 client: enough for XADD, XREAD, DEL and PING.
+pub struct Resp {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+#[derive(Debug)]
+pub enum Reply {
+    Simple(String),
+    Bulk(Option<Vec<u8>>),
+    Integer(i64),
+    Array(Option<Vec<Reply>>),
+}
+
+impl Resp {
+    pub async fn connect(port: u16) -> Option<Resp> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        stream.set_nodelay(true).ok()?;
+        let (read, write) = stream.into_split();
+        Some(Resp {
+            reader: BufReader::new(read),
+            writer: write,
+        })
+    }
+
+    fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+        out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+    }
+
+    /// Sends every command in one write, then reads their replies.
+    pub async fn pipeline(&mut self, commands: &[Vec<Vec<u8>>]) -> std::io::Result<Vec<Reply>> {
+        let mut out = Vec::new();
+        for command in commands {
+            let args: Vec<&[u8]> = command.iter().map(Vec::as_slice).collect();
+            Self::encode(&mut out, &args);
+        }
+        self.writer.write_all(&out).await?;
+        let mut replies = Vec::with_capacity(commands.len());
+        for _ in commands {
+            replies.push(self.reply().await?);
+        }
+        Ok(replies)
+    }
+
+    pub async fn call(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
+        let mut out = Vec::new();
+        Self::encode(&mut out, args);
+        self.writer.write_all(&out).await?;
+        self.reply().await
+    }
+
+    fn reply(
+        &mut self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = std::io::Result<Reply>> + Send + '_>>
+    {
+        Box::pin(async move {
+            let mut line = String::new();
+            self.reader.read_line(&mut line).await?;
+            let line = line.trim_end_matches("\r\n");
+            let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, line.to_string());
+            let (kind, rest) = line.split_at(1.min(line.len()));
+            Ok(match kind {
+                "+" => Reply::Simple(rest.to_string()),
+                "-" => return Err(std::io::Error::other(format!("redis: {rest}"))),
+                ":" => Reply::Integer(rest.parse().map_err(|_| bad())?),
+                "$" => {
+                    let len: i64 = rest.parse().map_err(|_| bad())?;
+                    if len < 0 {
+                        Reply::Bulk(None)
+                    } else {
+                        let mut data = vec![0; len as usize + 2];
+                        self.reader.read_exact(&mut data).await?;
+                        data.truncate(len as usize);
+                        Reply::Bulk(Some(data))
+                    }
+                }
+                "*" => {
+                    let len: i64 = rest.parse().map_err(|_| bad())?;
+                    if len < 0 {
+                        Reply::Array(None)
+                    } else {
+                        let mut items = Vec::with_capacity(len as usize);
+                        for _ in 0..len {
+                            items.push(self.reply().await?);
+                        }
+                        Reply::Array(Some(items))
+                    }
+                }
+                _ => return Err(bad()),
+            })
+        })
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A 100-byte record body.
+fn payload(n: u64) -> String {
+    format!("{n:0>100}")
+}
+
+#[derive(Clone, Copy)]
+enum Producer {
+    SluiceCopy,
+    SluiceInsert,
+    Redis,
+}
+
+/// Appends `total` records from `producers` connections in batches of `batch`; records/s.
+async fn append_run(
+    kind: Producer,
+    port: u16,
+    total: u64,
+    producers: u64,
+    batch: u64,
+    round: u64,
+) -> f64 {
+    let each = total / producers;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..producers {
+        tasks.push(tokio::spawn(async move {
+            let base = round * 1_000_000_000 + p * each;
+            match kind {
+                Producer::SluiceCopy | Producer::SluiceInsert => {
+                    let client = connect(port).await.expect("connect to sluice");
+                    let mut sent = 0;
+                    while sent < each {
+                        let n = batch.min(each - sent);
+                        match kind {
+                            Producer::SluiceCopy => {
+                                let mut data = String::with_capacity(n as usize * 101);
+                                for i in 0..n {
+                                    data.push_str(&payload(base + sent + i));
+                                    data.push('\n');
+                                }
+                                let sink = client
+                                    .copy_in::<_, bytes::Bytes>(
+                                        "COPY bench_topic (payload) FROM STDIN",
+                                    )
+                                    .await
+                                    .expect("copy in");
+                                futures::pin_mut!(sink);
+                                futures::SinkExt::send(&mut sink, bytes::Bytes::from(data))
+                                    .await
+                                    .expect("copy data");
+                                sink.finish().await.expect("copy finish");
+                            }
+                            _ => {
+                                let values: Vec<String> = (0..n)
+                                    .map(|i| format!("('{}')", payload(base + sent + i)))
+                                    .collect();
+                                client
+                                    .batch_execute(&format!(
+                                        "INSERT INTO bench_topic (payload) VALUES {}",
+                                        values.join(",")
+                                    ))
+                                    .await
+                                    .expect("insert");
+                            }
+                        }
+                        sent += n;
+                    }
+                }
+                Producer::Redis => {
+                    let mut redis = Resp::connect(port).await.expect("connect to redis");
+                    let mut sent = 0;
+                    while sent < each {
+                        let n = batch.min(each - sent);
+                        let commands: Vec<Vec<Vec<u8>>> = (0..n)
+                            .map(|i| {
+                                vec![
+                                    b"XADD".to_vec(),
+                                    b"bench".to_vec(),
+                                    b"*".to_vec(),
+                                    b"payload".to_vec(),
+                                    payload(base + sent + i).into_bytes(),
+                                ]
+                            })
+                            .collect();
+                        redis.pipeline(&commands).await.expect("xadd");
+                        sent += n;
+                    }
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.expect("producer");
+    }
+    (each * producers) as f64 / started.elapsed().as_secs_f64()
+}
+
+pub async fn topic_append(
+    sluice: &Path,
+    redis: &Path,
+    total: u64,
+    producers: u64,
+    batch: u64,
+    reps: usize,
+) {
+    let node = SluiceCluster::start(sluice, 1).await;
+    let port = node.sql_ports[0];
+    connect(port)
+        .await
+        .expect("connect")
+        .batch_execute("CREATE TOPIC bench_topic (payload text) WITH (partitions = 4)")
+        .await
+        .expect("create topic");
+    let always = Redis::start(redis, "always").await;
+    let everysec = Redis::start(redis, "everysec").await;
+    let (mut copy, mut insert, mut r_always, mut r_everysec) = (vec![], vec![], vec![], vec![]);
+    for round in 0..reps as u64 {
+        copy.push(
+            append_run(
+                Producer::SluiceCopy,
+                port,
+                total,
+                producers,
+                batch,
+                round * 4,
+            )
+            .await,
+        );
+        r_always.push(
+            append_run(
+                Producer::Redis,
+                always.port,
+                total,
+                producers,
+                batch,
+                round * 4 + 1,
+            )
+            .await,
+        );
+        insert.push(
+            append_run(
+                Producer::SluiceInsert,
+                port,
+                total,
+                producers,
+                batch,
+                round * 4 + 2,
+            )
+            .await,
+        );
+        r_everysec.push(
+            append_run(
+                Producer::Redis,
+                everysec.port,
+                total,
+                producers,
+                batch,
+                round * 4 + 3,
+            )
+            .await,
+        );
+        eprintln!("topic-append rep {} done", round + 1);
+    }
+    let spread = |v: &[f64]| {
+        let min = v.iter().cloned().fold(f64::MAX, f64::min);
+        let max = v.iter().cloned().fold(0.0, f64::max);
+        format!("{:.0} rec/s ({min:.0}–{max:.0})", median(v.to_vec()))
+    };
+    let ratio = |a: &[f64], b: &[f64]| median(a.to_vec()) / median(b.to_vec()).max(1e-9);
+    println!(
+        "| topic-append | {total} × 100 B, {producers} producers, batches of {batch} | COPY: {}; INSERT: {} | Redis appendfsync always: {}; everysec (not durable): {} | COPY/always {:.2}, INSERT/always {:.2} |",
+        spread(&copy),
+        spread(&insert),
+        spread(&r_always),
+        spread(&r_everysec),
+        ratio(&copy, &r_always),
+        ratio(&insert, &r_always),
+    );
+}
+
+/// Latencies of `seconds` of records produced at `rate` per second.
+async fn latency_run(redis: bool, port: u16, rate: u64, seconds: u64) -> Vec<Duration> {
+    const PER_SEND: u64 = 10;
+    const PRODUCERS: u64 = 4;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let total = rate * seconds;
+    // The consumer, subscribed before the first record.
+    let consumer = if redis {
+        let mut conn = Resp::connect(port).await.expect("redis consumer");
+        let deleted = conn.call(&[b"DEL", b"lat"]).await.expect("del");
+        assert!(
+            matches!(deleted, Reply::Integer(n) if n >= 0),
+            "{deleted:?}"
+        );
+        tokio::spawn(async move {
+            let mut last = b"$".to_vec();
+            let mut seen = 0;
+            while seen < total {
+                let reply = conn
+                    .call(&[b"XREAD", b"BLOCK", b"5000", b"STREAMS", b"lat", &last])
+                    .await
+                    .expect("xread");
+                let received = now_us();
+                let Reply::Array(Some(streams)) = reply else {
+                    break;
+                };
+                for stream in streams {
+                    let Reply::Array(Some(parts)) = stream else {
+                        continue;
+                    };
+                    let Some(Reply::Array(Some(entries))) = parts.into_iter().nth(1) else {
+                        continue;
+                    };
+                    for entry in entries {
+                        let Reply::Array(Some(mut fields)) = entry else {
+                            continue;
+                        };
+                        let Reply::Bulk(Some(id)) = fields.remove(0) else {
+                            continue;
+                        };
+                        last = id;
+                        if let Some(Reply::Array(Some(kv))) = fields.pop() {
+                            if let Some(Reply::Bulk(Some(sent))) = kv.get(1) {
+                                let sent: i64 =
+                                    String::from_utf8_lossy(sent).parse().unwrap_or(received);
+                                let _ =
+                                    tx.send(Duration::from_micros((received - sent).max(0) as u64));
+                                seen += 1;
+                            }
+                        }
+                    }
+                }
+            }
+        })
+    } else {
+        let client = connect(port).await.expect("sluice consumer");
+        tokio::spawn(async move {
+            let stream = client
+                .copy_out("COPY (SUBSCRIBE lat FROM END) TO STDOUT")
+                .await
+                .expect("subscribe");
+            futures::pin_mut!(stream);
+            let mut partial = Vec::new();
+            let mut seen = 0;
+            while seen < total {
+                let Some(chunk) = stream.next().await else {
+                    break;
+                };
+                let chunk = chunk.expect("copy data");
+                let received = now_us();
+                partial.extend_from_slice(&chunk);
+                while let Some(end) = partial.iter().position(|&b| b == b'\n') {
+                    let line: Vec<u8> = partial.drain(..=end).collect();
+                    // _partition, _offset, _timestamp, sent_us, payload
+                    let sent = String::from_utf8_lossy(&line)
+                        .split('\t')
+                        .nth(3)
+                        .and_then(|s| s.parse::<i64>().ok())
+                        .unwrap_or(received);
+                    let _ = tx.send(Duration::from_micros((received - sent).max(0) as u64));
+                    seen += 1;
+                }
+            }
+            drop(client);
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let interval = Duration::from_micros(1_000_000 * PER_SEND * PRODUCERS / rate);
+    let mut producers = Vec::new();
+    for _ in 0..PRODUCERS {
+        producers.push(tokio::spawn(async move {
+            let sends = total / PER_SEND / PRODUCERS;
+            let mut ticker = tokio::time::interval(interval);
+            if redis {
+                let mut conn = Resp::connect(port).await.expect("redis producer");
+                for _ in 0..sends {
+                    ticker.tick().await;
+                    let sent = now_us().to_string().into_bytes();
+                    let commands: Vec<Vec<Vec<u8>>> = (0..PER_SEND)
+                        .map(|_| {
+                            vec![
+                                b"XADD".to_vec(),
+                                b"lat".to_vec(),
+                                b"*".to_vec(),
+                                b"sent".to_vec(),
+                                sent.clone(),
+                            ]
+                        })
+                        .collect();
+                    conn.pipeline(&commands).await.expect("xadd");
+                }
+            } else {
+                let client = connect(port).await.expect("sluice producer");
+                for _ in 0..sends {
+                    ticker.tick().await;
+                    let sent = now_us();
+                    let values: Vec<String> =
+                        (0..PER_SEND).map(|_| format!("({sent}, 'x')")).collect();
+                    client
+                        .batch_execute(&format!("INSERT INTO lat VALUES {}", values.join(",")))
+                        .await
+                        .expect("insert");
+                }
+            }
+        }));
+    }
+    for p in producers {
+        p.await.expect("producer");
+    }
+    let received = tokio::time::timeout(Duration::from_secs(30), consumer).await;
+    if received.is_err() {
+        eprintln!("subscribe-latency: the consumer did not receive every record in time");
+    }
+    let mut latencies = Vec::new();
+    while let Ok(l) = rx.try_recv() {
+        latencies.push(l);
+    }
+    latencies.sort();
+    latencies
+}
+
+pub async fn subscribe_latency(sluice: &Path, redis: &Path, rate: u64, seconds: u64, reps: usize) {
+    let node = SluiceCluster::start(sluice, 1).await;
+    let port = node.sql_ports[0];
+    connect(port)
+        .await
+        .expect("connect")
+        .batch_execute("CREATE TOPIC lat (sent_us bigint, payload text) WITH (partitions = 1)")
+        .await
+        .expect("create topic");
+    let anchor = Redis::start(redis, "always").await;
+    let (mut s, mut r) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        s.push(latency_run(false, port, rate, seconds).await);
+        r.push(latency_run(true, anchor.port, rate, seconds).await);
+        eprintln!("subscribe-latency rep {} done", rep + 1);
+    }
+    let describe = |runs: &[Vec<Duration>]| {
+        let q = |p: f64| {
+            Duration::from_secs_f64(median(
+                runs.iter()
+                    .map(|l| percentile(l, p).as_secs_f64())
+                    .collect(),
+            ))
+        };
+        let n: usize = runs.iter().map(Vec::len).sum();
+        (q(50.0), q(99.0), q(99.9), n)
+    };
+    let (sp50, sp99, sp999, sn) = describe(&s);
+    let (rp50, rp99, rp999, rn) = describe(&r);
+    println!(
+        "| subscribe-latency | {rate} rec/s for {seconds} s, 1 consumer | p50 {}, p99 {}, p99.9 {} ({sn} records) | Redis XREAD BLOCK (appendfsync always): p50 {}, p99 {}, p99.9 {} ({rn} records) | p50 {:.2}, p99 {:.2} |",
+        ms(sp50),
+        ms(sp99),
+        ms(sp999),
+        ms(rp50),
+        ms(rp99),
+        ms(rp999),
+        sp50.as_secs_f64() / rp50.as_secs_f64().max(1e-9),
+        sp99.as_secs_f64() / rp99.as_secs_f64().max(1e-9),
+    );
+}
