@@ -657,3 +657,103 @@ fn records_of(rows: &[tokio_postgres::Row]) -> Vec<(i32, i64)> {
         .map(|r| (r.get("_partition"), r.get("_offset")))
         .collect()
 }
+
+/// A subscriber that never reads: the server writes until the socket is
+/// full and then waits, holding at most one batch for it. Speaks the
+/// protocol by hand so that no client library buffers on its behalf.
+async fn stalled_subscriber(port: u16, topic: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let mut startup = Vec::new();
+    startup.extend_from_slice(&196608u32.to_be_bytes());
+    for part in ["user", "sluice", "database", "sluice"] {
+        startup.extend_from_slice(part.as_bytes());
+        startup.push(0);
+    }
+    startup.push(0);
+    let mut message = ((startup.len() + 4) as u32).to_be_bytes().to_vec();
+    message.extend_from_slice(&startup);
+    let query = format!("COPY (SUBSCRIBE {topic} FROM BEGINNING) TO STDOUT\0");
+    message.push(b'Q');
+    message.extend_from_slice(&((query.len() + 4) as u32).to_be_bytes());
+    message.extend_from_slice(query.as_bytes());
+    stream.write_all(&message).await.unwrap();
+    stream
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} in\n{text}"))
+}
+
+/// Stated bound: four subscribers that stop reading a 50 MB backlog each
+/// add less than 48 MB to the server's memory (each holds one batch of at
+/// most 1024 records; buffering their backlogs would take 200 MB).
+#[tokio::test]
+async fn stalled_subscribers_do_not_grow_server_memory() {
+    let server = TestServer::start_with_args(
+        tempfile::TempDir::new().unwrap(),
+        &["--peer-listen", "127.0.0.1:0", "--block-cache-mb", "8"],
+    );
+    let client = server.client().await;
+    batch(
+        &client,
+        "CREATE TOPIC backlog (body text) WITH (partitions = 2)",
+    )
+    .await;
+    let record = "x".repeat(100);
+    for _ in 0..10 {
+        let sink = client
+            .copy_in::<_, Bytes>("COPY backlog FROM STDIN")
+            .await
+            .unwrap();
+        futures::pin_mut!(sink);
+        let chunk: String = std::iter::repeat_n(format!("{record}\n"), 50_000).collect();
+        sink.send(Bytes::from(chunk)).await.unwrap();
+        assert_eq!(sink.finish().await.unwrap(), 50_000);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_bytes();
+    let mut stalled = Vec::new();
+    for _ in 0..4 {
+        stalled.push(stalled_subscriber(server.sql_port, "backlog").await);
+    }
+    // Let the server fill the sockets and block.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, text) = server.http_get("/metrics");
+        if metric(&text, "sluice_topic_subscriptions") >= 4.0
+            && metric(&text, "sluice_topic_delivered_records_total") > 4.0 * 1024.0
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscribers never started:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (_, text) = server.http_get("/metrics");
+    let delivered = metric(&text, "sluice_topic_delivered_records_total");
+    let after = server.rss_bytes();
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "rss before {} MB, after {} MB; {delivered} records handed to the stalled sockets",
+        before >> 20,
+        after >> 20
+    );
+    assert!(
+        delivered < 4.0 * 500_000.0,
+        "the subscribers stalled, yet everything was sent"
+    );
+    assert!(grown < 48 << 20, "server memory grew by {} MB", grown >> 20);
+    // The server still serves others while they are stalled.
+    assert_eq!(simple_counts(&client, "SELECT 1").await, vec![1]);
+    drop(stalled);
+}

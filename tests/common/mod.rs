@@ -57,6 +57,18 @@ impl TestServer {
         server
     }
 
+    /// The server's resident memory in bytes (Linux `VmRSS`).
+    pub fn rss_bytes(&self) -> u64 {
+        let pid = self.child.as_ref().expect("server running").id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmRSS in /proc/<pid>/status")
+    }
+
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
