@@ -599,3 +599,64 @@ async fn total(client: &Client) -> Result<i64, tokio_postgres::Error> {
         .await
         .map(|row| row.get::<_, i64>(0))
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn topics_get_identical_offsets_everywhere_and_follower_cursors_wake_on_apply() {
+    // Offsets are assigned by apply, so every replica numbers the records
+    // alike; a cursor on a follower reads its own replica and wakes when its
+    // own apply reaches a new record, wherever the write was sent.
+    let cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let producer = cluster.nodes[followers[1]].client().await;
+    batch(
+        &producer,
+        "CREATE TOPIC events (id bigint, who text) WITH (partitions = 3, partition_key = 'who')",
+    )
+    .await;
+    let consumer = cluster.nodes[followers[0]].client().await;
+    // The DDL reached the consumer's node; declare there once it is visible.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while consumer
+        .batch_execute("DECLARE c CURSOR FOR SUBSCRIBE events FROM BEGINNING")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "topic never visible on the follower"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let waiting = tokio::spawn(async move {
+        let rows = consumer
+            .query("FETCH 100 FROM c WITH (timeout = '20s')", &[])
+            .await
+            .unwrap();
+        (rows.len(), consumer)
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let values: Vec<String> = (0..30).map(|i| format!("({i}, 'w{}')", i % 5)).collect();
+    batch(
+        &producer,
+        &format!("INSERT INTO events VALUES {}", values.join(", ")),
+    )
+    .await;
+    let (fetched, consumer) = waiting.await.unwrap();
+    assert!(fetched > 0, "the follower's cursor did not wake");
+    let mut total = fetched;
+    while total < 30 {
+        let rows = consumer
+            .query("FETCH 100 FROM c WITH (timeout = '5s')", &[])
+            .await
+            .unwrap();
+        assert!(
+            !rows.is_empty(),
+            "records missing on the follower after {total}"
+        );
+        total += rows.len();
+    }
+    assert_eq!(total, 30);
+    let everywhere = wait_converged(&cluster, &[0, 1, 2], &["events"]).await;
+    assert_eq!(everywhere.lines().count(), 30, "{everywhere}");
+}
