@@ -23,8 +23,19 @@ fn python() -> PathBuf {
 
 #[test]
 fn psycopg_default_mode_commits_and_rolls_back() {
+    run_script("psycopg_session.py");
+}
+
+#[test]
+fn psycopg_consumes_a_topic_with_a_group_cursor() {
+    run_script("psycopg_topic.py");
+}
+
+fn run_script(name: &str) {
     let server = TestServer::start();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/drivers/psycopg_session.py");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/drivers")
+        .join(name);
     let dsn = format!(
         "host=127.0.0.1 port={} user=sluice dbname=sluice connect_timeout=10",
         server.sql_port
