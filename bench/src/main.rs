@@ -16,6 +16,7 @@
 //!   Redis Streams).
 
 mod http;
+mod nats;
 mod procs;
 mod topics;
 
@@ -38,6 +39,9 @@ struct Cli {
     /// The redis-server binary of the topic suites' anchor
     #[arg(long, default_value = "/usr/bin/redis-server")]
     redis: PathBuf,
+    /// The nats-server binary of the topic suites' second anchor
+    #[arg(long, default_value = "/usr/sbin/nats-server")]
+    nats: PathBuf,
     #[command(subcommand)]
     suite: Suite,
 }
@@ -477,12 +481,24 @@ async fn main() {
             batch,
             reps,
         } => {
-            topics::topic_append(&cli.sluice, &cli.redis, *records, *producers, *batch, *reps).await
+            topics::topic_append(
+                &cli.sluice,
+                &cli.redis,
+                &cli.nats,
+                *records,
+                *producers,
+                *batch,
+                *reps,
+            )
+            .await
         }
         Suite::SubscribeLatency {
             rate,
             seconds,
             reps,
-        } => topics::subscribe_latency(&cli.sluice, &cli.redis, *rate, *seconds, *reps).await,
+        } => {
+            topics::subscribe_latency(&cli.sluice, &cli.redis, &cli.nats, *rate, *seconds, *reps)
+                .await
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! Topic suites: durable appends of 100-byte records and end-to-end
 //! subscription latency, Sluice beside Redis Streams (AOF with
-//! `appendfsync always`, durable like Sluice, and `everysec`, which is not).
+//! `appendfsync always`, durable like Sluice, and `everysec`, which is not)
+//! and NATS JetStream (file storage; acknowledged before fsync).
 //!
 //! - `topic-append`: P producers append N records in total in batches of B:
 //!   Sluice by `COPY … FROM STDIN` and by multi-row INSERT into a 4-partition
@@ -18,6 +19,7 @@ use futures::StreamExt;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::nats::{Nats, NatsServer};
 use crate::procs::{connect, free_port, wait_until, Member, SluiceCluster};
 use crate::{median, ms, percentile};
 
@@ -181,6 +183,7 @@ enum Producer {
     SluiceCopy,
     SluiceInsert,
     Redis,
+    Nats,
 }
 
 /// Appends `total` records from `producers` connections in batches of `batch`; records/s.
@@ -239,6 +242,33 @@ async fn append_run(
                         sent += n;
                     }
                 }
+                Producer::Nats => {
+                    let mut nats = Nats::connect(port).await.expect("connect to nats");
+                    let inbox = format!("_INBOX.acks{p}");
+                    nats.subscribe(&inbox).await.expect("subscribe to acks");
+                    let mut sent = 0;
+                    while sent < each {
+                        let n = batch.min(each - sent);
+                        let mut out = Vec::with_capacity(n as usize * 140);
+                        for i in 0..n {
+                            Nats::publish_into(
+                                &mut out,
+                                "bench",
+                                &inbox,
+                                payload(base + sent + i).as_bytes(),
+                            );
+                        }
+                        nats.write(&out).await.expect("publish");
+                        for _ in 0..n {
+                            let ack = nats.next_msg().await.expect("ack");
+                            assert!(
+                                !ack.payload.starts_with(b"{\"error\""),
+                                "nats refused a publish"
+                            );
+                        }
+                        sent += n;
+                    }
+                }
                 Producer::Redis => {
                     let mut redis = Resp::connect(port).await.expect("connect to redis");
                     let mut sent = 0;
@@ -271,6 +301,7 @@ async fn append_run(
 pub async fn topic_append(
     sluice: &Path,
     redis: &Path,
+    nats: &Path,
     total: u64,
     producers: u64,
     batch: u64,
@@ -286,6 +317,14 @@ pub async fn topic_append(
         .expect("create topic");
     let always = Redis::start(redis, "always").await;
     let everysec = Redis::start(redis, "everysec").await;
+    let jetstream = NatsServer::start(nats).await;
+    Nats::connect(jetstream.port)
+        .await
+        .expect("connect to nats")
+        .create_stream("BENCH", "bench")
+        .await
+        .expect("create the JetStream stream");
+    let mut js = Vec::new();
     let (mut copy, mut insert, mut r_always, mut r_everysec) = (vec![], vec![], vec![], vec![]);
     for round in 0..reps as u64 {
         copy.push(
@@ -332,6 +371,17 @@ pub async fn topic_append(
             )
             .await,
         );
+        js.push(
+            append_run(
+                Producer::Nats,
+                jetstream.port,
+                total,
+                producers,
+                batch,
+                round * 4 + 1_000,
+            )
+            .await,
+        );
         eprintln!("topic-append rep {} done", round + 1);
     }
     let spread = |v: &[f64]| {
@@ -341,24 +391,54 @@ pub async fn topic_append(
     };
     let ratio = |a: &[f64], b: &[f64]| median(a.to_vec()) / median(b.to_vec()).max(1e-9);
     println!(
-        "| topic-append | {total} × 100 B, {producers} producers, batches of {batch} | COPY: {}; INSERT: {} | Redis appendfsync always: {}; everysec (not durable): {} | COPY/always {:.2}, INSERT/always {:.2} |",
+        "| topic-append | {total} × 100 B, {producers} producers, batches of {batch} | COPY: {}; INSERT: {} | Redis appendfsync always: {}; everysec (not durable): {}; NATS JetStream (not durable): {} | COPY/always {:.2}, INSERT/always {:.2}, COPY/JetStream {:.2} |",
         spread(&copy),
         spread(&insert),
         spread(&r_always),
-        spread(&r_everysec),
+                spread(&r_everysec),
+        spread(&js),
         ratio(&copy, &r_always),
         ratio(&insert, &r_always),
+        ratio(&copy, &js),
     );
 }
 
+#[derive(Clone, Copy, PartialEq)]
+enum Anchor {
+    Sluice,
+    Redis,
+    Nats,
+}
+
 /// Latencies of `seconds` of records produced at `rate` per second.
-async fn latency_run(redis: bool, port: u16, rate: u64, seconds: u64) -> Vec<Duration> {
+async fn latency_run(system: Anchor, port: u16, rate: u64, seconds: u64) -> Vec<Duration> {
     const PER_SEND: u64 = 10;
     const PRODUCERS: u64 = 4;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
     let total = rate * seconds;
     // The consumer, subscribed before the first record.
-    let consumer = if redis {
+    let consumer = if system == Anchor::Nats {
+        let mut conn = Nats::connect(port).await.expect("nats consumer");
+        let deliver = format!("deliver.lat{}", now_us());
+        conn.subscribe(&deliver).await.expect("subscribe");
+        conn.push_consumer("LAT", &deliver)
+            .await
+            .expect("push consumer");
+        tokio::spawn(async move {
+            let mut seen = 0;
+            while seen < total {
+                let Ok(msg) = conn.next_msg().await else {
+                    break;
+                };
+                let received = now_us();
+                let sent: i64 = String::from_utf8_lossy(&msg.payload)
+                    .parse()
+                    .unwrap_or(received);
+                let _ = tx.send(Duration::from_micros((received - sent).max(0) as u64));
+                seen += 1;
+            }
+        })
+    } else if system == Anchor::Redis {
         let mut conn = Resp::connect(port).await.expect("redis consumer");
         let deleted = conn.call(&[b"DEL", b"lat"]).await.expect("del");
         assert!(
@@ -444,7 +524,23 @@ async fn latency_run(redis: bool, port: u16, rate: u64, seconds: u64) -> Vec<Dur
         producers.push(tokio::spawn(async move {
             let sends = total / PER_SEND / PRODUCERS;
             let mut ticker = tokio::time::interval(interval);
-            if redis {
+            if system == Anchor::Nats {
+                let mut conn = Nats::connect(port).await.expect("nats producer");
+                let inbox = format!("_INBOX.lat{}", now_us());
+                conn.subscribe(&inbox).await.expect("subscribe to acks");
+                for _ in 0..sends {
+                    ticker.tick().await;
+                    let sent = now_us().to_string();
+                    let mut out = Vec::new();
+                    for _ in 0..PER_SEND {
+                        Nats::publish_into(&mut out, "lat", &inbox, sent.as_bytes());
+                    }
+                    conn.write(&out).await.expect("publish");
+                    for _ in 0..PER_SEND {
+                        conn.next_msg().await.expect("ack");
+                    }
+                }
+            } else if system == Anchor::Redis {
                 let mut conn = Resp::connect(port).await.expect("redis producer");
                 for _ in 0..sends {
                     ticker.tick().await;
@@ -492,7 +588,14 @@ async fn latency_run(redis: bool, port: u16, rate: u64, seconds: u64) -> Vec<Dur
     latencies
 }
 
-pub async fn subscribe_latency(sluice: &Path, redis: &Path, rate: u64, seconds: u64, reps: usize) {
+pub async fn subscribe_latency(
+    sluice: &Path,
+    redis: &Path,
+    nats: &Path,
+    rate: u64,
+    seconds: u64,
+    reps: usize,
+) {
     let node = SluiceCluster::start(sluice, 1).await;
     let port = node.sql_ports[0];
     connect(port)
@@ -502,10 +605,18 @@ pub async fn subscribe_latency(sluice: &Path, redis: &Path, rate: u64, seconds: 
         .await
         .expect("create topic");
     let anchor = Redis::start(redis, "always").await;
-    let (mut s, mut r) = (Vec::new(), Vec::new());
+    let jetstream = NatsServer::start(nats).await;
+    Nats::connect(jetstream.port)
+        .await
+        .expect("connect to nats")
+        .create_stream("LAT", "lat")
+        .await
+        .expect("create the JetStream stream");
+    let (mut s, mut r, mut n) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
-        s.push(latency_run(false, port, rate, seconds).await);
-        r.push(latency_run(true, anchor.port, rate, seconds).await);
+        s.push(latency_run(Anchor::Sluice, port, rate, seconds).await);
+        r.push(latency_run(Anchor::Redis, anchor.port, rate, seconds).await);
+        n.push(latency_run(Anchor::Nats, jetstream.port, rate, seconds).await);
         eprintln!("subscribe-latency rep {} done", rep + 1);
     }
     let describe = |runs: &[Vec<Duration>]| {
@@ -521,15 +632,20 @@ pub async fn subscribe_latency(sluice: &Path, redis: &Path, rate: u64, seconds: 
     };
     let (sp50, sp99, sp999, sn) = describe(&s);
     let (rp50, rp99, rp999, rn) = describe(&r);
+    let (np50, np99, np999, nn) = describe(&n);
     println!(
-        "| subscribe-latency | {rate} rec/s for {seconds} s, 1 consumer | p50 {}, p99 {}, p99.9 {} ({sn} records) | Redis XREAD BLOCK (appendfsync always): p50 {}, p99 {}, p99.9 {} ({rn} records) | p50 {:.2}, p99 {:.2} |",
+        "| subscribe-latency | {rate} rec/s for {seconds} s, 1 consumer | p50 {}, p99 {}, p99.9 {} ({sn} records) | Redis XREAD BLOCK (appendfsync always): p50 {}, p99 {}, p99.9 {} ({rn} records); NATS JetStream push consumer: p50 {}, p99 {}, p99.9 {} ({nn} records) | p50/Redis {:.2}, p99/Redis {:.2}, p50/NATS {:.2} |",
         ms(sp50),
         ms(sp99),
         ms(sp999),
         ms(rp50),
         ms(rp99),
-        ms(rp999),
+                ms(rp999),
+        ms(np50),
+        ms(np99),
+        ms(np999),
         sp50.as_secs_f64() / rp50.as_secs_f64().max(1e-9),
         sp99.as_secs_f64() / rp99.as_secs_f64().max(1e-9),
+        sp50.as_secs_f64() / np50.as_secs_f64().max(1e-9),
     );
 }
