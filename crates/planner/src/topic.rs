@@ -1071,6 +1071,11 @@ async fn rebalance(session: &Session, open: &mut TopicCursor) -> Result<()> {
     if !member.heartbeat_due() {
         return Ok(());
     }
+    // Partitions added by ALTER TOPIC since DECLARE are shared out too.
+    let current = session.db.catalog.current();
+    if let Some(def) = current.tables.values().find(|t| t.id == open.table.id) {
+        open.table = def.clone();
+    }
     let partitions = open.table.topic.as_ref().map_or(1, |t| t.partitions);
     let assigned = member.rebalance(&session.db, partitions).await?;
     let owned: Vec<u32> = open.cursor.positions().keys().copied().collect();
