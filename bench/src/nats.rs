@@ -45,6 +45,20 @@ impl NatsServer {
     }
 }
 
+impl NatsServer {
+    /// A server with a file-stored JetStream stream `name` on `subject`.
+    pub async fn with_stream(binary: &Path, name: &str, subject: &str) -> NatsServer {
+        let server = NatsServer::start(binary).await;
+        Nats::connect(server.port)
+            .await
+            .expect("connect to nats")
+            .create_stream(name, subject)
+            .await
+            .expect("create the JetStream stream");
+        server
+    }
+}
+
 /// One delivered message.
 pub struct Msg {
     pub payload: Vec<u8>,

@@ -166,6 +166,20 @@ impl Resp {
     }
 }
 
+/// A single Sluice node (kept while the value lives) and its SQL port,
+/// after running `ddl` on it.
+async fn sluice_with(sluice: &Path, ddl: &str) -> (SluiceCluster, u16) {
+    let node = SluiceCluster::start(sluice, 1).await;
+    let port = node.sql_ports[0];
+    connect(port)
+        .await
+        .expect("connect")
+        .batch_execute(ddl)
+        .await
+        .expect("create topic");
+    (node, port)
+}
+
 fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -307,23 +321,14 @@ pub async fn topic_append(
     batch: u64,
     reps: usize,
 ) {
-    let node = SluiceCluster::start(sluice, 1).await;
-    let port = node.sql_ports[0];
-    connect(port)
-        .await
-        .expect("connect")
-        .batch_execute("CREATE TOPIC bench_topic (payload text) WITH (partitions = 4)")
-        .await
-        .expect("create topic");
+    let (_node, port) = sluice_with(
+        sluice,
+        "CREATE TOPIC bench_topic (payload text) WITH (partitions = 4)",
+    )
+    .await;
     let always = Redis::start(redis, "always").await;
     let everysec = Redis::start(redis, "everysec").await;
-    let jetstream = NatsServer::start(nats).await;
-    Nats::connect(jetstream.port)
-        .await
-        .expect("connect to nats")
-        .create_stream("BENCH", "bench")
-        .await
-        .expect("create the JetStream stream");
+    let jetstream = NatsServer::with_stream(nats, "BENCH", "bench").await;
     let mut js = Vec::new();
     let (mut copy, mut insert, mut r_always, mut r_everysec) = (vec![], vec![], vec![], vec![]);
     for round in 0..reps as u64 {
@@ -596,22 +601,13 @@ pub async fn subscribe_latency(
     seconds: u64,
     reps: usize,
 ) {
-    let node = SluiceCluster::start(sluice, 1).await;
-    let port = node.sql_ports[0];
-    connect(port)
-        .await
-        .expect("connect")
-        .batch_execute("CREATE TOPIC lat (sent_us bigint, payload text) WITH (partitions = 1)")
-        .await
-        .expect("create topic");
+    let (_node, port) = sluice_with(
+        sluice,
+        "CREATE TOPIC lat (sent_us bigint, payload text) WITH (partitions = 1)",
+    )
+    .await;
     let anchor = Redis::start(redis, "always").await;
-    let jetstream = NatsServer::start(nats).await;
-    Nats::connect(jetstream.port)
-        .await
-        .expect("connect to nats")
-        .create_stream("LAT", "lat")
-        .await
-        .expect("create the JetStream stream");
+    let jetstream = NatsServer::with_stream(nats, "LAT", "lat").await;
     let (mut s, mut r, mut n) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..reps {
         s.push(latency_run(Anchor::Sluice, port, rate, seconds).await);
