@@ -230,6 +230,13 @@ async fn topics_refuse_what_an_append_only_log_cannot_do() {
             .await,
         "42501",
     );
+    // Topic DDL, like table DDL, commits on its own.
+    batch(&client, "BEGIN").await;
+    expect_sqlstate(
+        client.batch_execute("CREATE TOPIC in_block (a int)").await,
+        "0A000",
+    );
+    batch(&client, "ROLLBACK").await;
     // The server is fine after all of it.
     assert_eq!(simple_counts(&client, "SELECT 1").await, vec![1]);
 }
@@ -756,4 +763,45 @@ async fn stalled_subscribers_do_not_grow_server_memory() {
     // The server still serves others while they are stalled.
     assert_eq!(simple_counts(&client, "SELECT 1").await, vec![1]);
     drop(stalled);
+}
+
+/// Dropping a topic, alone or with its schema, takes every group's
+/// committed offsets of it along: a topic created again under the same
+/// name starts its groups from the beginning.
+#[tokio::test]
+async fn dropping_a_topic_forgets_its_committed_offsets() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let committed = |topic: &'static str| {
+        let client = &client;
+        async move {
+            simple_counts(
+                client,
+                &format!("SELECT * FROM sluice_catalog.consumer_offsets WHERE topic = '{topic}'"),
+            )
+            .await[0]
+        }
+    };
+    batch(
+        &client,
+        "CREATE SCHEMA s; CREATE TOPIC t (id bigint); CREATE TOPIC s.t (id bigint)",
+    )
+    .await;
+    batch(
+        &client,
+        "INSERT INTO t VALUES (1); INSERT INTO s.t VALUES (1)",
+    )
+    .await;
+    for topic in ["t", "s.t"] {
+        batch(
+            &client,
+            &format!("DECLARE c CURSOR FOR SUBSCRIBE {topic} GROUP 'g'; FETCH 1 FROM c; COMMIT OFFSETS FOR c; CLOSE c"),
+        )
+        .await;
+    }
+    assert_eq!((committed("t").await, committed("s.t").await), (1, 1));
+    batch(&client, "DROP TOPIC t").await;
+    assert_eq!((committed("t").await, committed("s.t").await), (0, 1));
+    batch(&client, "DROP SCHEMA s CASCADE").await;
+    assert_eq!(committed("s.t").await, 0);
 }

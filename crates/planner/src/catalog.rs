@@ -167,6 +167,12 @@ impl TableDef {
         }
     }
 
+    /// Whether column `index` is one of a topic's system columns, which
+    /// appends assign rather than producers give.
+    pub fn is_system_column(&self, index: usize) -> bool {
+        self.is_topic() && index >= self.user_columns().len()
+    }
+
     pub fn has_primary_key(&self) -> bool {
         !self.primary_key.is_empty()
     }

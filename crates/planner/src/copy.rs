@@ -293,7 +293,7 @@ pub async fn insert_rows(
         }
     }
     let mut values: Vec<Vec<Value>> = vec![Vec::with_capacity(table.columns.len()); rows.len()];
-    for column in table.columns.iter() {
+    for (index, column) in table.columns.iter().enumerate() {
         let column_values = match copy.columns.iter().position(|c| *c == column.name) {
             Some(field) => parse_column(&rows, field, column.ty, &column.name)?,
             None => {
@@ -304,24 +304,15 @@ pub async fn insert_rows(
                 vec![value; rows.len()]
             }
         };
-        let assigned = table.is_topic()
-            && table
-                .column_index(&column.name)
-                .is_some_and(|i| i >= table.user_columns().len());
         for (row, value) in values.iter_mut().zip(column_values) {
-            if value.is_null() && !column.nullable && !assigned {
+            if value.is_null() && !column.nullable && !table.is_system_column(index) {
                 return Err(not_null_violation(&table, &column.name));
             }
             row.push(value);
         }
     }
     if table.is_topic() {
-        let plan = crate::topic::append_mutations(&table, &values)?;
-        let size = crate::topic::append_size(&plan.mutations);
-        propose(session, &table, plan.mutations).await?;
-        if session.transaction_state() == crate::TransactionState::Idle {
-            session.db.topics.appended(size);
-        }
+        crate::topic::propose_appends(session, &table, &values).await?;
         return Ok(values.len() as u64);
     }
     let keyed = keyed_rows(session, &table, &values)?;

@@ -79,14 +79,7 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
             ast::ObjectType::Table => {
                 for name in names {
                     match lookup(&catalog, name)? {
-                        Some(def) => {
-                            change.drop_table(&def);
-                            if def.is_topic() {
-                                for key in crate::offsets::rows_of_topic(snapshot.as_ref(), &def)? {
-                                    change.mutations.push(Mutation::Delete { key });
-                                }
-                            }
-                        }
+                        Some(def) => change.drop_table(&def, snapshot.as_ref())?,
                         None if *if_exists => {}
                         None => return Err(undefined_table(name)),
                     }
@@ -116,7 +109,7 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
                         .with_detail("Use DROP ... CASCADE to drop the dependent objects too."));
                     }
                     for table in tables {
-                        change.drop_table(&table);
+                        change.drop_table(&table, snapshot.as_ref())?;
                     }
                     change.mutations.push(Mutation::Delete {
                         key: schema_key(&schema),
@@ -276,17 +269,23 @@ impl CatalogChange {
         self.mutations.push(Mutation::Put { key, value });
     }
 
-    fn drop_table(&mut self, def: &TableDef) {
+    /// Drops a table or topic with its rows, index entries and, for a topic,
+    /// its records and every group's committed offsets of it.
+    fn drop_table(&mut self, def: &TableDef, snapshot: &dyn Snapshot) -> Result<()> {
         let (start, end) = range_bounds(&def.rows_range());
         self.mutations.push(Mutation::DeleteRange { start, end });
         if def.is_topic() {
             let (start, end) = sluice_stream::topic::topic_key_range(def.id);
             self.mutations.push(Mutation::DeleteRange { start, end });
+            for key in crate::offsets::rows_of_topic(snapshot, def)? {
+                self.mutations.push(Mutation::Delete { key });
+            }
         }
         self.mutations.extend(index::drop_entries(def));
         self.mutations.push(Mutation::Delete {
             key: table_key(def.id),
         });
+        Ok(())
     }
 }
 
@@ -957,12 +956,7 @@ pub(crate) async fn drop_topics(
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     for name in names {
         match lookup_topic(&catalog, name)? {
-            Some(def) => {
-                change.drop_table(&def);
-                for key in crate::offsets::rows_of_topic(snapshot.as_ref(), &def)? {
-                    change.mutations.push(Mutation::Delete { key });
-                }
-            }
+            Some(def) => change.drop_table(&def, snapshot.as_ref())?,
             None if if_exists => {}
             None => return Err(undefined_topic(name)),
         }

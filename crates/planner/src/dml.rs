@@ -429,14 +429,7 @@ async fn append(
     mut values: Vec<Vec<Value>>,
     returning: Option<&Returning>,
 ) -> Result<Output> {
-    let mut plan = crate::topic::append_mutations(table, &values)?;
-    let mutations = std::mem::take(&mut plan.mutations);
-    let size = crate::topic::append_size(&mutations);
-    let outcome = propose(session, table, mutations).await?;
-    // In a block the appends count when COMMIT acknowledges them.
-    if session.transaction_state() == crate::TransactionState::Idle {
-        session.db.topics.appended(size);
-    }
+    let (plan, outcome) = crate::topic::propose_appends(session, table, &values).await?;
     let Some(returning) = returning else {
         return Ok(Output::Command(CommandTag::with_rows(
             "INSERT",
@@ -528,8 +521,7 @@ pub fn batch_rows(table: &TableDef, batch: &RecordBatch, with_key: bool) -> Resu
         let mut values = Vec::with_capacity(columns);
         for (index, column) in table.columns.iter().enumerate() {
             let value = value_at(&arrays[index], row, column.ty, &column.name)?;
-            // A topic's system columns are assigned at append, not given.
-            if value.is_null() && !column.nullable && index < table.user_columns().len() {
+            if value.is_null() && !column.nullable && !table.is_system_column(index) {
                 return Err(not_null_violation(table, &column.name));
             }
             values.push(value);

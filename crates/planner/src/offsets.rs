@@ -36,6 +36,7 @@ use crate::api::{sqlstate, CommandTag, Error, Output, Result};
 use crate::catalog::{storage_error, ColumnDef, TableDef};
 use crate::session::Session;
 use crate::system_views::SCHEMA_NAME;
+use crate::topic::now_micros;
 use crate::types::SqlType;
 
 /// Ids at or above this are built-in tables; allocated ids count up from 1.
@@ -100,13 +101,6 @@ pub fn offsets_table() -> TableDef {
         indexes: Vec::new(),
         topic: None,
     }
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// Distinguishes the cursors of one node: with the node id and its start
@@ -318,10 +312,7 @@ pub(crate) async fn commit(session: &mut Session, cursor: &str) -> Result<Output
     let topic = topic_name(open.table());
     let positions: Vec<(u32, u64)> = open.positions().iter().map(|(p, o)| (*p, *o)).collect();
     let def = offsets_def(session)?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let now = now_micros();
     let mut mutations = Vec::with_capacity(positions.len());
     for (partition, next) in &positions {
         let values = vec![

@@ -338,6 +338,15 @@ pub(crate) enum PreparedKind {
 }
 
 impl PreparedKind {
+    /// DDL, which cannot run inside a transaction block yet: tables' and topics'.
+    fn is_ddl(&self) -> bool {
+        match self {
+            PreparedKind::Ddl => true,
+            PreparedKind::Stream(plan) => plan.is_ddl(),
+            _ => false,
+        }
+    }
+
     fn uses_catalog(&self) -> bool {
         matches!(
             self,
@@ -1039,7 +1048,7 @@ impl Session {
             {
                 return Err(aborted_block());
             }
-            TransactionState::Open if matches!(prepared.kind, PreparedKind::Ddl) => {
+            TransactionState::Open if prepared.kind.is_ddl() => {
                 return Err(Error::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
                     "DDL inside a transaction block is not supported yet",

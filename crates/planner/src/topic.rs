@@ -251,19 +251,30 @@ fn record_row(def: &TableDef, kinds: &[ValueKind], record: &Record) -> Result<Ve
     Ok(values)
 }
 
-fn records_batch(def: &TableDef, schema: &SchemaRef, records: &[Record]) -> Result<RecordBatch> {
-    let kinds = user_kinds(def);
+/// Records as a batch of `schema`, whose columns are `projection` of the
+/// table-order row.
+fn records_to_batch(
+    def: &TableDef,
+    kinds: &[ValueKind],
+    schema: &SchemaRef,
+    projection: &[usize],
+    records: &[Record],
+) -> Result<RecordBatch> {
     let rows: Vec<Vec<Value>> = records
         .iter()
-        .map(|r| record_row(def, &kinds, r))
+        .map(|r| record_row(def, kinds, r))
         .collect::<Result<_>>()?;
-    let users = def.user_columns().len();
-    // Subscription order: system columns, then user columns.
-    let projection: Vec<usize> = (users..users + 3).chain(0..users).collect();
-    let columns = rows_to_batch_projected(&def.types(), &rows, &projection)?;
+    let columns = rows_to_batch_projected(&def.types(), &rows, projection)?;
     let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
     RecordBatch::try_new_with_options(schema.clone(), columns, &options)
         .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, format!("build record batch: {e}")))
+}
+
+/// Records in subscription order: system columns, then the topic's own.
+fn records_batch(def: &TableDef, schema: &SchemaRef, records: &[Record]) -> Result<RecordBatch> {
+    let users = def.user_columns().len();
+    let projection: Vec<usize> = (users..users + 3).chain(0..users).collect();
+    records_to_batch(def, &user_kinds(def), schema, &projection, records)
 }
 
 // ---------------------------------------------------------------------------
@@ -274,7 +285,7 @@ static ROUND_ROBIN: AtomicU64 = AtomicU64::new(0);
 
 /// The appends of one statement.
 pub(crate) struct AppendPlan {
-    pub mutations: Vec<Mutation>,
+    mutations: Vec<Mutation>,
     /// Per mutation: its partition and the rows (indexes into the input)
     /// it holds, in record order.
     layout: Vec<(u32, Vec<usize>)>,
@@ -282,7 +293,7 @@ pub(crate) struct AppendPlan {
 }
 
 /// The appends for rows given in table order (system columns NULL).
-pub(crate) fn append_mutations(def: &TableDef, rows: &[Vec<Value>]) -> Result<AppendPlan> {
+fn append_mutations(def: &TableDef, rows: &[Vec<Value>]) -> Result<AppendPlan> {
     let options = def.topic.as_ref().ok_or_else(|| {
         Error::new(
             sqlstate::INTERNAL_ERROR,
@@ -369,10 +380,28 @@ pub(crate) fn append_mutations(def: &TableDef, rows: &[Vec<Value>]) -> Result<Ap
     })
 }
 
+/// Appends `rows` (table order, system columns NULL) through the
+/// statement's path to Raft (the open block, if any) and counts them once
+/// acknowledged (in a block, COMMIT counts them).
+pub(crate) async fn propose_appends(
+    session: &Session,
+    def: &TableDef,
+    rows: &[Vec<Value>],
+) -> Result<(AppendPlan, sluice_raftstore::ApplyOutcome)> {
+    let mut plan = append_mutations(def, rows)?;
+    let mutations = std::mem::take(&mut plan.mutations);
+    let size = append_size(&mutations);
+    let outcome = crate::dml::propose(session, def, mutations).await?;
+    if session.transaction_state() == crate::TransactionState::Idle {
+        session.db.topics.appended(size);
+    }
+    Ok((plan, outcome))
+}
+
 /// Records of one statement per batch before a new batch is started.
 const APPEND_BATCH_BYTES: usize = 4 << 20;
 
-fn now_micros() -> i64 {
+pub(crate) fn now_micros() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
@@ -748,19 +777,15 @@ impl TopicScanReader {
                 continue;
             }
             self.remaining = self.remaining.saturating_sub(records.len());
-            let rows: Vec<Vec<Value>> = records
-                .iter()
-                .map(|r| record_row(&self.def, &self.kinds, r))
-                .collect::<Result<_>>()
-                .map_err(failed)?;
-            let columns = rows_to_batch_projected(&self.def.types(), &rows, &self.projection)
-                .map_err(failed)?;
-            let options = RecordBatchOptions::new().with_row_count(Some(rows.len()));
-            return Ok(Some(RecordBatch::try_new_with_options(
-                self.schema.clone(),
-                columns,
-                &options,
-            )?));
+            return records_to_batch(
+                &self.def,
+                &self.kinds,
+                &self.schema,
+                &self.projection,
+                &records,
+            )
+            .map(Some)
+            .map_err(failed);
         }
         Ok(None)
     }
@@ -897,27 +922,26 @@ fn no_cursor(name: &str) -> Error {
     )
 }
 
+impl StreamPlan {
+    /// CREATE, ALTER and DROP TOPIC: DDL, refused inside a transaction
+    /// block by the session like any other.
+    pub(crate) fn is_ddl(&self) -> bool {
+        matches!(
+            self,
+            StreamPlan::CreateTopic(_)
+                | StreamPlan::AlterTopic { .. }
+                | StreamPlan::DropTopic { .. }
+        )
+    }
+}
+
 pub(crate) async fn execute(session: &mut Session, plan: &StreamPlan) -> Result<Output> {
-    let ddl_outside_block = |session: &Session| {
-        if session.transaction_state() != crate::TransactionState::Idle {
-            return Err(Error::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                "DDL inside a transaction block is not supported yet",
-            ));
-        }
-        Ok(())
-    };
     match plan {
-        StreamPlan::CreateTopic(create) => {
-            ddl_outside_block(session)?;
-            crate::ddl::create_topic(session, create).await
-        }
+        StreamPlan::CreateTopic(create) => crate::ddl::create_topic(session, create).await,
         StreamPlan::AlterTopic { name, options } => {
-            ddl_outside_block(session)?;
             crate::ddl::alter_topic(session, name, options).await
         }
         StreamPlan::DropTopic { names, if_exists } => {
-            ddl_outside_block(session)?;
             crate::ddl::drop_topics(session, names, *if_exists).await
         }
         StreamPlan::Subscribe { table, spec, copy } => {

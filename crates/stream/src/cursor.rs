@@ -46,10 +46,6 @@ impl Cursor {
         }
     }
 
-    pub fn topic_id(&self) -> u64 {
-        self.topic_id
-    }
-
     /// Next offset to deliver, per partition.
     pub fn positions(&self) -> &BTreeMap<u32, u64> {
         &self.positions

@@ -211,6 +211,14 @@ fn entries_from(log: &[u8], offset: u64) -> KeyRange {
     }
 }
 
+/// The offset a stamp-index entry points at.
+fn indexed_offset(value: &[u8]) -> Result<u64> {
+    let bytes: [u8; 8] = value
+        .try_into()
+        .map_err(|_| Error::Corrupt("stamp index entry".into()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 /// The first offset a batch keyed `key` holds.
 fn batch_start(key: &[u8], value: &[u8]) -> Result<(u64, u64, batch::BatchHeader)> {
     let last = seqlog::number_of(key).ok_or_else(|| Error::Corrupt("batch key".into()))?;
@@ -303,17 +311,10 @@ pub fn read(
             break;
         }
     }
-    if !checked_start {
-        // Nothing stored at or after `from`: fine at the end, not below the start.
-        let b = bounds(snapshot, topic_id, partition)?;
-        if from < b.start {
-            return Err(Error::BelowRetention {
-                partition,
-                requested: from,
-                start: b.start,
-            });
-        }
-    }
+    // Nothing stored at or after `from` means `from` is at or past the end:
+    // retention never removes a partition's newest batch, so a position
+    // below the start always finds a batch and is refused above. (This is
+    // the common case of an idle cursor, which must cost one seek only.)
     Ok(position)
 }
 
@@ -336,11 +337,7 @@ pub fn offset_at_time(
     let Some((_, value)) = snapshot.scan(Keyspace::Data, &index, 1)?.pop() else {
         return Ok(b.end);
     };
-    let from: [u8; 8] = value
-        .as_slice()
-        .try_into()
-        .map_err(|_| Error::Corrupt("stamp index entry".into()))?;
-    let mut range = entries_from(&log, u64::from_be_bytes(from).max(b.start));
+    let mut range = entries_from(&log, indexed_offset(&value)?.max(b.start));
     loop {
         let page = snapshot.scan(Keyspace::Data, &range, SCAN_BATCHES)?;
         for (key, value) in &page {
@@ -397,11 +394,7 @@ pub fn retention_deletes(
         loop {
             let page = snapshot.scan(Keyspace::Data, &index, 256)?;
             for (key, value) in &page {
-                let first: [u8; 8] = value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("stamp index entry".into()))?;
-                keep_from = keep_from.max(u64::from_be_bytes(first));
+                keep_from = keep_from.max(indexed_offset(value)?);
                 index = index.resume_after(key);
             }
             if page.len() < 256 {
@@ -454,7 +447,8 @@ pub fn retention_deletes(
     }];
     // Index entries pointing before the cut, except the last of them, which
     // still bounds lookups for times just after it.
-    let mut stale = Vec::new();
+    // (the last stale key seen, and the one before it)
+    let (mut last_stale, mut before_last): (Option<Vec<u8>>, Option<Vec<u8>>) = (None, None);
     let mut index = KeyRange {
         start: Bound::Included(seqlog::section(&log, seqlog::STAMPS)),
         end: Bound::Excluded(seqlog::section(&log, seqlog::STAMPS + 1)),
@@ -462,25 +456,17 @@ pub fn retention_deletes(
     'scan: loop {
         let page = snapshot.scan(Keyspace::Data, &index, 256)?;
         for (key, value) in &page {
-            let first = u64::from_be_bytes(
-                value
-                    .as_slice()
-                    .try_into()
-                    .map_err(|_| Error::Corrupt("stamp index entry".into()))?,
-            );
-            if first >= keep_from {
+            if indexed_offset(value)? >= keep_from {
                 break 'scan;
             }
-            stale.push(key.clone());
+            before_last = last_stale.replace(key.clone());
             index = index.resume_after(key);
         }
         if page.len() < 256 {
             break;
         }
     }
-    stale.pop();
-    if let Some(last_stale) = stale.last() {
-        let mut end = last_stale.clone();
+    if let Some(mut end) = before_last {
         end.push(0);
         deletes.push(Mutation::DeleteRange {
             start: seqlog::section(&log, seqlog::STAMPS),
