@@ -660,3 +660,83 @@ async fn topics_get_identical_offsets_everywhere_and_follower_cursors_wake_on_ap
     let everywhere = wait_converged(&cluster, &[0, 1, 2], &["events"]).await;
     assert_eq!(everywhere.lines().count(), 30, "{everywhere}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn survivors_elect_a_leader_while_new_connections_keep_arriving() {
+    // Every new session builds its catalog and planner state on the SQL
+    // workers. A storm of them during the election must not keep the
+    // survivors of a leader kill from electing a leader and taking writes:
+    // the Raft core runs on threads of its own. (The deterministic check of
+    // that mechanism is raftstore's
+    // `elections_go_on_while_the_callers_runtime_is_blocked`.)
+    let mut cluster = Cluster::start(3, &[]);
+    let leader = cluster.leader(&[0, 1, 2]).await;
+    let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let writer = cluster.nodes[survivors[0]].client().await;
+    batch(&writer, "CREATE TABLE hits (id int PRIMARY KEY)").await;
+
+    const STORM: Duration = Duration::from_secs(10);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut storm = Vec::new();
+    for k in 0..16 {
+        let conninfo = cluster.nodes[survivors[k % 2]].conninfo();
+        let stop = stop.clone();
+        storm.push(tokio::spawn(async move {
+            let mut sessions = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                if let Ok((client, connection)) =
+                    tokio_postgres::connect(&conninfo, tokio_postgres::NoTls).await
+                {
+                    let connection = tokio::spawn(connection);
+                    let _ = client.simple_query("SELECT 1").await;
+                    drop(client);
+                    let _ = connection.await;
+                    sessions += 1;
+                }
+            }
+            sessions
+        }));
+    }
+    // The storm is under way (and the nodes' CPU busy) before the kill.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let killed_at = Instant::now();
+    cluster.nodes[leader].kill9();
+
+    let insert = writer
+        .prepare("INSERT INTO hits VALUES ($1)")
+        .await
+        .unwrap();
+    let mut id = 0;
+    let resumed = loop {
+        id += 1;
+        match writer.execute(&insert, &[&id]).await {
+            Ok(1) => break Some(killed_at.elapsed()),
+            Ok(n) => panic!("INSERT reported {n} rows"),
+            Err(e) => {
+                let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
+                assert!(
+                    matches!(code.as_str(), "57P03" | "40003"),
+                    "unexpected error during failover: {}",
+                    describe(&e)
+                );
+            }
+        }
+        if killed_at.elapsed() > STORM {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    stop.store(true, Ordering::Relaxed);
+    let mut sessions = 0;
+    for task in storm {
+        sessions += task.await.unwrap();
+    }
+    eprintln!(
+        "{sessions} sessions opened during the storm; first write after the kill: {resumed:?}"
+    );
+    assert!(sessions >= 10, "the storm opened only {sessions} sessions");
+    assert!(
+        resumed.is_some(),
+        "no write was acknowledged within {STORM:?} of the leader kill while {sessions} sessions were opened"
+    );
+}

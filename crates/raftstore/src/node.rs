@@ -10,6 +10,16 @@
 //! `leader_wait_ms` and then fail with [`Error::Unavailable`] (retryable). A
 //! forwarded write whose answer is lost fails with [`Error::Ambiguous`]: it
 //! may have been applied, so it is never retried behind the client's back.
+//!
+//! Threads: a node runs its Raft core, storage, batcher and peer server on
+//! its own tokio runtime ([`RAFT_WORKER_THREADS`] workers), never on the
+//! caller's. SQL sessions can keep the caller's workers busy for long
+//! stretches (planning, building a session's catalog); on a shared runtime a
+//! vote or heartbeat then waited behind them past the election timeout, and
+//! under a storm of new connections a 2-core node never elected a leader.
+//! With its own threads the core is scheduled by the kernel beside the
+//! sessions instead of queued behind them. Callers talk to it only through
+//! channels, which work across runtimes.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -53,6 +63,11 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(600);
 /// Pause between routing attempts while a leader change settles.
 const ROUTE_RETRY: Duration = Duration::from_millis(10);
+/// Worker threads of a node's own runtime: two, so that an fsync or an
+/// apply in progress on one leaves the other free for heartbeats and votes.
+pub const RAFT_WORKER_THREADS: usize = 2;
+/// How long dropping a node that was not shut down waits for its core.
+const DROP_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How to run a [`RaftNode`]. [`RaftConfig::new`] gives the defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -298,6 +313,9 @@ pub struct RaftNode {
     storage_users: StorageUsers,
     log_watchers: Arc<LogWatchers>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The runtime everything above runs on; `None` only while `open` is
+    /// still building the node on it.
+    runtime: Mutex<Option<tokio::runtime::Runtime>>,
 }
 
 impl std::fmt::Debug for RaftNode {
@@ -336,7 +354,38 @@ impl RaftNode {
         Self::open(engine, config, Some(peers)).await
     }
 
+    /// Builds the node on a runtime of its own (see the module docs): every
+    /// task `build` spawns, openraft's among them, lands there.
     async fn open(
+        engine: Arc<dyn Engine>,
+        config: RaftConfig,
+        peers: Option<PeerSetup>,
+    ) -> Result<Arc<RaftNode>> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(RAFT_WORKER_THREADS)
+            .thread_name(format!("raft-{}", config.node_id))
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Internal(format!("start the raft runtime: {e}")))?;
+        let built = runtime.spawn(Self::build(engine, config, peers)).await;
+        match built {
+            Ok(Ok(node)) => {
+                *node.runtime.lock().unwrap_or_else(|p| p.into_inner()) = Some(runtime);
+                Ok(node)
+            }
+            // Dropping a runtime blocks, which is not allowed in async code.
+            Ok(Err(e)) => {
+                runtime.shutdown_background();
+                Err(e)
+            }
+            Err(join) => {
+                runtime.shutdown_background();
+                Err(Error::Internal(format!("raft node start failed: {join}")))
+            }
+        }
+    }
+
+    async fn build(
         engine: Arc<dyn Engine>,
         config: RaftConfig,
         peers: Option<PeerSetup>,
@@ -398,8 +447,16 @@ impl RaftNode {
         let mut tasks = vec![tokio::spawn(watch_leader(raft.metrics(), counters.clone()))];
         let bootstrap = match peers {
             Some(setup) => {
+                // A listener polls readiness through the reactor of the
+                // runtime that registered it: move it onto this one, or
+                // busy SQL workers would delay every peer message.
+                let listener = setup
+                    .listener
+                    .into_std()
+                    .and_then(TcpListener::from_std)
+                    .map_err(|e| Error::Internal(format!("move the peer listener: {e}")))?;
                 tasks.push(tokio::spawn(crate::network::serve(
-                    setup.listener,
+                    listener,
                     node_id,
                     faults.clone(),
                     shared.clone(),
@@ -427,6 +484,7 @@ impl RaftNode {
             storage_users,
             log_watchers,
             tasks: Mutex::new(tasks),
+            runtime: Mutex::new(None),
         });
         if let Err(e) = node.bootstrap(bootstrap).await {
             let _ = node.shutdown().await;
@@ -731,18 +789,19 @@ impl RaftNode {
 
 impl Drop for RaftNode {
     fn drop(&mut self) {
+        let runtime = self
+            .runtime
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if self.shared.errors.shutting_down.load(Ordering::Acquire) {
+            // `shutdown` stopped everything; only the threads remain.
+            if let Some(runtime) = runtime {
+                runtime.shutdown_background();
+            }
             return;
         }
         self.stop.cancel();
-        // Without a shutdown the core task would run on and keep the engine
-        // open; stop it in the background as well as we can.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let raft = self.shared.raft.clone();
-            runtime.spawn(async move {
-                let _ = raft.shutdown().await;
-            });
-        }
         for task in self
             .tasks
             .get_mut()
@@ -750,6 +809,24 @@ impl Drop for RaftNode {
             .drain(..)
         {
             task.abort();
+        }
+        let Some(runtime) = runtime else {
+            return;
+        };
+        // Without a shutdown the core would run on and keep the engine open.
+        // Stop it, then the runtime, on a thread of their own: this drop may
+        // run in async code, where neither may block.
+        let raft = self.shared.raft.clone();
+        let stopping = std::thread::Builder::new()
+            .name("raft-drop".into())
+            .spawn(move || {
+                let core = runtime.spawn(async move { raft.shutdown().await });
+                let _ = runtime
+                    .block_on(async { tokio::time::timeout(DROP_SHUTDOWN_TIMEOUT, core).await });
+                runtime.shutdown_background();
+            });
+        if let Err(e) = stopping {
+            tracing::warn!("cannot stop a dropped raft node's runtime: {e}");
         }
     }
 }

@@ -240,3 +240,30 @@ async fn late_joiner_installs_a_snapshot_and_a_removed_member_is_left_behind() {
     assert_eq!(converge(&remaining).await.len(), 61);
     shutdown(members).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn elections_go_on_while_the_callers_runtime_is_blocked() {
+    // A node runs its Raft core on threads of its own, so a caller whose
+    // runtime is busy (SQL sessions planning, building catalogs) cannot
+    // delay votes and heartbeats. Here the caller's only thread is blocked
+    // outright, well past the election timeout, right after the leader
+    // stops: the survivors must have elected a new leader meanwhile.
+    let mut members = cluster(3, 10_000).await;
+    let refs: Vec<&Member> = members.iter().collect();
+    let leader = leader_of(&refs).await;
+    let term = members[leader].node.status().term;
+    let stopped = members.remove(leader);
+    stopped.node.shutdown().await.unwrap();
+
+    std::thread::sleep(Duration::from_secs(2));
+    let statuses: Vec<_> = members.iter().map(|m| m.node.status()).collect();
+    assert!(
+        statuses.iter().any(|s| s.role == "leader" && s.term > term),
+        "no new leader while the caller's runtime was blocked: {:?}",
+        statuses
+            .iter()
+            .map(|s| (s.node_id, s.role.clone(), s.term))
+            .collect::<Vec<_>>()
+    );
+    shutdown(members).await;
+}
