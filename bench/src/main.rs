@@ -14,7 +14,10 @@
 //!   single Sluice node and a 3-node etcd: writes/s and latency.
 //! - `topic-append` and `subscribe-latency`: see module `topics` (anchor:
 //!   Redis Streams).
+//! - `chart`: draws the run's charts from the figures the suites recorded
+//!   (module `chart`).
 
+mod chart;
 mod http;
 mod nats;
 mod procs;
@@ -30,8 +33,8 @@ use procs::{connect, EtcdCluster, SluiceCluster};
 
 #[derive(Parser)]
 struct Cli {
-    /// The sluice binary to measure
-    #[arg(long)]
+    /// The sluice binary to measure (every suite needs it; `chart` does not)
+    #[arg(long, default_value = "target/release/sluice")]
     sluice: PathBuf,
     /// The etcd binary of the anchor
     #[arg(long, default_value = "/usr/bin/etcd")]
@@ -84,6 +87,16 @@ enum Suite {
         seconds: u64,
         #[arg(long, default_value_t = 3)]
         reps: usize,
+    },
+    /// One SVG per suite from a run's figures file
+    Chart {
+        #[arg(long)]
+        figures: PathBuf,
+        #[arg(long, default_value = "bench/charts")]
+        out: PathBuf,
+        /// Shown under each chart's suite name: the run's date and commit
+        #[arg(long, default_value = "")]
+        title: String,
     },
 }
 
@@ -378,6 +391,23 @@ async fn failover(cli: &Cli, kills: usize, writers: usize) {
     theirs.sort();
     let (p50, p99) = (percentile(&ours, 50.0), percentile(&ours, 99.0));
     let (e50, e99) = (percentile(&theirs, 50.0), percentile(&theirs, 99.0));
+    for (system, p50, p99) in [("Sluice", p50, p99), ("etcd", e50, e99)] {
+        let workload = format!("{kills} leader kills");
+        chart::record(
+            "failover",
+            &workload,
+            system,
+            "unavailability p50 ms",
+            p50.as_secs_f64() * 1e3,
+        );
+        chart::record(
+            "failover",
+            &workload,
+            system,
+            "unavailability p99 ms",
+            p99.as_secs_f64() * 1e3,
+        );
+    }
     println!(
         "| failover | {kills} leader kills, {writers} writers | p50 {}, p99 {}, max {} | p50 {}, p99 {}, max {} | {:.2} (p50), {:.2} (p99) |",
         ms(p50),
@@ -456,6 +486,17 @@ async fn replicated_writes(cli: &Cli, clients: &[usize], reps: usize, seconds: u
         let ratio = median(three.iter().map(|t| t.per_second).collect())
             / median(anchor.iter().map(|t| t.per_second).collect()).max(1e-9);
         eprintln!("replicated-writes {n} clients done");
+        for (system, runs) in [
+            ("Sluice 3 nodes", &three),
+            ("Sluice 1 node", &one),
+            ("etcd 3 nodes", &anchor),
+        ] {
+            let workload = format!("{n} clients");
+            let rate = median(runs.iter().map(|t| t.per_second).collect());
+            let p99 = median(runs.iter().map(|t| t.p99.as_secs_f64() * 1e3).collect());
+            chart::record("replicated-writes", &workload, system, "writes/s", rate);
+            chart::record("replicated-writes", &workload, system, "p99 ms", p99);
+        }
         println!(
             "| replicated-writes | {n} clients, 100-byte values | 3 nodes: {}; 1 node: {} | {} | {ratio:.2} |",
             describe(&three),
@@ -500,5 +541,16 @@ async fn main() {
             topics::subscribe_latency(&cli.sluice, &cli.redis, &cli.nats, *rate, *seconds, *reps)
                 .await
         }
+        Suite::Chart {
+            figures,
+            out,
+            title,
+        } => match chart::draw(figures, out, title) {
+            Ok(written) => written.iter().for_each(|path| eprintln!("chart: {path}")),
+            Err(e) => {
+                eprintln!("sluice-bench chart: {e}");
+                std::process::exit(1);
+            }
+        },
     }
 }

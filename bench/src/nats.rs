@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 use crate::procs::{free_port, wait_until, Member};
 
 pub struct NatsServer {
-    _member: Member,
+    pub member: Member,
     pub port: u16,
     _dir: tempfile::TempDir,
 }
@@ -38,7 +38,7 @@ impl NatsServer {
         })
         .await;
         NatsServer {
-            _member: member,
+            member,
             port,
             _dir: dir,
         }

@@ -61,6 +61,21 @@ impl Member {
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }
+
+    /// The process's peak resident memory so far (Linux `VmHWM`), in MB.
+    pub fn peak_rss_mb(&self) -> Option<f64> {
+        let pid = self.child.as_ref()?.id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+        let kb: f64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kb / 1024.0)
+    }
 }
 
 impl Drop for Member {

@@ -25,7 +25,7 @@ use crate::{median, ms, percentile};
 
 /// A Redis server on loopback with its AOF in a temporary directory.
 pub struct Redis {
-    _member: Member,
+    pub member: Member,
     pub port: u16,
     _dir: tempfile::TempDir,
 }
@@ -60,7 +60,7 @@ impl Redis {
         })
         .await;
         Redis {
-            _member: member,
+            member,
             port,
             _dir: dir,
         }
@@ -321,7 +321,7 @@ pub async fn topic_append(
     batch: u64,
     reps: usize,
 ) {
-    let (_node, port) = sluice_with(
+    let (node, port) = sluice_with(
         sluice,
         "CREATE TOPIC bench_topic (payload text) WITH (partitions = 4)",
     )
@@ -395,12 +395,43 @@ pub async fn topic_append(
         format!("{:.0} rec/s ({min:.0}–{max:.0})", median(v.to_vec()))
     };
     let ratio = |a: &[f64], b: &[f64]| median(a.to_vec()) / median(b.to_vec()).max(1e-9);
+    let workload = format!("{total} × 100 B, {producers} producers");
+    let peak = |member: &Member| member.peak_rss_mb().unwrap_or(0.0);
+    for (system, runs, member) in [
+        ("Sluice COPY", &copy, &node.members[0]),
+        ("Sluice INSERT", &insert, &node.members[0]),
+        ("Redis always", &r_always, &always.member),
+        ("Redis everysec", &r_everysec, &everysec.member),
+        ("NATS JetStream", &js, &jetstream.member),
+    ] {
+        crate::chart::record(
+            "topic-append",
+            &workload,
+            system,
+            "records/s",
+            median(runs.to_vec()),
+        );
+        if !system.ends_with("INSERT") {
+            let server = system.trim_end_matches(" COPY");
+            crate::chart::record(
+                "topic-append",
+                "peak server memory",
+                server,
+                "MB",
+                peak(member),
+            );
+        }
+    }
     println!(
-        "| topic-append | {total} × 100 B, {producers} producers, batches of {batch} | COPY: {}; INSERT: {} | Redis appendfsync always: {}; everysec (not durable): {}; NATS JetStream (not durable): {} | COPY/always {:.2}, INSERT/always {:.2}, COPY/JetStream {:.2} |",
+        "| topic-append | {total} × 100 B, {producers} producers, batches of {batch}; peak RSS Sluice {:.0} MB, Redis always {:.0} MB, everysec {:.0} MB, NATS {:.0} MB | COPY: {}; INSERT: {} | Redis appendfsync always: {}; everysec (not durable): {}; NATS JetStream (not durable): {} | COPY/always {:.2}, INSERT/always {:.2}, COPY/JetStream {:.2} |",
+        peak(&node.members[0]),
+        peak(&always.member),
+        peak(&everysec.member),
+        peak(&jetstream.member),
         spread(&copy),
         spread(&insert),
         spread(&r_always),
-                spread(&r_everysec),
+        spread(&r_everysec),
         spread(&js),
         ratio(&copy, &r_always),
         ratio(&insert, &r_always),
@@ -629,6 +660,22 @@ pub async fn subscribe_latency(
     let (sp50, sp99, sp999, sn) = describe(&s);
     let (rp50, rp99, rp999, rn) = describe(&r);
     let (np50, np99, np999, nn) = describe(&n);
+    let workload = format!("{rate} rec/s, 1 consumer");
+    for (system, p50, p99, p999) in [
+        ("Sluice", sp50, sp99, sp999),
+        ("Redis XREAD BLOCK", rp50, rp99, rp999),
+        ("NATS JetStream push", np50, np99, np999),
+    ] {
+        for (metric, value) in [("p50 ms", p50), ("p99 ms", p99), ("p99.9 ms", p999)] {
+            crate::chart::record(
+                "subscribe-latency",
+                &workload,
+                system,
+                metric,
+                value.as_secs_f64() * 1e3,
+            );
+        }
+    }
     println!(
         "| subscribe-latency | {rate} rec/s for {seconds} s, 1 consumer | p50 {}, p99 {}, p99.9 {} ({sn} records) | Redis XREAD BLOCK (appendfsync always): p50 {}, p99 {}, p99.9 {} ({rn} records); NATS JetStream push consumer: p50 {}, p99 {}, p99.9 {} ({nn} records) | p50/Redis {:.2}, p99/Redis {:.2}, p50/NATS {:.2} |",
         ms(sp50),
