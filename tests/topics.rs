@@ -530,9 +530,21 @@ async fn psql_copy_subscribe_streams_rows_as_they_arrive() {
     insert_orders(&client, 100..101).await;
     let live = next_line(&mut lines).await;
     assert!(live.contains(",100,"), "{live} (rows before: {seen:?})");
-    // Cancelling psql's query ends the stream; the server keeps serving.
+    // A killed psql ends the stream, though no record arrives to be written
+    // to it: the server notices the closed socket within about a second
+    // (the subscription gauge drops) and keeps serving.
+    let subscriptions = || metric(&server.http_get("/metrics").1, "sluice_topic_subscriptions");
+    assert_eq!(subscriptions(), 1.0);
     psql.kill().unwrap();
     let _ = psql.wait();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while subscriptions() != 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle subscription of a killed psql is still open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(
         simple_counts(&client, "SELECT * FROM orders").await,
         vec![4]
@@ -804,4 +816,73 @@ async fn dropping_a_topic_forgets_its_committed_offsets() {
     assert_eq!((committed("t").await, committed("s.t").await), (0, 1));
     batch(&client, "DROP SCHEMA s CASCADE").await;
     assert_eq!(committed("s.t").await, 0);
+}
+
+/// A cursor over every partition, and a streaming subscription, read the
+/// partitions ALTER TOPIC adds after they were declared, from their start.
+#[tokio::test]
+async fn cursors_and_streams_follow_partitions_added_by_alter_topic() {
+    let server = TestServer::start();
+    let client = orders(&server, 2).await;
+    insert_orders(&client, 0..4).await;
+    batch(&client, "DECLARE c CURSOR FOR SUBSCRIBE orders FROM END").await;
+    let streamer = server.client().await;
+    let stream = streamer
+        .copy_out("COPY (SUBSCRIBE orders FROM END) TO STDOUT WITH (FORMAT csv)")
+        .await
+        .unwrap();
+    let (lines_tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(Ok(chunk)) = futures::StreamExt::next(&mut stream).await {
+            if lines_tx
+                .send(String::from_utf8_lossy(&chunk).trim_end().to_string())
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+
+    let producer = server.client().await;
+    batch(&producer, "ALTER TOPIC orders SET (partitions = 6)").await;
+    // 7 customers over 6 partitions: some records land in partitions 2..5.
+    insert_orders(&producer, 100..128).await;
+    let placed = simple_rows(
+        &producer,
+        "SELECT count(*) FROM orders WHERE _partition >= 2",
+    )
+    .await;
+    let in_new: usize = placed[0][0].as_deref().unwrap().parse().unwrap();
+    assert!(in_new > 0, "no record went to an added partition");
+
+    let mut fetched = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fetched.len() < 28 {
+        assert!(Instant::now() < deadline, "FETCH saw only {fetched:?}");
+        let rows = client
+            .query("FETCH 100 FROM c WITH (timeout = '1s')", &[])
+            .await
+            .unwrap();
+        fetched.extend(records(&rows));
+    }
+    let ids: BTreeSet<i64> = fetched.iter().map(|r| r.2).collect();
+    assert_eq!(
+        ids,
+        (100..128).collect(),
+        "each record once, none before END"
+    );
+    assert!(fetched.iter().any(|r| r.0 >= 2));
+
+    let mut streamed = BTreeSet::new();
+    while streamed.len() < 28 {
+        let line = tokio::time::timeout(Duration::from_secs(20), lines.recv())
+            .await
+            .expect("a streamed row")
+            .expect("stream open");
+        // CSV: _partition, _offset, _timestamp, order_id, …
+        let order_id: i64 = line.split(',').nth(3).unwrap().parse().unwrap();
+        assert!(streamed.insert(order_id), "{order_id} streamed twice");
+    }
+    assert_eq!(streamed, (100..128).collect());
 }

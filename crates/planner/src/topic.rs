@@ -40,7 +40,7 @@ use datafusion::physical_plan::{
 };
 use datafusion::sql::sqlparser::ast;
 use sluice_engine::{keycode, row, Snapshot, Value, ValueKind};
-use sluice_raftstore::{Mutation, RaftNode};
+use sluice_raftstore::Mutation;
 use sluice_stream::{topic as log, BatchBuilder, Cursor, Record};
 
 use crate::api::{sqlstate, CommandTag, CopyOptions, Error, Output, Result};
@@ -55,6 +55,9 @@ use crate::types::{arrow_schema, rows_to_batch_projected, SqlType};
 pub const DEFAULT_FETCH_TIMEOUT: &str = "500ms";
 /// Records a streaming SUBSCRIBE reads per batch it sends.
 const STREAM_BATCH: usize = 1024;
+/// How often a streaming SUBSCRIBE looks for partitions added by ALTER
+/// TOPIC while it waits (records themselves wake it at once).
+const PARTITION_CHECK: Duration = Duration::from_secs(1);
 
 pub(crate) fn stream_error(e: sluice_stream::Error) -> Error {
     use sluice_stream::Error as E;
@@ -955,7 +958,7 @@ pub(crate) async fn execute(session: &mut Session, plan: &StreamPlan) -> Result<
             let (cursor, _) = open_cursor(session, table, spec).await?;
             let schema = record_schema(table);
             let stream = subscription_stream(
-                session.db.raft().clone(),
+                session.db.clone(),
                 table.clone(),
                 schema.clone(),
                 cursor,
@@ -1090,13 +1093,17 @@ async fn rebalance_if_due(session: &mut Session, name: &str) -> Result<()> {
 
 async fn rebalance(session: &Session, open: &mut TopicCursor) -> Result<()> {
     let Some(member) = &mut open.member else {
+        follow_new_partitions(&session.db, &mut open.table, &mut open.cursor)?;
         return Ok(());
     };
     if !member.heartbeat_due() {
         return Ok(());
     }
     // Partitions added by ALTER TOPIC since DECLARE are shared out too.
-    let current = session.db.catalog.current();
+    let current = session
+        .db
+        .catalog
+        .refresh(session.db.raft().local_snapshot().as_ref())?;
     if let Some(def) = current.tables.values().find(|t| t.id == open.table.id) {
         open.table = def.clone();
     }
@@ -1120,6 +1127,34 @@ async fn rebalance(session: &Session, open: &mut TopicCursor) -> Result<()> {
                 .acquire(session.db.raft().log_watchers(), partition, offset);
         }
     }
+    Ok(())
+}
+
+/// A cursor over every partition of a topic also reads the partitions that
+/// ALTER TOPIC added since it last looked (the catalog, refreshed from the
+/// local replica if a newer version was applied). Every record of such a
+/// partition was appended after the cursor was declared, so it starts at
+/// the partition's first retained record, whatever the FROM clause said.
+fn follow_new_partitions(
+    db: &crate::Database,
+    table: &mut Arc<TableDef>,
+    cursor: &mut Cursor,
+) -> Result<()> {
+    let snapshot = db.raft().local_snapshot();
+    let catalog = db.catalog.refresh(snapshot.as_ref())?;
+    let Some(current) = catalog.tables.values().find(|t| t.id == table.id) else {
+        // Dropped: the next read finds nothing, as for any dropped topic.
+        return Ok(());
+    };
+    let partitions = current.topic.as_ref().map_or(1, |t| t.partitions);
+    let known = cursor.positions().len() as u32;
+    if partitions > known {
+        for partition in known..partitions {
+            let bounds = log::bounds(&*snapshot, table.id, partition).map_err(stream_error)?;
+            cursor.acquire(db.raft().log_watchers(), partition, bounds.start);
+        }
+    }
+    *table = current.clone();
     Ok(())
 }
 
@@ -1224,24 +1259,26 @@ async fn open_cursor(
 /// An endless stream of record batches, each sent as soon as it is read;
 /// it ends only when the client cancels or disconnects (the stream is
 /// dropped). Memory: one batch of at most [`STREAM_BATCH`] records.
+/// Appends wake it at once; partitions added by ALTER TOPIC are looked for
+/// between waits, at least every [`PARTITION_CHECK`].
 fn subscription_stream(
-    raft: Arc<RaftNode>,
+    db: Arc<crate::Database>,
     table: Arc<TableDef>,
     schema: SchemaRef,
     cursor: Cursor,
     counted: SubscriptionGuard,
 ) -> SendableRecordBatchStream {
     let stream_schema = schema.clone();
-    let state = Some((raft, table, schema, cursor, counted));
+    let state = Some((db, table, schema, cursor, counted));
     let batches = futures::stream::unfold(state, |state| async move {
-        let (raft, table, schema, mut cursor, counted) = state?;
+        let (db, mut table, schema, mut cursor, counted) = state?;
         loop {
+            if let Err(e) = follow_new_partitions(&db, &mut table, &mut cursor) {
+                return Some((Err(DataFusionError::External(Box::new(e))), None));
+            }
+            let raft = db.raft();
             let fetched = cursor
-                .fetch(
-                    || raft.local_snapshot(),
-                    STREAM_BATCH,
-                    Duration::from_secs(3600),
-                )
+                .fetch(|| raft.local_snapshot(), STREAM_BATCH, PARTITION_CHECK)
                 .await;
             let batch = match fetched {
                 Ok(records) if records.is_empty() => continue,
@@ -1256,7 +1293,7 @@ fn subscription_stream(
                 }
             };
             let item = batch.map_err(|e| DataFusionError::External(Box::new(e)));
-            return Some((item, Some((raft, table, schema, cursor, counted))));
+            return Some((item, Some((db, table, schema, cursor, counted))));
         }
     });
     Box::pin(RecordBatchStreamAdapter::new(stream_schema, batches))
