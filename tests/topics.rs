@@ -886,3 +886,67 @@ async fn cursors_and_streams_follow_partitions_added_by_alter_topic() {
     }
     assert_eq!(streamed, (100..128).collect());
 }
+
+/// `FROM OFFSET (partition = offset, …)` places each listed partition; the
+/// others start at the beginning.
+#[tokio::test]
+async fn subscribe_from_an_offset_per_partition() {
+    let server = TestServer::start();
+    let client = orders(&server, 3).await;
+    insert_orders(&client, 0..30).await;
+    let mut ends = std::collections::BTreeMap::new();
+    for row in simple_rows(
+        &client,
+        "SELECT _partition, count(*) FROM orders GROUP BY _partition",
+    )
+    .await
+    {
+        let partition: i32 = row[0].as_deref().unwrap().parse().unwrap();
+        let count: i64 = row[1].as_deref().unwrap().parse().unwrap();
+        ends.insert(partition, count);
+    }
+    assert!(ends.values().all(|&n| n >= 3), "{ends:?}");
+
+    batch(
+        &client,
+        "DECLARE c CURSOR FOR SUBSCRIBE orders FROM OFFSET (0 = 2, 2 = 1)",
+    )
+    .await;
+    let rows = client
+        .query("FETCH 100 FROM c WITH (timeout = '0s')", &[])
+        .await
+        .unwrap();
+    let fetched = records(&rows);
+    for (partition, first) in [(0, 2), (1, 0), (2, 1)] {
+        let offsets: Vec<i64> = fetched
+            .iter()
+            .filter(|r| r.0 == partition)
+            .map(|r| r.1)
+            .collect();
+        assert_eq!(
+            offsets,
+            (first..ends[&partition]).collect::<Vec<_>>(),
+            "partition {partition}"
+        );
+    }
+    batch(&client, "CLOSE c").await;
+
+    expect_sqlstate(
+        client
+            .batch_execute("DECLARE c CURSOR FOR SUBSCRIBE orders FROM OFFSET (5 = 0)")
+            .await,
+        "22023",
+    );
+    expect_sqlstate(
+        client
+            .batch_execute("DECLARE c CURSOR FOR SUBSCRIBE orders FROM OFFSET (0 = 999)")
+            .await,
+        "22023",
+    );
+    expect_sqlstate(
+        client
+            .batch_execute("DECLARE c CURSOR FOR SUBSCRIBE orders FROM OFFSET (0 = 1, 0 = 2)")
+            .await,
+        "42601",
+    );
+}

@@ -5,7 +5,8 @@
 //! CREATE TOPIC [IF NOT EXISTS] name (columns) [WITH (option = value, …)]
 //! ALTER TOPIC name SET (option = value, …)
 //! DROP TOPIC [IF EXISTS] name [, …]
-//! SUBSCRIBE [TO] name [FROM BEGINNING | FROM END | FROM OFFSET n | FROM TIMESTAMP 'ts']
+//! SUBSCRIBE [TO] name [FROM BEGINNING | FROM END | FROM OFFSET n | FROM TIMESTAMP 'ts'
+//!                     | FROM OFFSET (partition = n, …)]
 //!           [GROUP 'g'] [WITH (timeout = '…', earliest)]
 //! COPY (SUBSCRIBE …) TO STDOUT [[WITH] (FORMAT csv, …)]
 //! DECLARE c CURSOR [WITH HOLD] FOR SUBSCRIBE …
@@ -17,6 +18,7 @@
 //! Option names follow Materialize where they overlap (`FETCH … WITH
 //! (timeout = …)`). Everything else goes to sqlparser unchanged.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use datafusion::sql::sqlparser::ast;
@@ -79,6 +81,8 @@ pub(crate) enum Start {
     Beginning,
     End,
     Offset(u64),
+    /// An offset per listed partition; the others start at the beginning.
+    Offsets(BTreeMap<u32, u64>),
     /// The text of a timestamp, parsed at execution like a SQL literal.
     Timestamp(String),
     /// The group's committed offsets (the default with GROUP).
@@ -230,10 +234,10 @@ pub(crate) fn parse(parser: &mut Parser) -> Result<Option<StreamStatement>, Pars
             if parse_word(parser, "all") {
                 None
             } else {
-                Some(parse_count(parser)?.unwrap_or(1))
+                Some(parse_count(parser, "FETCH count")?.unwrap_or(1))
             }
         } else {
-            Some(parse_count(parser)?.unwrap_or(1))
+            Some(parse_count(parser, "FETCH count")?.unwrap_or(1))
         };
         if !parse_word(parser, "from") {
             parse_word(parser, "in");
@@ -283,12 +287,14 @@ pub(crate) fn parse(parser: &mut Parser) -> Result<Option<StreamStatement>, Pars
     Ok(None)
 }
 
-fn parse_count(parser: &mut Parser) -> Result<Option<u64>, ParserError> {
+/// A non-negative integer if one comes next; `what` names it in the error
+/// for a negative one.
+fn parse_count(parser: &mut Parser, what: &str) -> Result<Option<u64>, ParserError> {
     match parser.peek_token_ref().token {
         Token::Number(..) => Ok(Some(parser.parse_literal_uint()?)),
-        Token::Minus => Err(ParserError::ParserError(
-            "FETCH count must not be negative (cursors over topics only move forward)".into(),
-        )),
+        Token::Minus => Err(ParserError::ParserError(format!(
+            "{what} must not be negative (cursors over topics only move forward)"
+        ))),
         _ => Ok(None),
     }
 }
@@ -328,6 +334,32 @@ fn parse_assignments(parser: &mut Parser) -> Result<Vec<(String, String)>, Parse
     Ok(out)
 }
 
+/// `partition = offset, …)`, after the opening parenthesis.
+fn parse_partition_offsets(parser: &mut Parser) -> Result<BTreeMap<u32, u64>, ParserError> {
+    let mut offsets = BTreeMap::new();
+    loop {
+        let Some(partition) = parse_count(parser, "a partition")? else {
+            return parser.expected("a partition number", parser.peek_token());
+        };
+        let partition = u32::try_from(partition)
+            .map_err(|_| ParserError::ParserError(format!("no partition {partition}")))?;
+        parser.expect_token(&Token::Eq)?;
+        let Some(offset) = parse_count(parser, "an offset")? else {
+            return parser.expected("an offset", parser.peek_token());
+        };
+        if offsets.insert(partition, offset).is_some() {
+            return Err(ParserError::ParserError(format!(
+                "partition {partition} given twice"
+            )));
+        }
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    parser.expect_token(&Token::RParen)?;
+    Ok(offsets)
+}
+
 fn parse_subscribe(parser: &mut Parser) -> Result<Subscribe, ParserError> {
     expect_word(parser, "subscribe")?;
     parse_word(parser, "to");
@@ -345,9 +377,13 @@ fn parse_subscribe(parser: &mut Parser) -> Result<Subscribe, ParserError> {
             } else if parse_word(parser, "end") {
                 Start::End
             } else if parse_word(parser, "offset") {
-                match parse_count(parser)? {
-                    Some(n) => Start::Offset(n),
-                    None => return parser.expected("an offset", parser.peek_token()),
+                if parser.consume_token(&Token::LParen) {
+                    Start::Offsets(parse_partition_offsets(parser)?)
+                } else {
+                    match parse_count(parser, "an offset")? {
+                        Some(n) => Start::Offset(n),
+                        None => return parser.expected("an offset", parser.peek_token()),
+                    }
                 }
             } else if parse_word(parser, "timestamp") {
                 Start::Timestamp(parser.parse_literal_string()?)
@@ -426,6 +462,15 @@ mod tests {
             panic!()
         };
         assert_eq!(subscribe.start, Start::Offset(7));
+        let Some(StreamStatement::Subscribe(subscribe)) =
+            parse_one("SUBSCRIBE orders FROM OFFSET (0 = 10, 3 = 0)")
+        else {
+            panic!()
+        };
+        assert_eq!(
+            subscribe.start,
+            Start::Offsets(BTreeMap::from([(0, 10), (3, 0)]))
+        );
         assert_eq!(options, vec![("format".into(), Some("csv".into()))]);
         assert!(matches!(
             parse_one("SUBSCRIBE orders FROM TIMESTAMP '2026-01-01 00:00:00'"),
@@ -465,7 +510,14 @@ mod tests {
     #[test]
     fn refuses_negative_offsets_and_counts() {
         let dialect = PostgreSqlDialect {};
-        for sql in ["SUBSCRIBE t FROM OFFSET -1", "FETCH -5 FROM c"] {
+        for sql in [
+            "SUBSCRIBE t FROM OFFSET -1",
+            "FETCH -5 FROM c",
+            "SUBSCRIBE t FROM OFFSET (0 = -1)",
+            "SUBSCRIBE t FROM OFFSET (0 = 1, 0 = 2)",
+            "SUBSCRIBE t FROM OFFSET ()",
+            "SUBSCRIBE t FROM OFFSET (0 1)",
+        ] {
             let mut parser = Parser::new(&dialect).try_with_sql(sql).unwrap();
             assert!(parse(&mut parser).is_err(), "{sql}");
         }

@@ -1197,6 +1197,9 @@ async fn start_positions(
             (None, Start::Beginning | Start::Committed) => bounds.start,
             (None, Start::End) => bounds.end,
             (None, Start::Offset(n)) => *n,
+            (None, Start::Offsets(listed)) => {
+                listed.get(&partition).copied().unwrap_or(bounds.start)
+            }
             (None, Start::Timestamp(_)) => {
                 log::offset_at_time(&*snapshot, table.id, partition, timestamp.unwrap_or(0))
                     .map_err(stream_error)?
@@ -1235,6 +1238,17 @@ async fn open_cursor(
     spec: &Subscribe,
 ) -> Result<(Cursor, Option<crate::offsets::GroupMember>)> {
     let partitions = table.topic.as_ref().map_or(1, |t| t.partitions);
+    if let Start::Offsets(listed) = &spec.start {
+        if let Some(missing) = listed.keys().find(|&&p| p >= partitions) {
+            return Err(Error::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "topic \"{}\" has no partition {missing} (it has {partitions})",
+                    table.name
+                ),
+            ));
+        }
+    }
     let (assigned, member) = match &spec.group {
         None => ((0..partitions).collect::<Vec<u32>>(), None),
         Some(group) => {
