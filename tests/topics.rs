@@ -950,3 +950,62 @@ async fn subscribe_from_an_offset_per_partition() {
         "42601",
     );
 }
+
+/// `UP TO END` bounds a subscription by what the topic holds when it opens:
+/// psql's COPY of it finishes with those rows, later appends are not in it;
+/// a bounded cursor's FETCH returns nothing at once when it is done.
+#[tokio::test]
+async fn bounded_subscriptions_end_up_to_where_they_were_told() {
+    let server = TestServer::start();
+    let client = orders(&server, 2).await;
+    insert_orders(&client, 0..6).await;
+    let output = Command::new("psql")
+        .args(["-X", "-At", "-h", "127.0.0.1", "-p"])
+        .arg(server.sql_port.to_string())
+        .args([
+            "-U",
+            "sluice",
+            "-d",
+            "sluice",
+            "-c",
+            "COPY (SUBSCRIBE orders FROM BEGINNING UP TO END) TO STDOUT WITH (FORMAT csv)",
+        ])
+        .output()
+        .expect("run psql");
+    assert!(output.status.success(), "{output:?}");
+    let ids: BTreeSet<i64> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.split(',').nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(ids, (0..6).collect());
+
+    batch(
+        &client,
+        "DECLARE c CURSOR FOR SUBSCRIBE orders FROM BEGINNING UP TO OFFSET 2",
+    )
+    .await;
+    insert_orders(&client, 6..12).await;
+    let rows = client
+        .query("FETCH 100 FROM c WITH (timeout = '1s')", &[])
+        .await
+        .unwrap();
+    let mut fetched = records(&rows);
+    fetched.extend(records(
+        &client
+            .query("FETCH 100 FROM c WITH (timeout = '0s')", &[])
+            .await
+            .unwrap(),
+    ));
+    let offsets: BTreeSet<(i32, i64)> = fetched.iter().map(|r| (r.0, r.1)).collect();
+    assert_eq!(offsets, BTreeSet::from([(0, 0), (0, 1), (1, 0), (1, 1)]));
+    let started = Instant::now();
+    let rows = client
+        .query("FETCH 100 FROM c WITH (timeout = '30s')", &[])
+        .await
+        .unwrap();
+    assert!(rows.is_empty());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "a finished cursor waited"
+    );
+}

@@ -7,7 +7,7 @@
 //! DROP TOPIC [IF EXISTS] name [, …]
 //! SUBSCRIBE [TO] name [FROM BEGINNING | FROM END | FROM OFFSET n | FROM TIMESTAMP 'ts'
 //!                     | FROM OFFSET (partition = n, …)]
-//!           [GROUP 'g'] [WITH (timeout = '…', earliest)]
+//!           [UP TO END | UP TO OFFSET n] [GROUP 'g'] [WITH (earliest)]
 //! COPY (SUBSCRIBE …) TO STDOUT [[WITH] (FORMAT csv, …)]
 //! DECLARE c CURSOR [WITH HOLD] FOR SUBSCRIBE …
 //! FETCH [n | ALL | NEXT | FORWARD n] [FROM | IN] c [WITH (timeout = '5s')]
@@ -89,10 +89,21 @@ pub(crate) enum Start {
     Committed,
 }
 
+/// Where a bounded subscription stops (Materialize's `UP TO`): it ends, or
+/// its FETCHes return nothing at once, when every partition is there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum UpTo {
+    /// Each partition's end when the subscription opens: what is there now.
+    End,
+    /// Before offset n in every partition.
+    Offset(u64),
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Subscribe {
     pub topic: ast::ObjectName,
     pub start: Start,
+    pub up_to: Option<UpTo>,
     pub group: Option<String>,
     /// Start a partition whose requested offset is below retention at its
     /// first retained offset instead of failing.
@@ -367,6 +378,7 @@ fn parse_subscribe(parser: &mut Parser) -> Result<Subscribe, ParserError> {
     let mut start = None;
     let mut group = None;
     let mut earliest = false;
+    let mut up_to = None;
     loop {
         if parse_word(parser, "from") {
             if start.is_some() {
@@ -389,6 +401,21 @@ fn parse_subscribe(parser: &mut Parser) -> Result<Subscribe, ParserError> {
                 Start::Timestamp(parser.parse_literal_string()?)
             } else {
                 return parser.expected("BEGINNING, END, OFFSET or TIMESTAMP", parser.peek_token());
+            });
+        } else if parse_word(parser, "up") {
+            expect_word(parser, "to")?;
+            if up_to.is_some() {
+                return Err(ParserError::ParserError("UP TO given twice".into()));
+            }
+            up_to = Some(if parse_word(parser, "end") {
+                UpTo::End
+            } else if parse_word(parser, "offset") {
+                match parse_count(parser, "an offset")? {
+                    Some(n) => UpTo::Offset(n),
+                    None => return parser.expected("an offset", parser.peek_token()),
+                }
+            } else {
+                return parser.expected("END or OFFSET", parser.peek_token());
             });
         } else if parse_word(parser, "group") {
             group = Some(parser.parse_literal_string()?);
@@ -416,6 +443,7 @@ fn parse_subscribe(parser: &mut Parser) -> Result<Subscribe, ParserError> {
     Ok(Subscribe {
         topic,
         start,
+        up_to,
         group,
         earliest,
     })
@@ -471,6 +499,18 @@ mod tests {
             subscribe.start,
             Start::Offsets(BTreeMap::from([(0, 10), (3, 0)]))
         );
+        let Some(StreamStatement::CopySubscribe { subscribe, .. }) =
+            parse_one("COPY (SUBSCRIBE orders FROM BEGINNING UP TO END) TO STDOUT")
+        else {
+            panic!()
+        };
+        assert_eq!(subscribe.up_to, Some(UpTo::End));
+        let Some(StreamStatement::Subscribe(subscribe)) =
+            parse_one("SUBSCRIBE orders UP TO OFFSET 5 GROUP 'g'")
+        else {
+            panic!()
+        };
+        assert_eq!(subscribe.up_to, Some(UpTo::Offset(5)));
         assert_eq!(options, vec![("format".into(), Some("csv".into()))]);
         assert!(matches!(
             parse_one("SUBSCRIBE orders FROM TIMESTAMP '2026-01-01 00:00:00'"),
@@ -517,6 +557,8 @@ mod tests {
             "SUBSCRIBE t FROM OFFSET (0 = 1, 0 = 2)",
             "SUBSCRIBE t FROM OFFSET ()",
             "SUBSCRIBE t FROM OFFSET (0 1)",
+            "SUBSCRIBE t UP TO OFFSET -3",
+            "SUBSCRIBE t UP TO END UP TO END",
         ] {
             let mut parser = Parser::new(&dialect).try_with_sql(sql).unwrap();
             assert!(parse(&mut parser).is_err(), "{sql}");

@@ -46,7 +46,7 @@ use sluice_stream::{topic as log, BatchBuilder, Cursor, Record};
 use crate::api::{sqlstate, CommandTag, CopyOptions, Error, Output, Result};
 use crate::catalog::TableDef;
 use crate::session::{PreparedKind, Session};
-use crate::stream_sql::{Start, StreamStatement, Subscribe};
+use crate::stream_sql::{Start, StreamStatement, Subscribe, UpTo};
 use crate::table::ReadView;
 use crate::types::{arrow_schema, rows_to_batch_projected, SqlType};
 
@@ -1140,6 +1140,10 @@ fn follow_new_partitions(
     table: &mut Arc<TableDef>,
     cursor: &mut Cursor,
 ) -> Result<()> {
+    // A bounded cursor's limits were fixed with the partitions it opened on.
+    if cursor.is_bounded() {
+        return Ok(());
+    }
     let snapshot = db.raft().local_snapshot();
     let catalog = db.catalog.refresh(snapshot.as_ref())?;
     let Some(current) = catalog.tables.values().find(|t| t.id == table.id) else {
@@ -1266,13 +1270,31 @@ async fn open_cursor(
             return Err(e);
         }
     };
-    let cursor = Cursor::new(session.db.raft().log_watchers(), table.id, positions);
+    let mut cursor = Cursor::new(session.db.raft().log_watchers(), table.id, positions);
+    if let Some(up_to) = spec.up_to {
+        // Limits for every partition, not only the assigned ones: a group
+        // member may be handed others later.
+        let snapshot = session.db.raft().local_snapshot();
+        let mut limits = BTreeMap::new();
+        for partition in 0..partitions {
+            let limit = match up_to {
+                UpTo::End => {
+                    log::bounds(&*snapshot, table.id, partition)
+                        .map_err(stream_error)?
+                        .end
+                }
+                UpTo::Offset(n) => n,
+            };
+            limits.insert(partition, limit);
+        }
+        cursor = cursor.bounded(limits);
+    }
     Ok((cursor, member))
 }
 
-/// An endless stream of record batches, each sent as soon as it is read;
-/// it ends only when the client cancels or disconnects (the stream is
-/// dropped). Memory: one batch of at most [`STREAM_BATCH`] records.
+/// A stream of record batches, each sent as soon as it is read; it ends
+/// when a bounded cursor (UP TO) is finished, otherwise only when the
+/// client cancels or disconnects (the stream is dropped). Memory: one batch of at most [`STREAM_BATCH`] records.
 /// Appends wake it at once; partitions added by ALTER TOPIC are looked for
 /// between waits, at least every [`PARTITION_CHECK`].
 fn subscription_stream(
@@ -1287,6 +1309,10 @@ fn subscription_stream(
     let batches = futures::stream::unfold(state, |state| async move {
         let (db, mut table, schema, mut cursor, counted) = state?;
         loop {
+            // UP TO reached: the stream (and a COPY of it) ends.
+            if cursor.finished() {
+                return None;
+            }
             if let Err(e) = follow_new_partitions(&db, &mut table, &mut cursor) {
                 return Some((Err(DataFusionError::External(Box::new(e))), None));
             }

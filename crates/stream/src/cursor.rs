@@ -29,6 +29,9 @@ pub struct Cursor {
     watchers: BTreeMap<u32, watch::Receiver<u64>>,
     /// Where the next fetch starts reading, for fairness across partitions.
     next_turn: usize,
+    /// For a bounded cursor (`UP TO`): the offset each partition stops
+    /// before; a partition not listed has nothing to deliver.
+    limits: Option<BTreeMap<u32, u64>>,
 }
 
 impl Cursor {
@@ -43,6 +46,38 @@ impl Cursor {
             positions,
             watchers,
             next_turn: 0,
+            limits: None,
+        }
+    }
+
+    /// Stops each partition before its offset in `limits`: once every
+    /// partition is there the cursor is [`finished`](Self::finished).
+    pub fn bounded(mut self, limits: BTreeMap<u32, u64>) -> Self {
+        self.limits = Some(limits);
+        self
+    }
+
+    pub fn is_bounded(&self) -> bool {
+        self.limits.is_some()
+    }
+
+    /// A bounded cursor that has delivered everything up to its limits.
+    pub fn finished(&self) -> bool {
+        self.limits.as_ref().is_some_and(|limits| {
+            self.positions
+                .iter()
+                .all(|(p, &at)| at >= limits.get(p).copied().unwrap_or(0))
+        })
+    }
+
+    /// Records `partition` may still deliver from `from`.
+    fn room(&self, partition: u32, from: u64) -> usize {
+        match &self.limits {
+            None => usize::MAX,
+            Some(limits) => {
+                let limit = limits.get(&partition).copied().unwrap_or(0);
+                usize::try_from(limit.saturating_sub(from)).unwrap_or(usize::MAX)
+            }
         }
     }
 
@@ -82,13 +117,19 @@ impl Cursor {
                 break;
             }
             let from = self.positions[&partition];
+            // Offsets are dense, so reading at most `room` records from
+            // `from` stops exactly before the partition's limit.
+            let room = self.room(partition, from);
+            if room == 0 {
+                continue;
+            }
             let before = out.len();
             let next = topic::read(
                 snapshot,
                 self.topic_id,
                 partition,
                 from,
-                max - out.len(),
+                (max - out.len()).min(room),
                 MAX_FETCH_BYTES - bytes,
                 &mut out,
             )?;
@@ -102,8 +143,9 @@ impl Cursor {
     }
 
     /// Waits up to `timeout` for at least one record, then returns what is
-    /// available (up to `max`). A zero timeout returns at once. Fails with
-    /// [`Error::Closed`] when the node shuts down while it waits.
+    /// available (up to `max`). A zero timeout returns at once, and so does
+    /// a finished bounded cursor. Fails with [`Error::Closed`] when the node
+    /// shuts down while it waits.
     pub async fn fetch(
         &mut self,
         snapshot: impl Fn() -> Arc<dyn Snapshot>,
@@ -116,7 +158,11 @@ impl Cursor {
                 watcher.borrow_and_update();
             }
             let records = self.read_available(&*snapshot(), max)?;
-            if !records.is_empty() || max == 0 || tokio::time::Instant::now() >= deadline {
+            if !records.is_empty()
+                || max == 0
+                || self.finished()
+                || tokio::time::Instant::now() >= deadline
+            {
                 return Ok(records);
             }
             if self.watchers.is_empty() {
