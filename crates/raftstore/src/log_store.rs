@@ -5,17 +5,26 @@
 //! committed log id, the last purged log id and the last log id live in
 //! `Keyspace::Meta` (see [`meta_key`]).
 //!
-//! Durability: [`LogStore::append`] writes all given entries (and the new
-//! last log id) in one engine batch with `Durability::Sync`, and only then
-//! reports the flush to openraft. `save_vote`, `truncate` and `purge` are
-//! `Sync` writes too. `save_committed` is `Buffered`: a lost committed id only
-//! means re-learning it from the leader; the next `Sync` write persists it.
+//! Durability and group commit: [`LogStore::append`] writes all given
+//! entries (and the new last log id) in one `Buffered` engine batch, which
+//! makes them readable at once, and hands openraft's flush callback to the
+//! log flusher ([`flush_appends`]). The flusher fsyncs the engine's log once
+//! for every append queued while the previous fsync ran, then completes
+//! their callbacks in order: so the Raft core never waits for the disk, and
+//! one fsync covers as many appends as arrive during one fsync (openraft's
+//! contract for `append`: return once readable, call back once durable).
+//! Nothing is reported flushed, hence committed or acknowledged, before
+//! its fsync. `save_vote`, `truncate` and `purge` are `Sync` writes.
+//! `save_committed` is `Buffered`: a lost committed id only means
+//! re-learning it from the leader; the next fsync persists it.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use std::sync::mpsc;
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
@@ -118,6 +127,9 @@ pub(crate) struct LogStore {
     /// Shared with `RaftNode::status`: openraft's metrics have no committed index.
     committed_index: Arc<AtomicU64>,
     fatal: FatalSlot,
+    /// Flush callbacks of appends written but not yet fsynced, to the
+    /// flusher; dropping the store ends it.
+    flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
@@ -131,6 +143,14 @@ impl LogStore {
         let last_purged = read_meta::<Option<LogId>>(&*engine, meta_key::LAST_PURGED)?.flatten();
         let committed = read_meta::<Option<LogId>>(&*engine, meta_key::COMMITTED)?.flatten();
         committed_index.store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
+        let (flushes, queue) = mpsc::channel();
+        {
+            let (engine, fatal, users) = (engine.clone(), fatal.clone(), users.clone());
+            std::thread::Builder::new()
+                .name("raft-log-sync".into())
+                .spawn(move || flush_appends(engine, fatal, users, queue))
+                .map_err(|e| EngineError::Storage(format!("start the log flusher: {e}")))?;
+        }
         let reader = LogReader {
             engine: engine.clone(),
             fatal: fatal.clone(),
@@ -143,6 +163,7 @@ impl LogStore {
             last_purged,
             committed_index,
             fatal,
+            flushes,
         })
     }
 
@@ -287,12 +308,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })?;
         batch.put(Keyspace::Meta, meta_key::LAST_LOG, last_bytes);
 
-        if let Err(e) = self.write_sync(batch, ErrorSubject::Log(last)).await {
+        // A buffered write only reaches the engine's log file: no disk wait.
+        if let Err(e) = self.engine.write(batch, Durability::Buffered) {
+            let e = self
+                .fatal
+                .fail(ErrorSubject::Log(last), ErrorVerb::Write, e);
             callback.log_io_completed(Err(io::Error::other(e.to_string())));
             return Err(e);
         }
         self.last_log_id = Some(last);
-        callback.log_io_completed(Ok(()));
+        if let Err(unsent) = self.flushes.send(callback) {
+            // The flusher only ends when the store is dropped; be safe anyway.
+            let synced = self.engine.sync().map_err(|e| {
+                self.fatal
+                    .fail(ErrorSubject::Log(last), ErrorVerb::Write, e)
+            });
+            let reported = synced
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| io::Error::other(e.to_string()));
+            unsent.0.log_io_completed(reported);
+            synced?;
+        }
         Ok(())
     }
 
@@ -334,6 +371,39 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.last_log_id = self.last_purged;
         }
         Ok(())
+    }
+}
+
+/// The log flusher, a thread of its own (an fsync blocks; a thread that
+/// only waits for appends and the disk costs one wake-up per fsync): one
+/// fsync for every append queued while the previous one ran, then their
+/// callbacks, in append order. A failed fsync is fatal (the node stops) and
+/// fails every callback waiting on it. Ends when the store is dropped.
+fn flush_appends(
+    engine: Arc<dyn Engine>,
+    fatal: FatalSlot,
+    _users: StorageUsers,
+    queue: mpsc::Receiver<LogFlushed<TypeConfig>>,
+) {
+    let mut waiting = Vec::new();
+    while let Ok(first) = queue.recv() {
+        waiting.push(first);
+        while let Ok(next) = queue.try_recv() {
+            waiting.push(next);
+        }
+        match engine.sync() {
+            Ok(()) => {
+                for callback in waiting.drain(..) {
+                    callback.log_io_completed(Ok(()));
+                }
+            }
+            Err(e) => {
+                let e = fatal.fail(ErrorSubject::Logs, ErrorVerb::Write, e);
+                for callback in waiting.drain(..) {
+                    callback.log_io_completed(Err(io::Error::other(e.to_string())));
+                }
+            }
+        }
     }
 }
 
