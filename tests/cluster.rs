@@ -106,6 +106,17 @@ impl Cluster {
     }
 }
 
+/// A write refused while no leader can commit it: unavailable (57P03) or
+/// outcome unknown (40003), never acknowledged and never another error.
+fn assert_unavailable_or_ambiguous(err: &tokio_postgres::Error, context: &str) {
+    let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
+    assert!(
+        matches!(code.as_str(), "57P03" | "40003"),
+        "{context}: {}",
+        describe(err)
+    );
+}
+
 /// Every table's rows in key order, as one text (a checksum by equality),
 /// read from the local replica.
 async fn contents(client: &Client, tables: &[&str]) -> String {
@@ -302,12 +313,7 @@ async fn leader_killed_during_writes_loses_nothing_acknowledged() {
                     Ok(n) => panic!("INSERT reported {n} rows"),
                     // Unavailable during the election, or outcome unknown: not acknowledged.
                     Err(e) => {
-                        let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
-                        assert!(
-                            matches!(code.as_str(), "57P03" | "40003"),
-                            "unexpected error during failover: {}",
-                            describe(&e)
-                        );
+                        assert_unavailable_or_ambiguous(&e, "unexpected error during failover");
                         errors += 1;
                         tokio::time::sleep(Duration::from_millis(5)).await;
                     }
@@ -384,12 +390,7 @@ async fn partitioned_leader_stops_acknowledging_and_replicas_converge_after_heal
         .execute("INSERT INTO t VALUES (2, 'minority')", &[])
         .await
         .unwrap_err();
-    let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
-    assert!(
-        matches!(code.as_str(), "57P03" | "40003"),
-        "the isolated leader must not acknowledge: {}",
-        describe(&err)
-    );
+    assert_unavailable_or_ambiguous(&err, "the isolated leader must not acknowledge");
     let err = old.query("SELECT * FROM t", &[]).await.unwrap_err();
     common::assert_sqlstate(&err, "57P03");
 
@@ -712,14 +713,7 @@ async fn survivors_elect_a_leader_while_new_connections_keep_arriving() {
         match writer.execute(&insert, &[&id]).await {
             Ok(1) => break Some(killed_at.elapsed()),
             Ok(n) => panic!("INSERT reported {n} rows"),
-            Err(e) => {
-                let code = e.code().map(|c| c.code().to_string()).unwrap_or_default();
-                assert!(
-                    matches!(code.as_str(), "57P03" | "40003"),
-                    "unexpected error during failover: {}",
-                    describe(&e)
-                );
-            }
+            Err(e) => assert_unavailable_or_ambiguous(&e, "unexpected error during failover"),
         }
         if killed_at.elapsed() > STORM {
             break None;

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -1100,12 +1100,9 @@ async fn rebalance(session: &Session, open: &mut TopicCursor) -> Result<()> {
         return Ok(());
     }
     // Partitions added by ALTER TOPIC since DECLARE are shared out too.
-    let current = session
-        .db
-        .catalog
-        .refresh(session.db.raft().local_snapshot().as_ref())?;
-    if let Some(def) = current.tables.values().find(|t| t.id == open.table.id) {
-        open.table = def.clone();
+    let snapshot = session.db.raft().local_snapshot();
+    if let Some(def) = current_table(&session.db, &*snapshot, open.table.id)? {
+        open.table = def;
     }
     let partitions = open.table.topic.as_ref().map_or(1, |t| t.partitions);
     let assigned = member.rebalance(&session.db, partitions).await?;
@@ -1130,6 +1127,17 @@ async fn rebalance(session: &Session, open: &mut TopicCursor) -> Result<()> {
     Ok(())
 }
 
+/// The table `id` as the catalog defines it now (refreshed from `snapshot`
+/// if that holds a newer catalog version); `None` once it is dropped.
+fn current_table(
+    db: &crate::Database,
+    snapshot: &dyn Snapshot,
+    id: u64,
+) -> Result<Option<Arc<TableDef>>> {
+    let catalog = db.catalog.refresh(snapshot)?;
+    Ok(catalog.tables.values().find(|t| t.id == id).cloned())
+}
+
 /// A cursor over every partition of a topic also reads the partitions that
 /// ALTER TOPIC added since it last looked (the catalog, refreshed from the
 /// local replica if a newer version was applied). Every record of such a
@@ -1145,8 +1153,7 @@ fn follow_new_partitions(
         return Ok(());
     }
     let snapshot = db.raft().local_snapshot();
-    let catalog = db.catalog.refresh(snapshot.as_ref())?;
-    let Some(current) = catalog.tables.values().find(|t| t.id == table.id) else {
+    let Some(current) = current_table(db, &*snapshot, table.id)? else {
         // Dropped: the next read finds nothing, as for any dropped topic.
         return Ok(());
     };
@@ -1158,7 +1165,7 @@ fn follow_new_partitions(
             cursor.acquire(db.raft().log_watchers(), partition, bounds.start);
         }
     }
-    *table = current.clone();
+    *table = current;
     Ok(())
 }
 
@@ -1294,9 +1301,10 @@ async fn open_cursor(
 
 /// A stream of record batches, each sent as soon as it is read; it ends
 /// when a bounded cursor (UP TO) is finished, otherwise only when the
-/// client cancels or disconnects (the stream is dropped). Memory: one batch of at most [`STREAM_BATCH`] records.
-/// Appends wake it at once; partitions added by ALTER TOPIC are looked for
-/// between waits, at least every [`PARTITION_CHECK`].
+/// client cancels or disconnects (the stream is dropped). Memory: one
+/// batch of at most [`STREAM_BATCH`] records. Appends wake it at once;
+/// partitions added by ALTER TOPIC are looked for every
+/// [`PARTITION_CHECK`], between batches or waits, not at every batch.
 fn subscription_stream(
     db: Arc<crate::Database>,
     table: Arc<TableDef>,
@@ -1305,16 +1313,21 @@ fn subscription_stream(
     counted: SubscriptionGuard,
 ) -> SendableRecordBatchStream {
     let stream_schema = schema.clone();
-    let state = Some((db, table, schema, cursor, counted));
+    // The cursor was just opened from the current catalog: the first look
+    // for added partitions is due one PARTITION_CHECK from now.
+    let state = Some((db, table, schema, cursor, counted, Instant::now()));
     let batches = futures::stream::unfold(state, |state| async move {
-        let (db, mut table, schema, mut cursor, counted) = state?;
+        let (db, mut table, schema, mut cursor, counted, mut looked) = state?;
         loop {
             // UP TO reached: the stream (and a COPY of it) ends.
             if cursor.finished() {
                 return None;
             }
-            if let Err(e) = follow_new_partitions(&db, &mut table, &mut cursor) {
-                return Some((Err(DataFusionError::External(Box::new(e))), None));
+            if looked.elapsed() >= PARTITION_CHECK {
+                if let Err(e) = follow_new_partitions(&db, &mut table, &mut cursor) {
+                    return Some((Err(DataFusionError::External(Box::new(e))), None));
+                }
+                looked = Instant::now();
             }
             let raft = db.raft();
             let fetched = cursor
@@ -1333,7 +1346,7 @@ fn subscription_stream(
                 }
             };
             let item = batch.map_err(|e| DataFusionError::External(Box::new(e)));
-            return Some((item, Some((db, table, schema, cursor, counted))));
+            return Some((item, Some((db, table, schema, cursor, counted, looked))));
         }
     });
     Box::pin(RecordBatchStreamAdapter::new(stream_schema, batches))

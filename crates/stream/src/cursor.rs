@@ -63,11 +63,7 @@ impl Cursor {
 
     /// A bounded cursor that has delivered everything up to its limits.
     pub fn finished(&self) -> bool {
-        self.limits.as_ref().is_some_and(|limits| {
-            self.positions
-                .iter()
-                .all(|(p, &at)| at >= limits.get(p).copied().unwrap_or(0))
-        })
+        self.is_bounded() && self.positions.iter().all(|(&p, &at)| self.room(p, at) == 0)
     }
 
     /// Records `partition` may still deliver from `from`.
