@@ -1,55 +1,128 @@
-//! Real Postgres drivers against Sluice. Python clients run from the virtualenv that
-//! `scripts/python-env` creates (`scripts/test` exports its python as `SLUICE_PYTHON`).
+//! Real Postgres drivers against Sluice, each a short program in `tests/drivers/` written the
+//! way a user of that driver writes one, printing `ok` when every check held:
+//! - psycopg, from the virtualenv `scripts/python-env` creates (`SLUICE_PYTHON`);
+//! - node-postgres, installed by `scripts/node-env` (`SLUICE_NODE_PG`, the module's path);
+//! - pgjdbc, Debian's `libpostgresql-jdbc-java` (`SLUICE_PGJDBC`, the jar's path), run as a
+//!   single-file Java program.
+//!
+//! `scripts/test` installs all three and exports the variables.
 
 mod common;
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::TestServer;
 
-fn python() -> PathBuf {
-    if let Some(path) = std::env::var_os("SLUICE_PYTHON") {
-        return PathBuf::from(path);
-    }
-    let home = std::env::var_os("HOME").expect("HOME is set");
-    let default = PathBuf::from(home).join(".cache/sluice-pyenv/bin/python");
+fn script(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/drivers")
+        .join(name)
+}
+
+/// A driver's location from `variable`, else `default` under `$HOME` (where the scripts put it).
+fn installed(variable: &str, default: &str, how: &str) -> PathBuf {
+    let path = match std::env::var_os(variable) {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let home = std::env::var_os("HOME").expect("HOME is set");
+            let mut path = PathBuf::from(home);
+            path.push(default);
+            path
+        }
+    };
     assert!(
-        default.exists(),
-        "no Python driver environment: run scripts/python-env (scripts/test does) or set SLUICE_PYTHON"
+        path.exists(),
+        "{} not found: {how} (scripts/test does) or set {variable}",
+        path.display()
     );
-    default
+    path
+}
+
+fn python() -> PathBuf {
+    installed(
+        "SLUICE_PYTHON",
+        ".cache/sluice-pyenv/bin/python",
+        "run scripts/python-env",
+    )
+}
+
+fn node_pg() -> PathBuf {
+    installed(
+        "SLUICE_NODE_PG",
+        ".cache/sluice-nodeenv/node_modules/pg",
+        "run scripts/node-env",
+    )
+}
+
+fn pgjdbc() -> PathBuf {
+    let path = std::env::var_os("SLUICE_PGJDBC")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/share/java/postgresql.jar"));
+    assert!(
+        path.exists(),
+        "{} not found: run scripts/install-deps (it installs libpostgresql-jdbc-java) or set SLUICE_PGJDBC",
+        path.display()
+    );
+    path
 }
 
 #[test]
 fn psycopg_default_mode_commits_and_rolls_back() {
-    run_script("psycopg_session.py");
+    run_psycopg("psycopg_session.py");
 }
 
 #[test]
 fn psycopg_consumes_a_topic_with_a_group_cursor() {
-    run_script("psycopg_topic.py");
+    run_psycopg("psycopg_topic.py");
 }
 
-fn run_script(name: &str) {
+#[test]
+fn node_postgres_pool_prepared_statements_transactions_and_a_topic_consumer() {
     let server = TestServer::start();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/drivers")
-        .join(name);
+    let mut node = Command::new("node");
+    node.arg(script("node_pg.js"))
+        .arg(server.sql_port.to_string())
+        .env("SLUICE_NODE_PG", node_pg());
+    run_driver("node-postgres", node, &server);
+}
+
+#[test]
+fn pgjdbc_prepared_statements_batches_transactions_and_a_topic_consumer() {
+    let server = TestServer::start();
+    let mut java = Command::new("java");
+    java.arg("-cp")
+        .arg(pgjdbc())
+        .arg(script("PgJdbc.java"))
+        .arg(server.sql_port.to_string());
+    run_driver("pgjdbc", java, &server);
+}
+
+fn run_psycopg(name: &str) {
+    let server = TestServer::start();
     let dsn = format!(
         "host=127.0.0.1 port={} user=sluice dbname=sluice connect_timeout=10",
         server.sql_port
     );
-    let out = Command::new(python())
-        .arg(&script)
-        .arg(&dsn)
+    let mut python = Command::new(python());
+    python.arg(script(name)).arg(dsn);
+    run_driver("psycopg", python, &server);
+}
+
+/// Runs a driver program to completion and requires it to print exactly `ok`.
+fn run_driver(driver: &str, mut program: Command, server: &TestServer) {
+    let shown: Vec<OsString> = std::iter::once(program.get_program().to_owned())
+        .chain(program.get_args().map(|a| a.to_owned()))
+        .collect();
+    let out = program
         .output()
-        .expect("run the psycopg script");
+        .unwrap_or_else(|e| panic!("run {driver} ({:?}): {e}", Path::new(&shown[0])));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && stdout.trim() == "ok",
-        "psycopg session failed ({}):\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver:\n{}",
+        "{driver} program failed ({}): {shown:?}\nstdout:\n{stdout}\nstderr:\n{stderr}\nserver:\n{}",
         out.status,
         server.stderr_tail()
     );
