@@ -1019,6 +1019,17 @@ async fn prepared_plans_stay_current() {
         second > first,
         "now() did not advance: {first} then {second}"
     );
+    let simple_clock = || async {
+        let rows = simple_rows(&client, "SELECT now()::text").await;
+        rows[0][0].clone().expect("now() is not null")
+    };
+    let first = simple_clock().await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second = simple_clock().await;
+    assert!(
+        second > first,
+        "now() did not advance: {first} then {second}"
+    );
 
     let point = client
         .prepare("SELECT * FROM accounts WHERE id = $1")

@@ -9,6 +9,7 @@ use std::time::Duration;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::common::{DFSchema, DataFusionError, ScalarValue};
+use datafusion::execution::session_state::SessionState;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
@@ -362,6 +363,12 @@ impl PreparedKind {
 pub struct Session {
     pub(crate) db: Arc<Database>,
     pub(crate) ctx: SessionContext,
+    /// `ctx`'s state, taken once: the context is not changed after the
+    /// session opens (the catalog changes behind a shared provider), and
+    /// `SessionContext::state` clones every function registry per call.
+    /// Its query start time is the session's, so only plans that do not
+    /// read the clock are planned from it (see [`Self::run_plan`]).
+    planning_state: SessionState,
     pub(crate) catalog: Arc<SessionCatalog>,
     settings: BTreeMap<String, String>,
     changed: Vec<(String, String)>,
@@ -483,6 +490,7 @@ impl Session {
         }
         Session {
             db,
+            planning_state: ctx.state(),
             ctx,
             catalog,
             settings,
@@ -922,19 +930,17 @@ impl Session {
 
     /// Keeps `plan` for repeated execution, optimized once where that is safe.
     pub(crate) fn cache(&self, plan: LogicalPlan) -> Result<CachedPlan> {
-        // Optimizing needs no per-query state (plans that read the clock are
-        // not optimized here), so the shared state is borrowed rather than
-        // cloned with all its function registries as `ctx.state()` would.
-        let state = self.ctx.state_ref();
-        let state = state.read();
-        CachedPlan::new(&state, plan)
+        // Optimizing needs no per-query state: plans that read the clock are
+        // not optimized here.
+        CachedPlan::new(&self.planning_state, plan)
     }
 
     /// Plans a statement with DataFusion against the current catalog.
     pub(crate) async fn plan(&self, mut statement: ast::Statement) -> Result<LogicalPlan> {
         crate::names::disambiguate_select_items(&mut statement);
-        self.ctx
-            .state()
+        // SQL-to-plan translation evaluates nothing, so the session's state
+        // serves (its query start time is not read).
+        self.planning_state
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await
             .map_err(map_df_error)
@@ -1250,19 +1256,32 @@ impl Session {
         optimized: bool,
         snapshot: Arc<dyn Snapshot>,
     ) -> Result<SendableRecordBatchStream> {
-        let state = self.ctx.state();
         let physical = if optimized {
-            state
+            self.planning_state
                 .query_planner()
-                .create_physical_plan(plan, &state)
+                .create_physical_plan(plan, &self.planning_state)
                 .await
         } else {
-            state.create_physical_plan(plan).await
+            // Optimized now, so `now()` and friends fold to this statement's
+            // start time, which `SessionContext::state` sets.
+            self.ctx.state().create_physical_plan(plan).await
         }
         .map_err(map_df_error)?;
+        let state = &self.planning_state;
         let mut config = state.config().clone();
         config.set_extension(Arc::new(ReadView { snapshot }));
-        let task = TaskContext::from(&state).with_session_config(config);
+        // Execution looks functions up nowhere (they are resolved into the
+        // physical plan), so the task carries no copies of the registries.
+        let task = TaskContext::new(
+            None,
+            state.session_id().to_string(),
+            config,
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            state.runtime_env().clone(),
+        );
         let mut stream = execute_stream(physical, Arc::new(task)).map_err(map_df_error)?;
         // The plan runs in a task of its own: one batch of a join can compute
         // for seconds without yielding, and the connection's task must stay
