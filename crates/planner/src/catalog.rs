@@ -522,6 +522,21 @@ impl Drop for DmlTargetGuard {
     }
 }
 
+impl SessionCatalog {
+    /// Puts in `other`'s system schemas (built once per node and shared).
+    pub(crate) fn share_system_schemas(&self, other: &SessionCatalog) {
+        let theirs = other
+            .system_schemas
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.system_schemas
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(theirs);
+    }
+}
+
 impl CatalogProvider for SessionCatalog {
     fn schema_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.shared.current().schemas.keys().cloned().collect();

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::{DFSchema, DataFusionError, ScalarValue};
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::SessionStateBuilder;
@@ -77,6 +78,8 @@ pub struct Database {
     pub(crate) rowids: dml::RowIdGenerator,
     pub(crate) transactions: Arc<TransactionRegistry>,
     pub(crate) topics: Arc<crate::topic::TopicCounters>,
+    /// What every session's DataFusion context starts from.
+    template: SessionTemplate,
 }
 
 impl fmt::Debug for Database {
@@ -91,7 +94,8 @@ impl Database {
         let catalog = Arc::new(SharedCatalog::default());
         let snapshot = raft.read_snapshot().await.map_err(dml::raft_error)?;
         catalog.refresh(snapshot.as_ref())?;
-        let db = Arc::new(Database {
+        let db = Arc::new_cyclic(|db: &std::sync::Weak<Database>| Database {
+            template: SessionTemplate::new(db.clone(), &raft, &catalog),
             raft,
             catalog,
             parser: PostgresCompatibilityParser::new(),
@@ -208,6 +212,72 @@ fn new_context() -> SessionContext {
     let ctx = SessionContext::new_with_state(state);
     ctx.add_optimizer_rule(Arc::new(ApplyCorrelatedSubqueries));
     ctx
+}
+
+/// A session's DataFusion state before the session's own catalog is put in:
+/// built once per node, because datafusion-pg-catalog decodes its static
+/// tables (about a megabyte of Arrow files) and registers its functions for
+/// every context it sets up, which made each connection cost megabytes and
+/// milliseconds.
+///
+/// Its system schemas (`pg_catalog` and `sluice_catalog`) are shared by every
+/// session. `pg_catalog` lists tables through the template's own catalog,
+/// which reads the same shared Sluice catalog as the sessions'.
+struct SessionTemplate {
+    state: SessionState,
+    catalog: Arc<SessionCatalog>,
+}
+
+impl SessionTemplate {
+    fn new(
+        db: std::sync::Weak<Database>,
+        raft: &Arc<RaftNode>,
+        shared: &Arc<SharedCatalog>,
+    ) -> Self {
+        let ctx = new_context();
+        // The template holds the database weakly: the database holds it.
+        let catalog = Arc::new(SessionCatalog::new(
+            shared.clone(),
+            Arc::new(move |def: &Arc<TableDef>| {
+                db.upgrade()
+                    .map(|db| db.defaults_for(def))
+                    .unwrap_or_default()
+            }),
+        ));
+        ctx.register_catalog(CATALOG_NAME, catalog.clone());
+        if let Err(e) =
+            datafusion_pg_catalog::setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
+        {
+            tracing::error!("pg_catalog setup failed: {e}");
+        }
+        if let Err(e) = datafusion::catalog::CatalogProvider::register_schema(
+            catalog.as_ref(),
+            crate::system_views::SCHEMA_NAME,
+            Arc::new(crate::system_views::SystemViews::new(
+                raft.clone(),
+                shared.clone(),
+            )),
+        ) {
+            tracing::error!("sluice_catalog setup failed: {e}");
+        }
+        crate::functions::register(&ctx);
+        SessionTemplate {
+            state: ctx.state(),
+            catalog,
+        }
+    }
+
+    /// A context of the template's state whose only catalog is `catalog`,
+    /// given the template's system schemas.
+    fn new_context(&self, catalog: &Arc<SessionCatalog>) -> SessionContext {
+        catalog.share_system_schemas(&self.catalog);
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog(CATALOG_NAME.to_string(), catalog.clone());
+        let state = SessionStateBuilder::new_from_existing(self.state.clone())
+            .with_catalog_list(catalogs)
+            .build();
+        SessionContext::new_with_state(state)
+    }
 }
 
 fn base_config() -> SessionConfig {
@@ -447,29 +517,12 @@ fn canonical_setting(name: &str) -> Option<String> {
 
 impl Session {
     fn new(db: Arc<Database>, startup: &[(String, String)]) -> Session {
-        let ctx = new_context();
         let defaults_db = db.clone();
         let catalog = Arc::new(SessionCatalog::new(
             db.catalog.clone(),
             Arc::new(move |def: &Arc<TableDef>| defaults_db.defaults_for(def)),
         ));
-        ctx.register_catalog(CATALOG_NAME, catalog.clone());
-        if let Err(e) =
-            datafusion_pg_catalog::setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
-        {
-            tracing::error!("pg_catalog setup failed: {e}");
-        }
-        if let Err(e) = datafusion::catalog::CatalogProvider::register_schema(
-            catalog.as_ref(),
-            crate::system_views::SCHEMA_NAME,
-            Arc::new(crate::system_views::SystemViews::new(
-                db.raft.clone(),
-                db.catalog.clone(),
-            )),
-        ) {
-            tracing::error!("sluice_catalog setup failed: {e}");
-        }
-        crate::functions::register(&ctx);
+        let ctx = db.template.new_context(&catalog);
         let mut settings = default_settings();
         let mut requested: Vec<(String, String)> = Vec::new();
         for (name, value) in startup {
