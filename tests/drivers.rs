@@ -21,17 +21,9 @@ fn script(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A driver's location from `variable`, else `default` under `$HOME` (where the scripts put it).
-fn installed(variable: &str, default: &str, how: &str) -> PathBuf {
-    let path = match std::env::var_os(variable) {
-        Some(path) => PathBuf::from(path),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME is set");
-            let mut path = PathBuf::from(home);
-            path.push(default);
-            path
-        }
-    };
+/// A driver's location from `variable`, else `default`, which must exist.
+fn installed(variable: &str, default: PathBuf, how: &str) -> PathBuf {
+    let path = std::env::var_os(variable).map_or(default, PathBuf::from);
     assert!(
         path.exists(),
         "{} not found: {how} (scripts/test does) or set {variable}",
@@ -40,10 +32,15 @@ fn installed(variable: &str, default: &str, how: &str) -> PathBuf {
     path
 }
 
+/// `relative` under `$HOME`, where the driver scripts install.
+fn in_home(relative: &str) -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").expect("HOME is set")).join(relative)
+}
+
 fn python() -> PathBuf {
     installed(
         "SLUICE_PYTHON",
-        ".cache/sluice-pyenv/bin/python",
+        in_home(".cache/sluice-pyenv/bin/python"),
         "run scripts/python-env",
     )
 }
@@ -51,21 +48,17 @@ fn python() -> PathBuf {
 fn node_pg() -> PathBuf {
     installed(
         "SLUICE_NODE_PG",
-        ".cache/sluice-nodeenv/node_modules/pg",
+        in_home(".cache/sluice-nodeenv/node_modules/pg"),
         "run scripts/node-env",
     )
 }
 
 fn pgjdbc() -> PathBuf {
-    let path = std::env::var_os("SLUICE_PGJDBC")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/share/java/postgresql.jar"));
-    assert!(
-        path.exists(),
-        "{} not found: run scripts/install-deps (it installs libpostgresql-jdbc-java) or set SLUICE_PGJDBC",
-        path.display()
-    );
-    path
+    installed(
+        "SLUICE_PGJDBC",
+        PathBuf::from("/usr/share/java/postgresql.jar"),
+        "run scripts/install-deps (it installs libpostgresql-jdbc-java)",
+    )
 }
 
 #[test]

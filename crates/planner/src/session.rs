@@ -267,16 +267,15 @@ impl SessionTemplate {
         }
     }
 
-    /// A context of the template's state whose only catalog is `catalog`,
-    /// given the template's system schemas.
-    fn new_context(&self, catalog: &Arc<SessionCatalog>) -> SessionContext {
+    /// The template's state whose only catalog is `catalog`, given the
+    /// template's system schemas.
+    fn session_state(&self, catalog: &Arc<SessionCatalog>) -> SessionState {
         catalog.share_system_schemas(&self.catalog);
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog(CATALOG_NAME.to_string(), catalog.clone());
-        let state = SessionStateBuilder::new_from_existing(self.state.clone())
+        SessionStateBuilder::new_from_existing(self.state.clone())
             .with_catalog_list(catalogs)
-            .build();
-        SessionContext::new_with_state(state)
+            .build()
     }
 }
 
@@ -432,12 +431,11 @@ impl PreparedKind {
 /// One client connection's state.
 pub struct Session {
     pub(crate) db: Arc<Database>,
-    pub(crate) ctx: SessionContext,
-    /// `ctx`'s state, taken once: the context is not changed after the
-    /// session opens (the catalog changes behind a shared provider), and
-    /// `SessionContext::state` clones every function registry per call.
-    /// Its query start time is the session's, so only plans that do not
-    /// read the clock are planned from it (see [`Self::run_plan`]).
+    /// The session's DataFusion state. It does not change after the session
+    /// opens (the catalog changes behind a shared provider), so statements
+    /// borrow it rather than clone it with every function registry. Its
+    /// query start time is the session's: plans that read the clock are
+    /// planned from a clone that marks its own start (see [`Self::run_plan`]).
     planning_state: SessionState,
     pub(crate) catalog: Arc<SessionCatalog>,
     settings: BTreeMap<String, String>,
@@ -522,7 +520,7 @@ impl Session {
             db.catalog.clone(),
             Arc::new(move |def: &Arc<TableDef>| defaults_db.defaults_for(def)),
         ));
-        let ctx = db.template.new_context(&catalog);
+        let planning_state = db.template.session_state(&catalog);
         let mut settings = default_settings();
         let mut requested: Vec<(String, String)> = Vec::new();
         for (name, value) in startup {
@@ -543,8 +541,7 @@ impl Session {
         }
         Session {
             db,
-            planning_state: ctx.state(),
-            ctx,
+            planning_state,
             catalog,
             settings,
             changed: Vec::new(),
@@ -1316,8 +1313,10 @@ impl Session {
                 .await
         } else {
             // Optimized now, so `now()` and friends fold to this statement's
-            // start time, which `SessionContext::state` sets.
-            self.ctx.state().create_physical_plan(plan).await
+            // start time.
+            let mut state = self.planning_state.clone();
+            state.mark_start_execution();
+            state.create_physical_plan(plan).await
         }
         .map_err(map_df_error)?;
         let state = &self.planning_state;
