@@ -104,8 +104,11 @@ impl Interrupt {
         work: impl Future<Output = PgWireResult<T>>,
     ) -> PgWireResult<T> {
         tokio::select! {
-            result = work => result,
+            // A statement whose deadline has passed fails even if its result
+            // became ready in the same wake-up.
+            biased;
             error = self.fired() => Err(error),
+            result = work => result,
         }
     }
 

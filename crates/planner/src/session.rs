@@ -1334,21 +1334,27 @@ impl Session {
             HashMap::new(),
             state.runtime_env().clone(),
         );
-        let mut stream = execute_stream(physical, Arc::new(task)).map_err(map_df_error)?;
-        // The plan runs in a task of its own: one batch of a join can compute
-        // for seconds without yielding, and the connection's task must stay
-        // free to answer a cancel or statement_timeout on time. Dropping the
-        // returned stream aborts the task.
-        let mut builder = RecordBatchReceiverStream::builder(stream.schema(), 2);
+        // The plan runs on the query runtime (see [`query_runtime`]): one
+        // batch of a join can compute for seconds without yielding, and the
+        // connection's runtime must stay free to answer a cancel or
+        // statement_timeout on time. `execute` itself runs there too, since
+        // operators such as CoalescePartitionsExec spawn their partitions'
+        // tasks from it. Dropping the returned stream aborts the task.
+        let runtime = query_runtime()?;
+        let mut builder = RecordBatchReceiverStream::builder(physical.schema(), 2);
         let tx = builder.tx();
-        builder.spawn(async move {
-            while let Some(batch) = stream.next().await {
-                if tx.send(batch).await.is_err() {
-                    break;
+        builder.spawn_on(
+            async move {
+                let mut stream = execute_stream(physical, Arc::new(task))?;
+                while let Some(batch) = stream.next().await {
+                    if tx.send(batch).await.is_err() {
+                        break;
+                    }
                 }
-            }
-            Ok(())
-        });
+                Ok(())
+            },
+            runtime,
+        );
         Ok(builder.build())
     }
 
@@ -1894,6 +1900,35 @@ fn clean_message(message: &str) -> String {
         }
     }
     text.to_string()
+}
+
+/// The runtime that executes physical plans, one per process, apart from the
+/// runtime that serves connections. DataFusion operators compute a whole batch
+/// per poll and spawn one task per partition, so on a machine with few cores
+/// they can occupy every worker of a shared runtime for seconds; the
+/// connection tasks that enforce statement_timeout, answer CancelRequest and
+/// serve other sessions would then wait behind them. With plans on their own
+/// threads the OS scheduler shares the cores between both.
+fn query_runtime() -> Result<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
+        std::sync::OnceLock::new();
+    let built = RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+            .thread_name("sluice-query")
+            // Executing deep (but legal) expressions recurses like planning them.
+            .thread_stack_size(8 << 20)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    match built {
+        Ok(runtime) => Ok(runtime.handle()),
+        Err(e) => Err(Error::new(
+            sqlstate::INTERNAL_ERROR,
+            format!("start the query runtime: {e}"),
+        )),
+    }
 }
 
 #[cfg(test)]
