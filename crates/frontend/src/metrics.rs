@@ -57,6 +57,7 @@ struct RaftGauges {
     proposal_failures: IntGauge,
     forwarded_proposals: IntGauge,
     snapshots_installed: IntGauge,
+    leader_loss_elections: IntGauge,
     snapshot_index: IntGauge,
     purged_index: IntGauge,
     members: IntGauge,
@@ -138,6 +139,10 @@ impl Metrics {
             snapshots_installed: IntGauge::new(
                 "sluice_raft_snapshots_installed",
                 "Snapshots received from a leader and installed",
+            )?,
+            leader_loss_elections: IntGauge::new(
+                "sluice_raft_leader_loss_elections",
+                "Elections started at once because the leader's peer port refused connections",
             )?,
             snapshot_index: IntGauge::new(
                 "sluice_raft_snapshot_index",
@@ -230,6 +235,7 @@ impl Metrics {
             &raft.proposal_failures,
             &raft.forwarded_proposals,
             &raft.snapshots_installed,
+            &raft.leader_loss_elections,
             &raft.snapshot_index,
             &raft.purged_index,
             &raft.members,
@@ -314,6 +320,9 @@ impl Metrics {
         gauges
             .snapshots_installed
             .set(saturate(status.snapshots_installed));
+        gauges
+            .leader_loss_elections
+            .set(saturate(status.leader_loss_elections));
         gauges.snapshot_index.set(saturate(status.snapshot_index));
         gauges.purged_index.set(saturate(status.purged_index));
         gauges.members.set(saturate(raft.members().len() as u64));

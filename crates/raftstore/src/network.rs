@@ -149,7 +149,7 @@ impl FaultFilter {
         peers
     }
 
-    fn blocks(&self, peer: NodeId) -> bool {
+    pub(crate) fn blocks(&self, peer: NodeId) -> bool {
         self.lock().isolated_from.contains(&peer)
     }
 
@@ -192,6 +192,45 @@ async fn read_frame<T: DeserializeOwned>(stream: &mut TcpStream) -> std::io::Res
     let mut body = vec![0u8; len];
     stream.read_exact(&mut body).await?;
     postcard::from_bytes(&body).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// What a peer's port says about the process behind it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Liveness {
+    /// The port refused or reset the connection: no process serves it.
+    Gone,
+    /// The peer answered a status request.
+    Answering,
+    /// No answer in time, or the connection was dropped unanswered (as a
+    /// node isolated by its fault filter does): a silent host or a
+    /// partition, which only timeouts can tell apart from a slow peer.
+    Unknown,
+}
+
+/// Asks `to` at `addr` for its status on a fresh connection.
+pub(crate) async fn probe(from: NodeId, to: NodeId, addr: &str, timeout: Duration) -> Liveness {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let envelope = Envelope {
+            from,
+            to,
+            request: PeerRequest::Status,
+        };
+        write_frame(&mut stream, &envelope).await?;
+        read_frame::<PeerResponse>(&mut stream).await
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Ok(_)) => Liveness::Answering,
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::ConnectionReset
+            ) =>
+        {
+            Liveness::Gone
+        }
+        _ => Liveness::Unknown,
+    }
 }
 
 /// Why a request to a peer did not get an answer.
@@ -448,6 +487,12 @@ pub(crate) trait PeerHandler: Send + Sync + 'static {
         &self,
         request: PeerRequest,
     ) -> impl std::future::Future<Output = PeerResponse> + Send;
+    /// A connection over which `peer` sent AppendEntries was closed by the
+    /// other end (not by this node's fault filter).
+    fn replication_connection_lost(
+        &self,
+        peer: NodeId,
+    ) -> impl std::future::Future<Output = ()> + Send;
 }
 
 /// Accepts peer connections until `stop` is cancelled.
@@ -490,6 +535,10 @@ async fn serve_connection<H: PeerHandler>(
     faults: FaultFilter,
     handler: Arc<H>,
 ) {
+    // Who replicated to this node over this connection: when a leader's
+    // process dies, the kernel closes its sockets, and that end of file is
+    // the earliest sign of it, long before heartbeats are missed.
+    let mut replicating_peer = None;
     loop {
         let envelope: Envelope = match read_frame(&mut stream).await {
             Ok(envelope) => envelope,
@@ -497,12 +546,19 @@ async fn serve_connection<H: PeerHandler>(
                 if e.kind() != std::io::ErrorKind::UnexpectedEof {
                     tracing::debug!("peer connection closed: {e}");
                 }
+                if let Some(peer) = replicating_peer {
+                    drop(stream);
+                    handler.replication_connection_lost(peer).await;
+                }
                 return;
             }
         };
         if faults.blocks(envelope.from) {
             // An isolated node hears nothing: drop the connection unanswered.
             return;
+        }
+        if matches!(envelope.request, PeerRequest::AppendEntries(_)) {
+            replicating_peer = Some(envelope.from);
         }
         // A joining node does not know the id of the seed it asks.
         let addressed_here = envelope.to == node_id
@@ -599,5 +655,34 @@ mod tests {
         ));
         faults.heal();
         assert!(faults.isolated_from_peers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn probe_tells_a_gone_process_from_a_live_or_silent_one() {
+        let timeout = Duration::from_millis(300);
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_addr = closed.local_addr().unwrap().to_string();
+        drop(closed);
+        assert_eq!(probe(1, 2, &closed_addr, timeout).await, Liveness::Gone);
+
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_addr = live.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            // Answers the first connection, drops the second unanswered (an
+            // isolating fault filter), and keeps the third silent.
+            let (mut answered, _) = live.accept().await.unwrap();
+            read_frame::<Envelope>(&mut answered).await.unwrap();
+            write_frame(&mut answered, &PeerResponse::Done)
+                .await
+                .unwrap();
+            let (mut dropped, _) = live.accept().await.unwrap();
+            read_frame::<Envelope>(&mut dropped).await.unwrap();
+            drop(dropped);
+            let (_silent, _) = live.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        });
+        assert_eq!(probe(1, 2, &live_addr, timeout).await, Liveness::Answering);
+        assert_eq!(probe(1, 2, &live_addr, timeout).await, Liveness::Unknown);
+        assert_eq!(probe(1, 2, &live_addr, timeout).await, Liveness::Unknown);
     }
 }

@@ -40,7 +40,8 @@ use crate::command::{ApplyOutcome, Command, CommandBatch, CommandResponse};
 use crate::error::{from_check_leader, from_client_write, from_fatal, Error, Result};
 use crate::log_store::LogStore;
 use crate::network::{
-    FaultFilter, PeerConnection, PeerHandler, PeerRequest, PeerResponse, SendError, TcpNetwork,
+    probe, FaultFilter, Liveness, PeerConnection, PeerHandler, PeerRequest, PeerResponse,
+    SendError, TcpNetwork,
 };
 use crate::state_machine::StateMachine;
 use crate::types::{FatalSlot, NodeId, StorageUsers, TypeConfig};
@@ -61,6 +62,10 @@ const STATUS_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long the leader may take to catch a joining node up before the join
 /// fails (the node retries).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a follower that lost its leader's connection waits for the
+/// leader's peer port to answer. A dead process on a live host refuses at
+/// once; a silent host is left to the election timer.
+const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
 /// Pause between routing attempts while a leader change settles.
 const ROUTE_RETRY: Duration = Duration::from_millis(10);
 /// Worker threads of a node's own runtime: two, so that an fsync or an
@@ -204,6 +209,10 @@ pub struct NodeStatus {
     pub forwarded_proposals: u64,
     /// Snapshots received and installed from a leader.
     pub snapshots_installed: u64,
+    /// Elections this node started at once because the leader's process was
+    /// found gone (its peer port refusing connections), without waiting for
+    /// the election timeout.
+    pub leader_loss_elections: u64,
     /// Milliseconds since the leader last heard from a quorum (leader only).
     pub millis_since_quorum_ack: Option<u64>,
     /// Replication progress per follower (leader only).
@@ -236,6 +245,11 @@ struct Counters {
     proposal_failures: AtomicU64,
     forwarded_proposals: AtomicU64,
     snapshots_installed: AtomicU64,
+    leader_loss_elections: AtomicU64,
+    /// The highest term in which this node started a leader-loss election,
+    /// so that the several connections a dead leader leaves behind start
+    /// one election, not one each.
+    leader_loss_term: AtomicU64,
     committed_index: Arc<AtomicU64>,
 }
 
@@ -917,6 +931,7 @@ impl Shared {
             proposal_failures: counters.proposal_failures.load(Ordering::Relaxed),
             forwarded_proposals: counters.forwarded_proposals.load(Ordering::Relaxed),
             snapshots_installed: counters.snapshots_installed.load(Ordering::Relaxed),
+            leader_loss_elections: counters.leader_loss_elections.load(Ordering::Relaxed),
             millis_since_quorum_ack: metrics.millis_since_quorum_ack,
             followers,
         }
@@ -1233,6 +1248,61 @@ impl PeerHandler for Shared {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Starts an election at once when the leader that replicated over a
+    /// closed connection is really gone. Waiting for the election timer
+    /// costs openraft's leader lease plus a random timeout (450–600 ms at
+    /// the defaults), and more when the first candidate has the shorter
+    /// log; a leader process that was killed or stopped is known dead as
+    /// soon as its peer port refuses or resets a connection. Anything else
+    /// (the leader answers, stays silent, or its fault filter drops us) leaves
+    /// the decision to the timers, so a dropped connection between live
+    /// nodes never disturbs their leadership.
+    async fn replication_connection_lost(&self, peer: NodeId) {
+        let follows_peer = |metrics: &RaftMetrics<NodeId, BasicNode>| {
+            metrics.current_leader == Some(peer) && metrics.state == ServerState::Follower
+        };
+        let term = {
+            let metrics = self.metrics.borrow();
+            if !follows_peer(&metrics) {
+                return;
+            }
+            metrics.current_term
+        };
+        let Some(pool) = &self.peers else { return };
+        if self.shutting_down()
+            || pool.faults.blocks(peer)
+            || self.counters.leader_loss_term.load(Ordering::Acquire) >= term
+        {
+            return;
+        }
+        let Some(addr) = self.member_addr(peer) else {
+            return;
+        };
+        let liveness = probe(self.node_id, peer, &addr, LEADER_PROBE_TIMEOUT).await;
+        if liveness != Liveness::Gone || !follows_peer(&self.metrics.borrow()) {
+            return;
+        }
+        if self
+            .counters
+            .leader_loss_term
+            .fetch_max(term, Ordering::AcqRel)
+            >= term
+        {
+            return;
+        }
+        tracing::info!(
+            leader = peer,
+            term,
+            "the leader's peer port at {addr} refuses connections: starting an election now"
+        );
+        self.counters
+            .leader_loss_elections
+            .fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.raft.trigger().elect().await {
+            tracing::warn!("start an election after losing leader {peer}: {e}");
+        }
+    }
+
     async fn handle_sluice(&self, request: PeerRequest) -> PeerResponse {
         if self.check_running().is_err() {
             return PeerResponse::Failed("node is stopping".into());
@@ -1373,6 +1443,7 @@ mod tests {
             proposal_failures: 0,
             forwarded_proposals: 0,
             snapshots_installed: 0,
+            leader_loss_elections: 0,
             millis_since_quorum_ack: None,
             followers: Vec::new(),
         }

@@ -28,12 +28,23 @@ fn config(id: u64, dir: &TempDir, snapshot_every: u64) -> RaftConfig {
 }
 
 async fn member(id: u64, bootstrap: Bootstrap, snapshot_every: u64) -> Member {
+    member_tuned(id, bootstrap, snapshot_every, |_| {}).await
+}
+
+async fn member_tuned(
+    id: u64,
+    bootstrap: Bootstrap,
+    snapshot_every: u64,
+    tune: impl Fn(&mut RaftConfig),
+) -> Member {
     let dir = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
+    let mut config = config(id, &dir, snapshot_every);
+    tune(&mut config);
     let node = RaftNode::start_cluster(
         MemoryEngine::new(),
-        config(id, &dir, snapshot_every),
+        config,
         PeerSetup {
             listener,
             advertise_addr: addr.clone(),
@@ -51,11 +62,20 @@ async fn member(id: u64, bootstrap: Bootstrap, snapshot_every: u64) -> Member {
 }
 
 async fn cluster(size: u64, snapshot_every: u64) -> Vec<Member> {
-    let first = member(1, Bootstrap::Init, snapshot_every).await;
+    cluster_tuned(size, snapshot_every, |_| {}).await
+}
+
+async fn cluster_tuned(
+    size: u64,
+    snapshot_every: u64,
+    tune: impl Fn(&mut RaftConfig) + Copy,
+) -> Vec<Member> {
+    let first = member_tuned(1, Bootstrap::Init, snapshot_every, tune).await;
     let seed = first.addr.clone();
     let mut members = vec![first];
     for id in 2..=size {
-        members.push(member(id, Bootstrap::Join(vec![seed.clone()]), snapshot_every).await);
+        let join = Bootstrap::Join(vec![seed.clone()]);
+        members.push(member_tuned(id, join, snapshot_every, tune).await);
     }
     members
 }
@@ -265,5 +285,55 @@ async fn elections_go_on_while_the_callers_runtime_is_blocked() {
             .map(|s| (s.node_id, s.role.clone(), s.term))
             .collect::<Vec<_>>()
     );
+    shutdown(members).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn survivors_elect_at_once_when_the_leaders_process_is_gone() {
+    // Timers so slow that they cannot elect anyone within this test (the
+    // leader lease of 30 s plus a timeout of 20 s or more): the survivors
+    // must find out from the leader's closed connections and its refusing
+    // peer port, and elect a leader right away.
+    let slow_timers = |c: &mut RaftConfig| {
+        c.heartbeat_interval_ms = 1_000;
+        c.election_timeout_min_ms = 20_000;
+        c.election_timeout_max_ms = 30_000;
+    };
+    let mut members = cluster_tuned(3, 10_000, slow_timers).await;
+    let refs: Vec<&Member> = members.iter().collect();
+    let leader = leader_of(&refs).await;
+    let term = members[leader].node.status().term;
+    members[leader]
+        .node
+        .propose(put("before", "1"))
+        .await
+        .unwrap();
+    let stopped = members.remove(leader);
+    stopped.node.shutdown().await.unwrap();
+    let stopped_at = Instant::now();
+
+    let survivors: Vec<&Member> = members.iter().collect();
+    let new = leader_of(&survivors).await;
+    let elected_after = stopped_at.elapsed();
+    assert!(survivors[new].node.status().term > term);
+    assert!(
+        elected_after < Duration::from_secs(10),
+        "a new leader took {elected_after:?}"
+    );
+    let started: u64 = survivors
+        .iter()
+        .map(|m| m.node.status().leader_loss_elections)
+        .sum();
+    assert!(
+        (1..=2).contains(&started),
+        "each survivor starts at most one election for the lost leader: {started}"
+    );
+    survivors[1 - new]
+        .node
+        .propose(put("after", "2"))
+        .await
+        .unwrap();
+    let data = converge(&survivors).await;
+    assert_eq!(data.len(), 2);
     shutdown(members).await;
 }
