@@ -8,14 +8,18 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
+use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::{DFSchema, DataFusionError, ScalarValue};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_plan::execute_stream;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion::sql::parser::Statement as DfStatement;
 use datafusion::sql::sqlparser::ast;
@@ -30,7 +34,7 @@ use crate::apply::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
 use crate::cached_plan::CachedPlan;
 use crate::catalog::{SessionCatalog, SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
 use crate::names::identifier;
-use crate::table::ReadView;
+use crate::table::{ReadView, SluiceScanExec};
 use crate::transaction::{
     IsolationLevel, Transaction, TransactionRegistry, TransactionState, TransactionStats,
 };
@@ -1334,6 +1338,12 @@ impl Session {
             HashMap::new(),
             state.runtime_env().clone(),
         );
+        if is_point_sized(physical.as_ref()) {
+            // A point lookup or an INSERT's VALUES computes for microseconds:
+            // the two thread hand-offs to the query runtime and back would cost
+            // more than the plan itself (see [`is_point_sized`]).
+            return execute_stream(physical, Arc::new(task)).map_err(map_df_error);
+        }
         // The plan runs on the query runtime (see [`query_runtime`]): one
         // batch of a join can compute for seconds without yielding, and the
         // connection's runtime must stay free to answer a cancel or
@@ -1902,6 +1912,54 @@ fn clean_message(message: &str) -> String {
     text.to_string()
 }
 
+/// Most rows a plan may run inline on the connection's task: see [`is_point_sized`].
+const INLINE_PLAN_ROWS: usize = 10_000;
+
+/// Whether `plan` is cheap whatever the data: one partition throughout, and
+/// leaves that are point lookups ([`SluiceScanExec::reads_at_most_one_row`]),
+/// the constant row of a FROM-less SELECT, or VALUES already in memory, whose
+/// row counts multiplied (what a cross join of them could produce) stay within
+/// [`INLINE_PLAN_ROWS`]. Such a plan (a point select, an INSERT's VALUES) runs
+/// inline on the connection's task, where the two thread hand-offs to the
+/// query runtime and back would cost more than the plan. Anything else (a
+/// scan, a table function such as generate_series, a recursive CTE) goes to
+/// the query runtime, since only there can a long computation not delay
+/// cancels and other sessions.
+fn is_point_sized(plan: &dyn ExecutionPlan) -> bool {
+    leaf_rows_product(plan).is_some_and(|rows| rows <= INLINE_PLAN_ROWS)
+}
+
+/// The product of the leaves' row counts, `None` when a leaf's count is not
+/// bounded by the statement itself or an operator runs partitions in parallel.
+fn leaf_rows_product(plan: &dyn ExecutionPlan) -> Option<usize> {
+    if plan.properties().output_partitioning().partition_count() != 1 {
+        return None;
+    }
+    let children = plan.children();
+    if children.is_empty() {
+        if let Some(scan) = plan.downcast_ref::<SluiceScanExec>() {
+            return scan.reads_at_most_one_row().then_some(1);
+        }
+        if plan.is::<PlaceholderRowExec>() || plan.is::<EmptyExec>() {
+            return Some(1);
+        }
+        let memory = plan
+            .downcast_ref::<DataSourceExec>()?
+            .data_source()
+            .downcast_ref::<MemorySourceConfig>()?;
+        let rows = memory
+            .partitions()
+            .iter()
+            .flatten()
+            .map(|b| b.num_rows())
+            .sum();
+        return Some(usize::max(rows, 1));
+    }
+    children.into_iter().try_fold(1usize, |product, child| {
+        product.checked_mul(leaf_rows_product(child.as_ref())?)
+    })
+}
+
 /// The runtime that executes physical plans, one per process, apart from the
 /// runtime that serves connections. DataFusion operators compute a whole batch
 /// per poll and spawn one task per partition, so on a machine with few cores
@@ -1934,6 +1992,52 @@ fn query_runtime() -> Result<&'static tokio::runtime::Handle> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The physical plan DataFusion builds for `sql` (no Sluice tables involved).
+    fn physical_plan_of(sql: &str) -> Arc<dyn ExecutionPlan> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let ctx = SessionContext::new();
+            ctx.sql(sql)
+                .await
+                .unwrap()
+                .create_physical_plan()
+                .await
+                .unwrap()
+        })
+    }
+
+    #[test]
+    fn only_plans_bounded_by_the_statement_run_inline() {
+        let ten_rows = (1..=10)
+            .map(|n| format!("({n})"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for inline in ["SELECT 1 + 1", &format!("VALUES {ten_rows}")] {
+            assert!(
+                is_point_sized(physical_plan_of(inline).as_ref()),
+                "{inline}"
+            );
+        }
+        let hundred = (1..=100)
+            .map(|n| format!("({n})"))
+            .collect::<Vec<_>>()
+            .join(",");
+        // 100 × 100 × 100 rows: each VALUES is small, their cross join is not
+        // (a count(*) would be answered from statistics, so the sum).
+        let cross = format!(
+            "SELECT sum(a.column1 * b.column1 * c.column1) FROM (VALUES {hundred}) a, (VALUES {hundred}) b, (VALUES {hundred}) c"
+        );
+        for offloaded in [
+            "SELECT * FROM generate_series(1, 10)",
+            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r",
+            &cross,
+        ] {
+            assert!(!is_point_sized(physical_plan_of(offloaded).as_ref()), "{offloaded}");
+        }
+    }
 
     #[test]
     fn durations_parse_like_postgres() {

@@ -127,7 +127,7 @@ impl TableProvider for SluiceTable {
         let schema = Arc::new(self.schema.project(&projection)?);
         let (source, range, range_text) = scan_source_for(&self.def, filters);
         let batch_size = state.config().batch_size().clamp(64, 8192);
-        Ok(Arc::new(SluiceScanExec::new(
+        let mut scan = SluiceScanExec::new(
             self.def.clone(),
             schema,
             projection,
@@ -137,7 +137,9 @@ impl TableProvider for SluiceTable {
             range_text,
             limit,
             batch_size,
-        )))
+        );
+        scan.reads_one_key = pins_the_whole_primary_key(&self.def, filters);
+        Ok(Arc::new(scan))
     }
 }
 
@@ -231,6 +233,15 @@ fn index_columns(index: &IndexDef) -> Vec<usize> {
 enum ScanSource {
     Rows,
     Index,
+}
+
+/// Whether `filters` fix every primary-key column by equality, so a scan
+/// over them reads at most one row whatever the table's size.
+fn pins_the_whole_primary_key(def: &TableDef, filters: &[Expr]) -> bool {
+    let bounds = key_bounds_of(def, &def.primary_key, filters);
+    !def.primary_key.is_empty()
+        && bounds.len() == def.primary_key.len()
+        && bounds.iter().all(|b| b.eq.is_some())
 }
 
 /// The cheapest source for `filters`: a primary-key range when the key is
@@ -401,6 +412,8 @@ pub struct SluiceScanExec {
     limit: Option<usize>,
     batch_size: usize,
     properties: Arc<PlanProperties>,
+    /// The range is one primary key: see [`Self::reads_at_most_one_row`].
+    reads_one_key: bool,
 }
 
 impl SluiceScanExec {
@@ -436,7 +449,13 @@ impl SluiceScanExec {
             limit,
             batch_size,
             properties,
+            reads_one_key: false,
         }
+    }
+
+    /// A point lookup: the scan's cost does not grow with the table.
+    pub(crate) fn reads_at_most_one_row(&self) -> bool {
+        self.reads_one_key || self.limit.is_some_and(|limit| limit <= 1)
     }
 }
 
