@@ -1195,7 +1195,8 @@ async fn supported_types_round_trip() {
 }
 
 /// A query that computes for a long time inside one batch of a join, over a Sluice table, is still
-/// interrupted by statement_timeout on time, and the session carries on.
+/// interrupted by statement_timeout on time, and the session carries on. (The load also names
+/// generate_series' column after its alias, as PostgreSQL does.)
 #[tokio::test]
 async fn cpu_bound_join_is_interrupted_by_statement_timeout() {
     let server = TestServer::start();
@@ -1203,7 +1204,7 @@ async fn cpu_bound_join_is_interrupted_by_statement_timeout() {
     batch(
         &client,
         "CREATE TABLE big (id bigint PRIMARY KEY, v bigint); \
-         INSERT INTO big SELECT value, value % 97 FROM generate_series(1, 20000)",
+         INSERT INTO big SELECT g, g % 97 FROM generate_series(1, 20000) g",
     )
     .await;
     batch(&client, "SET statement_timeout = '300ms'").await;

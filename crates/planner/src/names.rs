@@ -66,6 +66,41 @@ pub fn disambiguate_select_items(statement: &mut ast::Statement) {
     let _ = ast::VisitMut::visit(statement, &mut Disambiguate);
 }
 
+/// Names the column of a one-column table function after its table alias.
+///
+/// In PostgreSQL `FROM generate_series(1, 3) g` makes a column `g`; DataFusion
+/// names it `value` whatever the alias, so `SELECT g FROM generate_series(…) g`
+/// would fail. An alias without a column list gets that column list.
+pub fn name_function_columns_after_their_alias(statement: &mut ast::Statement) {
+    struct NameColumns;
+    impl ast::VisitorMut for NameColumns {
+        type Break = ();
+        fn pre_visit_table_factor(&mut self, factor: &mut ast::TableFactor) -> ControlFlow<()> {
+            if let ast::TableFactor::Table {
+                name,
+                args: Some(_),
+                alias: Some(alias),
+                with_ordinality: false,
+                ..
+            } = factor
+            {
+                let function = name.0.last().and_then(|part| part.as_ident());
+                let one_column = function.is_some_and(|f| {
+                    ["generate_series", "range"].contains(&identifier(f).as_str())
+                });
+                if one_column && alias.columns.is_empty() {
+                    alias.columns = vec![ast::TableAliasColumnDef {
+                        name: alias.name.clone(),
+                        data_type: None,
+                    }];
+                }
+            }
+            ControlFlow::Continue(())
+        }
+    }
+    let _ = ast::VisitMut::visit(statement, &mut NameColumns);
+}
+
 fn alias_ambiguous_items(items: &mut [ast::SelectItem]) {
     let names: Vec<Option<String>> = items
         .iter()
@@ -242,6 +277,29 @@ mod tests {
             .remove(0);
         disambiguate_select_items(&mut statement);
         statement.to_string()
+    }
+
+    #[test]
+    fn a_one_column_function_takes_its_alias_as_column_name() {
+        let renamed = |sql: &str| {
+            let mut statement = Parser::parse_sql(&PostgreSqlDialect {}, sql)
+                .unwrap()
+                .remove(0);
+            name_function_columns_after_their_alias(&mut statement);
+            statement.to_string()
+        };
+        assert_eq!(
+            renamed("SELECT g FROM generate_series(1, 3) g"),
+            "SELECT g FROM generate_series(1, 3) g (g)"
+        );
+        // An explicit column list, another function and a plain table stay as written.
+        for unchanged in [
+            "SELECT n FROM generate_series(1, 3) AS g (n)",
+            "SELECT * FROM UNNEST(ARRAY[1]) AS u",
+            "SELECT * FROM t AS g",
+        ] {
+            assert_eq!(renamed(unchanged), unchanged);
+        }
     }
 
     #[test]

@@ -992,6 +992,7 @@ impl Session {
     /// Plans a statement with DataFusion against the current catalog.
     pub(crate) async fn plan(&self, mut statement: ast::Statement) -> Result<LogicalPlan> {
         crate::names::disambiguate_select_items(&mut statement);
+        crate::names::name_function_columns_after_their_alias(&mut statement);
         // SQL-to-plan translation evaluates nothing, so the session's state
         // serves (its query start time is not read).
         self.planning_state
