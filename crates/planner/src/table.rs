@@ -125,9 +125,9 @@ impl TableProvider for SluiceTable {
             None => (0..self.schema.fields().len()).collect(),
         };
         let schema = Arc::new(self.schema.project(&projection)?);
-        let (source, range, range_text) = scan_source_for(&self.def, filters);
+        let (source, range, range_text, one_key) = scan_source_for(&self.def, filters);
         let batch_size = state.config().batch_size().clamp(64, 8192);
-        let mut scan = SluiceScanExec::new(
+        Ok(Arc::new(SluiceScanExec::new(
             self.def.clone(),
             schema,
             projection,
@@ -135,11 +135,10 @@ impl TableProvider for SluiceTable {
             source,
             range,
             range_text,
+            one_key,
             limit,
             batch_size,
-        );
-        scan.reads_one_key = pins_the_whole_primary_key(&self.def, filters);
-        Ok(Arc::new(scan))
+        )))
     }
 }
 
@@ -235,22 +234,14 @@ enum ScanSource {
     Index,
 }
 
-/// Whether `filters` fix every primary-key column by equality, so a scan
-/// over them reads at most one row whatever the table's size.
-fn pins_the_whole_primary_key(def: &TableDef, filters: &[Expr]) -> bool {
-    let bounds = key_bounds_of(def, &def.primary_key, filters);
-    !def.primary_key.is_empty()
-        && bounds.len() == def.primary_key.len()
-        && bounds.iter().all(|b| b.eq.is_some())
-}
-
 /// The cheapest source for `filters`: a primary-key range when the key is
 /// constrained, else the public index with the longest constrained prefix
-/// (equalities first), else the whole table.
-fn scan_source_for(def: &TableDef, filters: &[Expr]) -> (ScanSource, KeyRange, String) {
+/// (equalities first), else the whole table. The flag says whether the range
+/// is one primary key: every key column pinned by equality.
+fn scan_source_for(def: &TableDef, filters: &[Expr]) -> (ScanSource, KeyRange, String, bool) {
     let key: Vec<(usize, bool)> = def.primary_key.iter().map(|&c| (c, false)).collect();
-    if let Some((range, text, _)) = range_over(def, def.rows_prefix(), &key, filters) {
-        return (ScanSource::Rows, range, text);
+    if let Some((range, text, score)) = range_over(def, def.rows_prefix(), &key, filters) {
+        return (ScanSource::Rows, range, text, score == 2 * key.len());
     }
     let best = def
         .indexes
@@ -271,8 +262,14 @@ fn scan_source_for(def: &TableDef, filters: &[Expr]) -> (ScanSource, KeyRange, S
             ScanSource::Index,
             range,
             format!("index {} ({text})", index.name),
+            false,
         ),
-        None => (ScanSource::Rows, def.rows_range(), "full".to_string()),
+        None => (
+            ScanSource::Rows,
+            def.rows_range(),
+            "full".to_string(),
+            false,
+        ),
     }
 }
 
@@ -426,6 +423,7 @@ impl SluiceScanExec {
         source: ScanSource,
         range: KeyRange,
         range_text: String,
+        reads_one_key: bool,
         limit: Option<usize>,
         batch_size: usize,
     ) -> Self {
@@ -449,7 +447,7 @@ impl SluiceScanExec {
             limit,
             batch_size,
             properties,
-            reads_one_key: false,
+            reads_one_key,
         }
     }
 
@@ -639,5 +637,48 @@ impl ScanReader {
         let options = RecordBatchOptions::new().with_row_count(Some(page.len()));
         RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
             .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, format!("build scan batch: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::prelude::{col, lit};
+
+    use super::*;
+    use crate::catalog::ColumnDef;
+
+    #[test]
+    fn only_a_fully_pinned_primary_key_is_one_key() {
+        let column = |name: &str| ColumnDef {
+            name: name.to_string(),
+            ty: SqlType::Int8,
+            nullable: false,
+            default: None,
+            missing_value: None,
+        };
+        let def = TableDef {
+            id: 1,
+            schema: "public".to_string(),
+            name: "t".to_string(),
+            columns: vec![column("a"), column("b"), column("v")],
+            primary_key: vec![0, 1],
+            indexes: Vec::new(),
+            topic: None,
+        };
+        let one_key = |filters: Vec<Expr>| scan_source_for(&def, &filters).3;
+        assert!(one_key(vec![
+            col("a").eq(lit(1i64)),
+            col("b").eq(lit(2i64))
+        ]));
+        assert!(one_key(vec![col("a")
+            .eq(lit(1i64))
+            .and(col("b").eq(lit(2i64)))]));
+        assert!(!one_key(vec![col("a").eq(lit(1i64))]));
+        assert!(!one_key(vec![
+            col("a").eq(lit(1i64)),
+            col("b").gt(lit(2i64))
+        ]));
+        assert!(!one_key(vec![col("v").eq(lit(1i64))]));
+        assert!(!one_key(Vec::new()));
     }
 }
