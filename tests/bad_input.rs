@@ -191,4 +191,13 @@ async fn http_health_ready_and_metrics() {
             .any(|l| l.starts_with("sluice_") || l.starts_with("# TYPE sluice_")),
         "/metrics has no sluice_ metrics:\n{body}"
     );
+    // A single node is its cluster's only voter: its reads need no quorum.
+    let metric = |name: &str| -> u64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{body}"))
+    };
+    let barriers = metric("sluice_raft_read_barriers");
+    assert!(barriers >= 1, "no read barrier counted");
+    assert_eq!(metric("sluice_raft_sole_voter_reads"), barriers);
 }

@@ -58,6 +58,8 @@ struct RaftGauges {
     forwarded_proposals: IntGauge,
     snapshots_installed: IntGauge,
     leader_loss_elections: IntGauge,
+    read_barriers: IntGauge,
+    sole_voter_reads: IntGauge,
     snapshot_index: IntGauge,
     purged_index: IntGauge,
     members: IntGauge,
@@ -143,6 +145,14 @@ impl Metrics {
             leader_loss_elections: IntGauge::new(
                 "sluice_raft_leader_loss_elections",
                 "Elections started at once because the leader's peer port refused connections",
+            )?,
+            read_barriers: IntGauge::new(
+                "sluice_raft_read_barriers",
+                "Linearizable reads served (each confirms this node's view is current)",
+            )?,
+            sole_voter_reads: IntGauge::new(
+                "sluice_raft_sole_voter_reads",
+                "Linearizable reads served from the applied state alone, this node being the only voter and the leader",
             )?,
             snapshot_index: IntGauge::new(
                 "sluice_raft_snapshot_index",
@@ -236,6 +246,8 @@ impl Metrics {
             &raft.forwarded_proposals,
             &raft.snapshots_installed,
             &raft.leader_loss_elections,
+            &raft.read_barriers,
+            &raft.sole_voter_reads,
             &raft.snapshot_index,
             &raft.purged_index,
             &raft.members,
@@ -323,6 +335,10 @@ impl Metrics {
         gauges
             .leader_loss_elections
             .set(saturate(status.leader_loss_elections));
+        gauges.read_barriers.set(saturate(status.read_barriers));
+        gauges
+            .sole_voter_reads
+            .set(saturate(status.sole_voter_reads));
         gauges.snapshot_index.set(saturate(status.snapshot_index));
         gauges.purged_index.set(saturate(status.purged_index));
         gauges.members.set(saturate(raft.members().len() as u64));

@@ -30,7 +30,10 @@
 //! `ensure_linearizable` (leadership confirmed by a quorum, and the state
 //! machine applied up to the read index); on a follower it asks the leader
 //! for that read index and waits until its own state machine has applied it.
-//! Then it takes an engine snapshot.
+//! Then it takes an engine snapshot. A leader that is the only voter
+//! skips the confirmation (`Shared::leads_alone`): every acknowledged write
+//! is already applied there, and the log store's durable vote and appended
+//! membership tell it, before any peer could lead, that this stopped being so.
 //! [`RaftNode::local_snapshot`] skips the confirmation (stale reads).
 //!
 //! # Durability: the ordered writes and fsyncs

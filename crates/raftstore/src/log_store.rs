@@ -17,12 +17,16 @@
 //! its fsync. `save_vote`, `truncate` and `purge` are `Sync` writes.
 //! `save_committed` is `Buffered`: a lost committed id only means
 //! re-learning it from the leader; the next fsync persists it.
+//!
+//! [`DurableVote`] mirrors, in memory, the two facts a sole voter's reads
+//! rest on (see `Shared::leads_alone` in `node`): the vote as last saved,
+//! and the index of the last membership entry appended.
 
 use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
@@ -40,6 +44,35 @@ const READ_PAGE: usize = 256;
 
 /// Greater than every 8-byte log key: the exclusive end of "the whole log".
 const LOG_END: [u8; 9] = [0xff; 9];
+
+/// What the log store last made durable about leadership, shared with the
+/// node. openraft saves a vote before it answers the vote request that
+/// changed it, and hands a membership entry to `append` before it acts on
+/// it; so whoever reads these learns of a new term or a new membership no
+/// later than any peer could, which openraft's own metrics (published after
+/// the fact) do not promise.
+#[derive(Default)]
+pub(crate) struct DurableVote {
+    vote: Mutex<Option<Vote>>,
+    /// The index of the last membership entry appended since the node
+    /// started (0: none); one the metrics do not show yet is newer than
+    /// what they describe.
+    membership_appended: AtomicU64,
+}
+
+impl DurableVote {
+    pub(crate) fn vote(&self) -> Option<Vote> {
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn set_vote(&self, vote: Vote) {
+        *self.vote.lock().unwrap_or_else(|p| p.into_inner()) = Some(vote);
+    }
+
+    pub(crate) fn membership_appended(&self) -> u64 {
+        self.membership_appended.load(Ordering::SeqCst)
+    }
+}
 
 /// Reads log entries; cheap to clone (one per replication stream later).
 #[derive(Clone)]
@@ -124,6 +157,7 @@ pub(crate) struct LogStore {
     last_purged: Option<LogId>,
     /// Shared with `RaftNode::status`: openraft's metrics have no committed index.
     committed_index: Arc<AtomicU64>,
+    durable_vote: Arc<DurableVote>,
     fatal: FatalSlot,
     /// Flush callbacks of appends written but not yet fsynced, to the
     /// flusher; dropping the store ends it.
@@ -134,9 +168,13 @@ impl LogStore {
     pub(crate) fn open(
         engine: Arc<dyn Engine>,
         committed_index: Arc<AtomicU64>,
+        durable_vote: Arc<DurableVote>,
         fatal: FatalSlot,
         users: StorageUsers,
     ) -> Result<Self, EngineError> {
+        if let Some(vote) = read_meta::<Vote>(&*engine, meta_key::VOTE)? {
+            durable_vote.set_vote(vote);
+        }
         let last_log_id = read_meta::<Option<LogId>>(&*engine, meta_key::LAST_LOG)?.flatten();
         let last_purged = read_meta::<Option<LogId>>(&*engine, meta_key::LAST_PURGED)?.flatten();
         let committed = read_meta::<Option<LogId>>(&*engine, meta_key::COMMITTED)?.flatten();
@@ -160,6 +198,7 @@ impl LogStore {
             last_log_id,
             last_purged,
             committed_index,
+            durable_vote,
             fatal,
             flushes,
         })
@@ -246,6 +285,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             encode(vote).map_err(|e| self.fatal.fail(ErrorSubject::Vote, ErrorVerb::Write, e))?;
         let mut batch = WriteBatch::new();
         batch.put(Keyspace::Meta, meta_key::VOTE, bytes);
+        // Before the write: a reader must not rely on the old vote while
+        // the new one may already be on disk.
+        self.durable_vote.set_vote(*vote);
         self.write_sync(batch, ErrorSubject::Vote).await
     }
 
@@ -294,6 +336,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     .fail(ErrorSubject::Log(entry.log_id), ErrorVerb::Write, e)
             })?;
             batch.put(Keyspace::RaftLog, log_key(entry.log_id.index), bytes);
+            if matches!(entry.payload, openraft::EntryPayload::Membership(_)) {
+                self.durable_vote
+                    .membership_appended
+                    .fetch_max(entry.log_id.index, Ordering::SeqCst);
+            }
             last = Some(entry.log_id);
         }
         let Some(last) = last else {
@@ -427,6 +474,7 @@ mod tests {
         LogStore::open(
             engine.clone(),
             Arc::new(AtomicU64::new(0)),
+            Arc::default(),
             FatalSlot::default(),
             StorageUsers::default(),
         )

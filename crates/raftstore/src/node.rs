@@ -38,7 +38,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::command::{ApplyOutcome, Command, CommandBatch, CommandResponse};
 use crate::error::{from_check_leader, from_client_write, from_fatal, Error, Result};
-use crate::log_store::LogStore;
+use crate::log_store::{DurableVote, LogStore};
 use crate::network::{
     probe, FaultFilter, Liveness, PeerConnection, PeerHandler, PeerRequest, PeerResponse,
     SendError, TcpNetwork,
@@ -213,6 +213,11 @@ pub struct NodeStatus {
     /// found gone (its peer port refusing connections), without waiting for
     /// the election timeout.
     pub leader_loss_elections: u64,
+    /// Linearizable reads (read barriers) this node served.
+    pub read_barriers: u64,
+    /// Of those, the reads served from this node's applied state alone,
+    /// because it is the only voter and leads.
+    pub sole_voter_reads: u64,
     /// Milliseconds since the leader last heard from a quorum (leader only).
     pub millis_since_quorum_ack: Option<u64>,
     /// Replication progress per follower (leader only).
@@ -250,6 +255,8 @@ struct Counters {
     /// so that the several connections a dead leader leaves behind start
     /// one election, not one each.
     leader_loss_term: AtomicU64,
+    read_barriers: AtomicU64,
+    sole_voter_reads: AtomicU64,
     committed_index: Arc<AtomicU64>,
 }
 
@@ -309,6 +316,7 @@ struct Shared {
     metrics: watch::Receiver<RaftMetrics<NodeId, BasicNode>>,
     applied: watch::Receiver<u64>,
     counters: Arc<Counters>,
+    durable_vote: Arc<DurableVote>,
     errors: ErrorContext,
     peers: Option<PeerPool>,
     leader_wait: Duration,
@@ -408,9 +416,11 @@ impl RaftNode {
         let fatal = FatalSlot::default();
         let counters = Arc::new(Counters::default());
         let storage_users = StorageUsers::default();
+        let durable_vote = Arc::new(DurableVote::default());
         let log_store = LogStore::open(
             engine.clone(),
             counters.committed_index.clone(),
+            durable_vote.clone(),
             fatal.clone(),
             storage_users.clone(),
         )
@@ -447,6 +457,7 @@ impl RaftNode {
             raft: raft.clone(),
             applied: applied_rx,
             counters: counters.clone(),
+            durable_vote,
             errors: errors.clone(),
             peers: peers.as_ref().map(|_| PeerPool {
                 node_id,
@@ -932,6 +943,8 @@ impl Shared {
             forwarded_proposals: counters.forwarded_proposals.load(Ordering::Relaxed),
             snapshots_installed: counters.snapshots_installed.load(Ordering::Relaxed),
             leader_loss_elections: counters.leader_loss_elections.load(Ordering::Relaxed),
+            read_barriers: counters.read_barriers.load(Ordering::Relaxed),
+            sole_voter_reads: counters.sole_voter_reads.load(Ordering::Relaxed),
             millis_since_quorum_ack: metrics.millis_since_quorum_ack,
             followers,
         }
@@ -1011,6 +1024,13 @@ impl Shared {
     /// Waits until the local replica has applied everything committed
     /// before the call (linearizable reads).
     async fn read_barrier(&self) -> Result<()> {
+        self.counters.read_barriers.fetch_add(1, Ordering::Relaxed);
+        if self.leads_alone() {
+            self.counters
+                .sole_voter_reads
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let index = match self
             .to_leader(|| PeerRequest::ReadIndex, self.leader_wait, true)
             .await?
@@ -1030,6 +1050,41 @@ impl Shared {
                 self.leader_wait
             ))),
         }
+    }
+
+    /// Whether this node is the only voter and leads, so that its applied
+    /// state already holds every acknowledged write and a read needs no
+    /// trip through the Raft core (which would confirm a quorum of one).
+    ///
+    /// The metrics say so only after the fact; the log store's
+    /// [`DurableVote`] closes that gap. Another node can lead only once
+    /// this one has voted for it (saved before the vote is answered) or
+    /// once a membership with other voters was appended here (recorded
+    /// before openraft acts on it): either shows up here first, and the
+    /// read then takes the ordinary path. Acknowledged writes are applied
+    /// here before they are acknowledged; so are a former leader's, once
+    /// an entry of this term is applied.
+    fn leads_alone(&self) -> bool {
+        let metrics = self.metrics.borrow();
+        let membership = &metrics.membership_config;
+        let voters = membership.membership().get_joint_config();
+        let alone = voters.len() == 1 && voters[0].len() == 1 && voters[0].contains(&self.node_id);
+        let term = metrics.current_term;
+        let leads = metrics.state == ServerState::Leader
+            && metrics.current_leader == Some(self.node_id)
+            && metrics
+                .last_applied
+                .is_some_and(|applied| applied.leader_id.term == term);
+        let membership_index = membership.log_id().map_or(0, |id| id.index);
+        if !(alone && leads && self.durable_vote.membership_appended() <= membership_index) {
+            return false;
+        }
+        drop(metrics);
+        self.durable_vote.vote().is_some_and(|vote| {
+            vote.committed
+                && vote.leader_id.get_term() == term
+                && vote.leader_id.voted_for() == Some(self.node_id)
+        })
     }
 
     /// The leader's own barrier: a quorum confirms it still leads, then its
@@ -1444,6 +1499,8 @@ mod tests {
             forwarded_proposals: 0,
             snapshots_installed: 0,
             leader_loss_elections: 0,
+            read_barriers: 0,
+            sole_voter_reads: 0,
             millis_since_quorum_ack: None,
             followers: Vec::new(),
         }

@@ -261,6 +261,49 @@ async fn late_joiner_installs_a_snapshot_and_a_removed_member_is_left_behind() {
     shutdown(members).await;
 }
 
+/// A lone voter answers linearizable reads from its applied state; once a
+/// second voter joins, every read confirms leadership with the quorum again,
+/// and after that voter leaves, the lone voter reads alone again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn only_a_sole_voter_reads_without_its_quorum() {
+    fn reads(member: &Member) -> (u64, u64) {
+        let status = member.node.status();
+        (status.read_barriers, status.sole_voter_reads)
+    }
+    let mut members = vec![member(1, Bootstrap::Init, 1_000).await];
+    members[0].node.propose(put("alone", "1")).await.unwrap();
+    let snapshot = members[0].node.read_snapshot().await.unwrap();
+    assert!(snapshot.get(Keyspace::Data, b"alone").unwrap().is_some());
+    let (barriers, alone) = reads(&members[0]);
+    assert!(barriers >= 1 && alone == barriers, "{barriers} {alone}");
+
+    let seed = members[0].addr.clone();
+    members.push(member(2, Bootstrap::Join(vec![seed]), 1_000).await);
+    members[1].node.propose(put("pair", "2")).await.unwrap();
+    for m in &members {
+        let before = reads(m);
+        let snapshot = m.node.read_snapshot().await.unwrap();
+        assert!(snapshot.get(Keyspace::Data, b"pair").unwrap().is_some());
+        let after = reads(m);
+        assert_eq!(after.0, before.0 + 1, "node {}", m.node.node_id());
+        assert_eq!(after.1, before.1, "node {} read alone", m.node.node_id());
+    }
+
+    members[0].node.remove_node(2).await.unwrap();
+    let before = reads(&members[0]);
+    // The removal is committed; the leader may apply it a moment later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        members[0].node.read_snapshot().await.unwrap();
+        if reads(&members[0]).1 > before.1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lone voter never read alone");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown(members).await;
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn elections_go_on_while_the_callers_runtime_is_blocked() {
     // A node runs its Raft core on threads of its own, so a caller whose

@@ -386,6 +386,10 @@ async fn restart_recovers_acknowledged_writes_and_continues_log() {
         );
     }
     assert_eq!(all_data(&*snapshot).len(), 50);
+    // The restarted sole voter reads from its own applied state: it leads
+    // in a new term and has applied that term's first entry.
+    let after = node.status();
+    assert_eq!((after.read_barriers, after.sole_voter_reads), (1, 1));
     let next = node
         .propose(command(vec![insert("after", "restart")]))
         .await
