@@ -1,7 +1,8 @@
 //! Hostile or clumsy clients cannot take the server down: garbage on the socket closes only that
 //! connection, a client vanishing mid-query leaves the server serving, a 100 MB value is either
 //! stored or refused with a SQLSTATE, and degenerate statements get PostgreSQL's answers. The
-//! HTTP endpoints answer for probes and Prometheus.
+//! HTTP endpoints answer for probes and Prometheus. Extended-protocol replies wait for Sync or
+//! Flush, as in PostgreSQL.
 
 mod common;
 
@@ -47,6 +48,79 @@ fn expect_closed_after(server: &TestServer, what: &str, bytes: &[u8]) {
             Err(_) => return,
         }
     }
+}
+
+/// One frontend message: its type byte, then its length (counting itself) and body.
+fn frontend_message(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut message = vec![kind];
+    message.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+    message.extend_from_slice(body);
+    message
+}
+
+/// The type bytes of the backend messages that arrive within `wait`.
+fn backend_kinds(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(wait))
+        .expect("set read timeout");
+    let mut bytes = Vec::new();
+    let mut buf = [0_u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    let mut kinds = Vec::new();
+    let mut at = 0;
+    while at + 5 <= bytes.len() {
+        kinds.push(bytes[at]);
+        let len = u32::from_be_bytes(bytes[at + 1..at + 5].try_into().unwrap()) as usize;
+        at += 1 + len;
+    }
+    kinds
+}
+
+/// Like PostgreSQL, the server keeps ParseComplete and BindComplete in its send buffer until
+/// Sync or Flush: drivers pipeline Parse/Bind/Execute/Sync and expect one answer per Sync.
+#[test]
+fn extended_replies_wait_for_sync_or_flush() {
+    let server = TestServer::start();
+    let mut stream = TcpStream::connect(("127.0.0.1", server.sql_port)).expect("connect");
+    let mut startup = 196608_u32.to_be_bytes().to_vec();
+    for part in ["user", "sluice", "database", "sluice", ""] {
+        startup.extend_from_slice(part.as_bytes());
+        startup.push(0);
+    }
+    let mut message = (startup.len() as u32 + 4).to_be_bytes().to_vec();
+    message.extend_from_slice(&startup);
+    stream.write_all(&message).expect("startup");
+    let kinds = backend_kinds(&mut stream, Duration::from_millis(1_000));
+    assert_eq!(kinds.last(), Some(&b'Z'), "no ReadyForQuery: {kinds:?}");
+
+    // Parse "SELECT 1" as the unnamed statement, bind it: nothing may arrive yet.
+    let mut parse = b"\0SELECT 1\0".to_vec();
+    parse.extend_from_slice(&0_u16.to_be_bytes());
+    let mut bind = b"\0\0".to_vec();
+    bind.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    let mut pipelined = frontend_message(b'P', &parse);
+    pipelined.extend(frontend_message(b'B', &bind));
+    stream.write_all(&pipelined).expect("parse and bind");
+    let early = backend_kinds(&mut stream, Duration::from_millis(300));
+    assert!(early.is_empty(), "sent before Sync or Flush: {early:?}");
+
+    stream
+        .write_all(&frontend_message(b'H', &[]))
+        .expect("flush");
+    let flushed = backend_kinds(&mut stream, Duration::from_millis(1_000));
+    assert_eq!(flushed, b"12", "after Flush");
+
+    let mut execute = frontend_message(b'E', b"\0\0\0\0\0");
+    execute.extend(frontend_message(b'S', &[]));
+    stream.write_all(&execute).expect("execute and sync");
+    let answered = backend_kinds(&mut stream, Duration::from_millis(1_000));
+    assert_eq!(answered, b"DCZ", "after Execute and Sync");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
