@@ -997,6 +997,68 @@ async fn explain_shows_key_range_scan() {
         plan.contains("range=id = Int64(7)"),
         "a bound parameter does not narrow the scan:\n{plan}"
     );
+    // The range is the whole key, so it applies the equality exactly: no filter re-checks it.
+    assert!(
+        !plan.contains("FilterExec"),
+        "a point lookup re-checks its key:\n{plan}"
+    );
+}
+
+/// Key equalities the scan applies exactly still select what PostgreSQL selects: a bound NULL,
+/// two different values for the key, a key that is absent, and a value the key cannot hold.
+#[tokio::test]
+async fn exact_key_lookups_select_what_the_predicate_selects() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    batch(&client, CREATE_ACCOUNTS).await;
+    batch(
+        &client,
+        "INSERT INTO accounts (id, owner) VALUES (1, 'ada'), (2, 'bob')",
+    )
+    .await;
+    let lookup = client
+        .prepare("SELECT owner FROM accounts WHERE id = $1")
+        .await
+        .unwrap();
+    let owners =
+        |rows: Vec<tokio_postgres::Row>| -> Vec<String> { rows.iter().map(|r| r.get(0)).collect() };
+    assert_eq!(
+        owners(client.query(&lookup, &[&2i64]).await.unwrap()),
+        ["bob"]
+    );
+    assert!(client.query(&lookup, &[&3i64]).await.unwrap().is_empty());
+    let null: Option<i64> = None;
+    assert!(client.query(&lookup, &[&null]).await.unwrap().is_empty());
+    for (sql, expected) in [
+        ("SELECT owner FROM accounts WHERE id = 1 AND id = 2", vec![]),
+        (
+            "SELECT owner FROM accounts WHERE id = 1 AND id = 1",
+            vec![vec![s("ada")]],
+        ),
+        ("SELECT owner FROM accounts WHERE id = NULL", vec![]),
+        ("SELECT owner FROM accounts WHERE id = 1.5", vec![]),
+        (
+            "SELECT owner FROM accounts WHERE id = 1.0",
+            vec![vec![s("ada")]],
+        ),
+        (
+            "SELECT owner FROM accounts WHERE id = 2 AND owner = 'ada'",
+            vec![],
+        ),
+        (
+            "SELECT owner FROM accounts WHERE id = 2 OR id = 1 ORDER BY owner",
+            vec![vec![s("ada")], vec![s("bob")]],
+        ),
+    ] {
+        assert_eq!(simple_rows(&client, sql).await, expected, "{sql}");
+    }
+    batch(&client, "UPDATE accounts SET owner = 'cy' WHERE id = 2").await;
+    assert_eq!(
+        owners(client.query(&lookup, &[&2i64]).await.unwrap()),
+        ["cy"]
+    );
+    batch(&client, "DELETE FROM accounts WHERE id = 1").await;
+    assert!(client.query(&lookup, &[&1i64]).await.unwrap().is_empty());
 }
 
 /// Prepared statements keep an optimized plan, yet `now()` is read at each execution and a

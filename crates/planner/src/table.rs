@@ -101,10 +101,14 @@ impl TableProvider for SluiceTable {
         &self,
         filters: &[&Expr],
     ) -> datafusion::common::Result<Vec<TableProviderFilterPushDown>> {
+        let exact = exact_key_equalities(&self.def, filters);
         Ok(filters
             .iter()
-            .map(|filter| {
-                if narrows_a_key(&self.def, filter) {
+            .zip(exact)
+            .map(|(filter, exact)| {
+                if exact {
+                    TableProviderFilterPushDown::Exact
+                } else if narrows_a_key(&self.def, filter) {
                     TableProviderFilterPushDown::Inexact
                 } else {
                     TableProviderFilterPushDown::Unsupported
@@ -142,17 +146,59 @@ impl TableProvider for SluiceTable {
     }
 }
 
+/// Which of `filters` the scan's key range applies exactly, so that
+/// DataFusion need not re-check them: when every primary-key column is
+/// pinned by a `column = value` filter (a literal the key can hold, or a
+/// parameter of the column's own type), one such filter per column. The
+/// range is then one key, and a point lookup plans and runs without a
+/// filter above its scan. Anything else stays `Inexact` and is re-checked.
+///
+/// Binding keeps this sound: a parameter's value is cast to the
+/// placeholder's type (see `cached_plan`), which is the column's, so it
+/// converts to a key value as a literal does; and `key_bounds_of` reads an
+/// equality with NULL, or two different values for one column, as an empty
+/// range, which is what the filters would have selected.
+fn exact_key_equalities(def: &TableDef, filters: &[&Expr]) -> Vec<bool> {
+    let mut exact = vec![false; filters.len()];
+    for &column in &def.primary_key {
+        let col = &def.columns[column];
+        let pinned = filters.iter().position(|filter| {
+            let Some((compared, Operator::Eq, other)) = compared_column(filter) else {
+                return false;
+            };
+            if compared.name != col.name {
+                return false;
+            }
+            match other {
+                Expr::Literal(value, _) => literal_value(value, col.ty).is_some(),
+                Expr::Placeholder(placeholder) => placeholder
+                    .field
+                    .as_ref()
+                    .is_some_and(|field| field.data_type() == &col.ty.arrow_type()),
+                _ => false,
+            }
+        });
+        match pinned {
+            Some(i) => exact[i] = true,
+            None => return vec![false; filters.len()],
+        }
+    }
+    exact
+}
+
 /// Bounds found for one primary-key column.
 #[derive(Default, Debug)]
 struct ColumnBounds {
     eq: Option<Value>,
     lower: Option<(Value, bool)>,
     upper: Option<(Value, bool)>,
+    /// No row can match: an equality with NULL, or with two different values.
+    none: bool,
 }
 
 impl ColumnBounds {
     fn is_empty(&self) -> bool {
-        self.eq.is_none() && self.lower.is_none() && self.upper.is_none()
+        self.eq.is_none() && self.lower.is_none() && self.upper.is_none() && !self.none
     }
 }
 
@@ -171,11 +217,17 @@ fn key_bounds_of(def: &TableDef, columns: &[usize], filters: &[Expr]) -> Vec<Col
                 continue;
             };
             let ty = def.columns[columns[position]].ty;
+            if op == Operator::Eq && literal.is_null() {
+                bounds[position].none = true;
+                any = true;
+                continue;
+            }
             let Some(value) = literal_value(literal, ty) else {
                 continue;
             };
             let b = &mut bounds[position];
             match op {
+                Operator::Eq if b.eq.as_ref().is_some_and(|eq| *eq != value) => b.none = true,
                 Operator::Eq => b.eq = Some(value),
                 Operator::Gt => b.lower = Some((value, false)),
                 Operator::GtEq => b.lower = Some((value, true)),
@@ -287,6 +339,14 @@ fn range_over(
     let bounds = key_bounds_of(def, &positions, filters);
     let mut described = Vec::new();
     let mut score = 0;
+    if bounds.iter().any(|b| b.none) {
+        // Empty, and as pinned as a range can be: the cheapest source.
+        let nothing = KeyRange {
+            start: Bound::Included(prefix.clone()),
+            end: Bound::Excluded(prefix),
+        };
+        return Some((nothing, "none".to_string(), 2 * columns.len()));
+    }
     for (b, &(column, descending)) in bounds.iter().zip(columns) {
         let name = &def.columns[column].name;
         if let Some(value) = &b.eq {
@@ -642,13 +702,15 @@ impl ScanReader {
 
 #[cfg(test)]
 mod tests {
-    use datafusion::prelude::{col, lit};
+    use datafusion::arrow::datatypes::{DataType, Field};
+    use datafusion::logical_expr::expr::Placeholder;
+    use datafusion::prelude::{cast, col, lit};
 
     use super::*;
     use crate::catalog::ColumnDef;
 
-    #[test]
-    fn only_a_fully_pinned_primary_key_is_one_key() {
+    /// A table `t (a int8, b int8, v int8, PRIMARY KEY (a, b))`.
+    fn composite_key_table() -> TableDef {
         let column = |name: &str| ColumnDef {
             name: name.to_string(),
             ty: SqlType::Int8,
@@ -656,7 +718,7 @@ mod tests {
             default: None,
             missing_value: None,
         };
-        let def = TableDef {
+        TableDef {
             id: 1,
             schema: "public".to_string(),
             name: "t".to_string(),
@@ -664,7 +726,76 @@ mod tests {
             primary_key: vec![0, 1],
             indexes: Vec::new(),
             topic: None,
+        }
+    }
+
+    #[test]
+    fn only_equalities_pinning_the_whole_key_are_exact() {
+        let def = composite_key_table();
+        let exact = |filters: Vec<Expr>| {
+            let refs: Vec<&Expr> = filters.iter().collect();
+            exact_key_equalities(&def, &refs)
         };
+        let a1 = col("a").eq(lit(1i64));
+        let b2 = col("b").eq(lit(2i64));
+        assert_eq!(exact(vec![a1.clone(), b2.clone()]), [true, true]);
+        assert_eq!(
+            exact(vec![col("v").gt(lit(0i64)), b2.clone(), a1.clone()]),
+            [false, true, true]
+        );
+        // One per column: a second equality on `a` is left to DataFusion.
+        assert_eq!(
+            exact(vec![a1.clone(), col("a").eq(lit(3i64)), b2.clone()]),
+            [true, false, true]
+        );
+        assert_eq!(exact(vec![a1.clone()]), [false]);
+        assert_eq!(
+            exact(vec![a1.clone(), col("b").gt(lit(2i64))]),
+            [false, false]
+        );
+        // A value the key cannot hold, or a cast column, is no key equality.
+        assert_eq!(
+            exact(vec![a1.clone(), col("b").eq(lit(2.5f64))]),
+            [false, false]
+        );
+        let cast_b = cast(col("b"), DataType::Utf8).eq(lit("2"));
+        assert_eq!(exact(vec![a1.clone(), cast_b]), [false, false]);
+        // A parameter counts once its type is the column's.
+        let typed = Expr::Placeholder(Placeholder::new_with_field(
+            "$1".into(),
+            Some(Arc::new(Field::new("", DataType::Int64, true))),
+        ));
+        let untyped = Expr::Placeholder(Placeholder::new_with_field("$1".into(), None));
+        assert_eq!(exact(vec![a1.clone(), col("b").eq(typed)]), [true, true]);
+        assert_eq!(exact(vec![a1, col("b").eq(untyped)]), [false, false]);
+    }
+
+    #[test]
+    fn an_equality_no_row_can_meet_scans_nothing() {
+        let def = composite_key_table();
+        let range = |filters: Vec<Expr>| {
+            let (_, range, text, one_key) = scan_source_for(&def, &filters);
+            let empty = matches!(
+                (&range.start, &range.end),
+                (Bound::Included(start), Bound::Excluded(end)) if start == end
+            );
+            (empty, text, one_key)
+        };
+        let null = Expr::Literal(ScalarValue::Int64(None), None);
+        let a1 = col("a").eq(lit(1i64));
+        assert_eq!(
+            range(vec![a1.clone(), col("b").eq(null)]),
+            (true, "none".into(), true)
+        );
+        let conflicting = vec![a1.clone(), col("a").eq(lit(2i64)), col("b").eq(lit(1i64))];
+        assert_eq!(range(conflicting), (true, "none".into(), true));
+        let same_twice = vec![a1.clone(), a1, col("b").eq(lit(1i64))];
+        assert!(!range(same_twice).0);
+    }
+
+    #[test]
+    fn only_a_fully_pinned_primary_key_is_one_key() {
+        let def = composite_key_table();
         let one_key = |filters: Vec<Expr>| scan_source_for(&def, &filters).3;
         assert!(one_key(vec![
             col("a").eq(lit(1i64)),
