@@ -7,7 +7,8 @@
 //!   Sluice by `COPY … FROM STDIN` and by multi-row INSERT into a 4-partition
 //!   topic, Redis by pipelined `XADD`. Records per second.
 //! - `subscribe-latency`: a producer appends at a steady rate (10 records
-//!   per statement or pipeline, spread over 4 connections) and one consumer
+//!   per statement or pipeline, spread over 4 connections; Sluice's is a
+//!   prepared 10-row INSERT, as a driver's statement cache sends it) and one consumer
 //!   receives: Sluice through `COPY (SUBSCRIBE … FROM END) TO STDOUT`, Redis
 //!   through `XREAD BLOCK`. Latency is from just before the producer sends
 //!   a record to its receipt (both ends on this machine's clock).
@@ -596,15 +597,17 @@ async fn latency_run(system: Anchor, port: u16, rate: u64, seconds: u64) -> Vec<
                 }
             } else {
                 let client = connect(port).await.expect("sluice producer");
+                // Prepared once, as a driver's statement cache would: a producer's INSERT
+                // has the same text every time, only its values change.
+                let rows = vec!["($1, 'x')"; PER_SEND as usize].join(",");
+                let insert = client
+                    .prepare(&format!("INSERT INTO lat VALUES {rows}"))
+                    .await
+                    .expect("prepare insert");
                 for _ in 0..sends {
                     ticker.tick().await;
                     let sent = now_us();
-                    let values: Vec<String> =
-                        (0..PER_SEND).map(|_| format!("({sent}, 'x')")).collect();
-                    client
-                        .batch_execute(&format!("INSERT INTO lat VALUES {}", values.join(",")))
-                        .await
-                        .expect("insert");
+                    client.execute(&insert, &[&sent]).await.expect("insert");
                 }
             }
         }));
