@@ -1061,6 +1061,73 @@ async fn exact_key_lookups_select_what_the_predicate_selects() {
     assert!(client.query(&lookup, &[&1i64]).await.unwrap().is_empty());
 }
 
+/// SQL-level PREPARE / EXECUTE / DEALLOCATE, as a psql user writes them: typed and untyped
+/// parameters, DML, a transaction block, re-planning after DDL, and PostgreSQL's errors.
+#[tokio::test]
+async fn sql_prepare_execute_and_deallocate() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    batch(&client, CREATE_ACCOUNTS).await;
+    batch(
+        &client,
+        "PREPARE add (bigint, text) AS INSERT INTO accounts (id, owner) VALUES ($1, $2); \
+         EXECUTE add(1, 'ada'); EXECUTE add(2, 'bob'); EXECUTE add('3', 'cy' || '!')",
+    )
+    .await;
+    batch(
+        &client,
+        "PREPARE owner_of AS SELECT owner FROM accounts WHERE id = $1",
+    )
+    .await;
+    assert_eq!(
+        simple_rows(&client, "EXECUTE owner_of(3)").await,
+        vec![vec![s("cy!")]]
+    );
+    assert!(simple_rows(&client, "EXECUTE owner_of(9)").await.is_empty());
+    // The same statement through the extended protocol, with its own parameter.
+    let rows = client
+        .query("EXECUTE owner_of($1)", &[&2i64])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "bob");
+
+    batch(
+        &client,
+        "BEGIN; EXECUTE add(4, 'dee'); ROLLBACK; PREPARE rename AS UPDATE accounts SET owner = $2 \
+         WHERE id = $1; EXECUTE rename(1, 'ada2')",
+    )
+    .await;
+    assert_eq!(
+        simple_rows(&client, "SELECT owner FROM accounts ORDER BY id").await,
+        vec![vec![s("ada2")], vec![s("bob")], vec![s("cy!")]]
+    );
+    // Planned before the DDL, executed after it.
+    batch(&client, "ALTER TABLE accounts ADD COLUMN note text").await;
+    assert_eq!(
+        simple_rows(&client, "EXECUTE owner_of(1)").await,
+        vec![vec![s("ada2")]]
+    );
+
+    expect_sqlstate(
+        client.batch_execute("PREPARE add AS SELECT 1").await,
+        "42P05",
+    );
+    expect_sqlstate(client.batch_execute("EXECUTE nothing").await, "26000");
+    expect_sqlstate(client.batch_execute("EXECUTE add(5)").await, "42601");
+    expect_sqlstate(
+        client.batch_execute("EXECUTE add('five', 'x')").await,
+        "22P02",
+    );
+    batch(&client, "DEALLOCATE add").await;
+    expect_sqlstate(client.batch_execute("EXECUTE add(6, 'x')").await, "26000");
+    batch(&client, "DEALLOCATE ALL").await;
+    expect_sqlstate(client.batch_execute("EXECUTE owner_of(1)").await, "26000");
+    // A name only the protocol knows (psycopg deallocates its statements in SQL).
+    batch(&client, "DEALLOCATE PREPARE _pg3_0").await;
+    batch(&client, "PREPARE one AS SELECT 1; DISCARD ALL").await;
+    expect_sqlstate(client.batch_execute("EXECUTE one").await, "26000");
+}
+
 /// Prepared statements keep an optimized plan, yet `now()` is read at each execution and a
 /// statement planned before a DDL sees the table as it is after it.
 #[tokio::test]

@@ -212,6 +212,7 @@ pub mod sqlstate {
     pub const WRONG_OBJECT_TYPE: &str = "42809";
     pub const GENERATED_ALWAYS: &str = "428C9";
     pub const DUPLICATE_CURSOR: &str = "42P03";
+    pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     pub const DUPLICATE_SCHEMA: &str = "42P06";
     pub const INVALID_SCHEMA_NAME: &str = "3F000";
     pub const DUPLICATE_OBJECT: &str = "42710";

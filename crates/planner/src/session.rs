@@ -407,6 +407,19 @@ pub(crate) enum PreparedKind {
         options: crate::api::CopyOptions,
     },
     Tag(&'static str),
+    /// `PREPARE name AS statement`: `target` is kept under `name` when run.
+    SqlPrepare {
+        name: String,
+        target: Arc<Prepared>,
+    },
+    /// `EXECUTE name (args)`: `args` is `SELECT args`, evaluated at each
+    /// execution (it may use this statement's own `$n`).
+    SqlExecute {
+        name: String,
+        args: Option<CachedPlan>,
+    },
+    /// `DEALLOCATE name`, or every name (`ALL`) when `None`.
+    SqlDeallocate(Option<String>),
     Cluster(crate::cluster::ClusterChange),
     Stream(crate::topic::StreamPlan),
 }
@@ -452,6 +465,10 @@ pub struct Session {
     notices: Vec<Error>,
     /// Cursors declared `FOR SUBSCRIBE`, until CLOSE or the session ends.
     pub(crate) cursors: crate::topic::Cursors,
+    /// Statements of SQL-level `PREPARE`, by name, until DEALLOCATE,
+    /// DISCARD ALL or the session ends. (The protocol's named statements
+    /// live in the frontend's portal store.)
+    sql_prepared: HashMap<String, Arc<Prepared>>,
 }
 
 /// Settings reported to the client at startup and whenever they change.
@@ -552,6 +569,7 @@ impl Session {
             txn: Mutex::new(None),
             notices: Vec::new(),
             cursors: Default::default(),
+            sql_prepared: HashMap::new(),
         }
     }
 
@@ -960,8 +978,83 @@ impl Session {
                 Vec::new(),
             ),
             ast::Statement::Discard { .. } => (PreparedKind::Tag("DISCARD ALL"), None, Vec::new()),
-            ast::Statement::Deallocate { .. } => {
-                (PreparedKind::Tag("DEALLOCATE"), None, Vec::new())
+            ast::Statement::Prepare {
+                name,
+                data_types,
+                statement: inner,
+            } => {
+                let types = data_types
+                    .iter()
+                    .map(|t| crate::types::SqlType::from_ast(t).map(|t| Some(t.arrow_type())))
+                    .collect::<Result<Vec<_>>>()?;
+                let inner = Statement {
+                    kind: StatementKind::Sql((**inner).clone()),
+                };
+                let target = Box::pin(self.prepare(inner, &types)).await?;
+                let name = identifier(name);
+                (PreparedKind::SqlPrepare { name, target }, None, Vec::new())
+            }
+            ast::Statement::Execute {
+                name: Some(name),
+                parameters,
+                immediate: false,
+                into,
+                using,
+                output: false,
+                default: false,
+                ..
+            } if into.is_empty() && using.is_empty() => {
+                let name = match name.0.as_slice() {
+                    [ast::ObjectNamePart::Identifier(ident)] => identifier(ident),
+                    _ => return Err(unknown_prepared(&name.to_string())),
+                };
+                let target = self.sql_prepared_named(&name)?;
+                let (args, types) = if parameters.is_empty() {
+                    (None, Vec::new())
+                } else {
+                    let list: Vec<String> = parameters.iter().map(ToString::to_string).collect();
+                    let select = format!("SELECT {}", list.join(", "));
+                    let plan = match self.parse(&select)?.pop().map(|s| s.kind) {
+                        Some(StatementKind::Sql(ast)) => self.plan(ast).await?,
+                        _ => {
+                            return Err(Error::new(
+                                sqlstate::SYNTAX_ERROR,
+                                "EXECUTE parameters must be expressions",
+                            ))
+                        }
+                    };
+                    // `EXECUTE name($1)` sent by a driver: `$1` has the type of
+                    // the prepared statement's parameter it stands for.
+                    let mut declared = param_types.to_vec();
+                    for (arg, ty) in parameters.iter().zip(&target.param_types) {
+                        let ast::Expr::Value(ast::ValueWithSpan {
+                            value: ast::Value::Placeholder(placeholder),
+                            ..
+                        }) = arg
+                        else {
+                            continue;
+                        };
+                        let Some(n) = placeholder.strip_prefix('$').and_then(|n| n.parse().ok())
+                        else {
+                            continue;
+                        };
+                        if (1..=65_535).contains(&n) {
+                            if declared.len() < n {
+                                declared.resize(n, None);
+                            }
+                            declared[n - 1].get_or_insert_with(|| ty.clone());
+                        }
+                    }
+                    let types = parameter_types(&plan, &declared)?;
+                    (Some(self.cache(plan)?), types)
+                };
+                let schema = target.result_schema.clone();
+                (PreparedKind::SqlExecute { name, args }, schema, types)
+            }
+            ast::Statement::Deallocate { name, .. } => {
+                let all = name.quote_style.is_none() && name.value.eq_ignore_ascii_case("all");
+                let name = (!all).then(|| identifier(name));
+                (PreparedKind::SqlDeallocate(name), None, Vec::new())
             }
             other => {
                 return Err(Error::new(
@@ -1280,10 +1373,75 @@ impl Session {
             PreparedKind::Tag(tag) => {
                 if *tag == "DISCARD ALL" {
                     self.settings = default_settings();
+                    self.sql_prepared.clear();
                 }
                 Ok(Output::Command(CommandTag::new(*tag)))
             }
+            PreparedKind::SqlPrepare { name, target } => {
+                if self.sql_prepared.contains_key(name) {
+                    return Err(Error::new(
+                        sqlstate::DUPLICATE_PREPARED_STATEMENT,
+                        format!("prepared statement \"{name}\" already exists"),
+                    ));
+                }
+                self.sql_prepared.insert(name.clone(), target.clone());
+                Ok(Output::Command(CommandTag::new("PREPARE")))
+            }
+            PreparedKind::SqlExecute { name, args } => {
+                let target = self.sql_prepared_named(name)?;
+                let values = match args {
+                    None => Vec::new(),
+                    Some(plan) => {
+                        let plan = plan.bind(&prepared.param_types, params)?;
+                        let snapshot = self.read_view().await?;
+                        let stream = self.run_cached(&plan, snapshot).await?;
+                        first_row(stream).await?
+                    }
+                };
+                if values.len() != target.param_types.len() {
+                    return Err(Error::new(
+                        sqlstate::SYNTAX_ERROR,
+                        format!("wrong number of parameters for prepared statement \"{name}\""),
+                    )
+                    .with_detail(format!(
+                        "Expected {} parameters but got {}.",
+                        target.param_types.len(),
+                        values.len()
+                    )));
+                }
+                let values = values
+                    .into_iter()
+                    .zip(&target.param_types)
+                    .map(|(value, ty)| cast_argument(value, ty))
+                    .collect::<Result<Vec<_>>>()?;
+                Box::pin(self.execute(&target, values)).await
+            }
+            PreparedKind::SqlDeallocate(name) => {
+                match name {
+                    // A name not prepared here may be one of the protocol's
+                    // named statements (psycopg deallocates those in SQL),
+                    // which the frontend keeps: not an error here.
+                    Some(name) => {
+                        self.sql_prepared.remove(name);
+                    }
+                    None => self.sql_prepared.clear(),
+                }
+                let tag = if name.is_some() {
+                    "DEALLOCATE"
+                } else {
+                    "DEALLOCATE ALL"
+                };
+                Ok(Output::Command(CommandTag::new(tag)))
+            }
         }
+    }
+
+    /// The statement `PREPARE` kept under `name`.
+    fn sql_prepared_named(&self, name: &str) -> Result<Arc<Prepared>> {
+        self.sql_prepared
+            .get(name)
+            .cloned()
+            .ok_or_else(|| unknown_prepared(name))
     }
 
     /// Runs a logical plan against `snapshot`, streaming its batches.
@@ -1774,6 +1932,49 @@ fn same_row_type(a: &Option<SchemaRef>, b: &Option<SchemaRef>) -> bool {
 }
 
 /// Maps a DataFusion error to the SQLSTATE PostgreSQL would report.
+fn unknown_prepared(name: &str) -> Error {
+    Error::new(
+        sqlstate::INVALID_SQL_STATEMENT_NAME,
+        format!("prepared statement \"{name}\" does not exist"),
+    )
+}
+
+/// The values of a one-row result (EXECUTE's arguments).
+async fn first_row(mut stream: SendableRecordBatchStream) -> Result<Vec<ScalarValue>> {
+    while let Some(batch) = stream.next().await {
+        let batch = batch.map_err(map_df_error)?;
+        if batch.num_rows() > 0 {
+            return batch
+                .columns()
+                .iter()
+                .map(|column| ScalarValue::try_from_array(column, 0).map_err(map_df_error))
+                .collect();
+        }
+    }
+    Err(Error::new(
+        sqlstate::INTERNAL_ERROR,
+        "EXECUTE arguments produced no row",
+    ))
+}
+
+/// An EXECUTE argument as the value of a parameter of type `ty`: as in
+/// PostgreSQL, an untyped literal (text here) is read as that type.
+fn cast_argument(value: ScalarValue, ty: &DataType) -> Result<ScalarValue> {
+    if value.data_type() == *ty || value.is_null() {
+        return value.cast_to(ty).map_err(map_df_error);
+    }
+    value.cast_to(ty).map_err(|_| match &value {
+        ScalarValue::Utf8(Some(text)) | ScalarValue::Utf8View(Some(text)) => Error::new(
+            sqlstate::INVALID_TEXT_REPRESENTATION,
+            format!("invalid input syntax for a parameter of type {ty}: \"{text}\""),
+        ),
+        _ => Error::new(
+            sqlstate::DATATYPE_MISMATCH,
+            format!("a parameter of type {ty} cannot take the value {value}"),
+        ),
+    })
+}
+
 pub fn map_df_error(error: DataFusionError) -> Error {
     let error = match error {
         DataFusionError::Context(_, inner) => return map_df_error(*inner),
