@@ -16,9 +16,7 @@ use std::process::Command;
 use common::TestServer;
 
 fn script(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/drivers")
-        .join(name)
+    common::checkout_dir().join("tests/drivers").join(name)
 }
 
 /// A driver's location from `variable`, else `default`, which must exist.

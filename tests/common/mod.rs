@@ -321,6 +321,16 @@ fn parse_port(addr: &str) -> u16 {
 }
 
 /// Asserts that `err` is a server error with SQLSTATE `code`.
+/// The checkout under test. Cargo runs each test binary in its package's directory, so this is
+/// read at run time: a binary a build reused from a clone elsewhere (CI clones into a fresh
+/// directory but shares the target directory) would carry that clone's compile-time path.
+pub fn checkout_dir() -> PathBuf {
+    std::env::current_dir()
+        .ok()
+        .filter(|dir| dir.join("Cargo.toml").is_file())
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 pub fn assert_sqlstate(err: &tokio_postgres::Error, code: &str) {
     match err.code() {
         Some(state) => assert_eq!(

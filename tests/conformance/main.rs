@@ -23,7 +23,7 @@ use common::TestServer;
 /// The peer's corpus lives in `shared/conformance/sqllogictest` beside the checkout (or beside
 /// one of its ancestors, for a clone made elsewhere, as CI does).
 fn corpus_dir() -> PathBuf {
-    let checkout = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let checkout = common::checkout_dir();
     checkout
         .ancestors()
         .map(|dir| dir.join("shared/conformance/sqllogictest"))
