@@ -129,9 +129,15 @@ pub enum Durability {
     /// On stable storage (WAL fsynced) before returning. Used for the Raft log and vote.
     Sync,
     /// In the engine's log but not yet fsynced: survives a process crash only if a
-    /// later `Sync` write or flush happened. Used for state-machine apply, which is
-    /// replayed from the durable Raft log after a crash.
+    /// later `Sync` write or flush happened. Used for Raft log appends, which the
+    /// log flusher fsyncs before they are acknowledged.
     Buffered,
+    /// Not in the engine's log at all: in memory until the engine writes its
+    /// memory out on its own or [`Engine::persist_unlogged`] runs, and lost by a
+    /// crash before that (all of a batch or none of it, and never a later batch
+    /// without the earlier ones). For writes the caller can redo: state-machine
+    /// apply, which the Raft log replays. It saves writing every byte twice.
+    Unlogged,
 }
 
 /// A key range for scans: `start` and `end` bounds in byte order.
@@ -259,6 +265,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Makes every completed write durable (fsync of the engine's log).
     fn sync(&self) -> Result<()>;
+
+    /// Makes every completed `Unlogged` write durable (writes the engine's
+    /// memory to its files and waits). Slow: call it in the background.
+    fn persist_unlogged(&self) -> Result<()>;
 
     /// Human-readable engine statistics for metrics (name, value).
     fn stats(&self) -> Vec<(String, f64)> {

@@ -134,6 +134,10 @@ impl Engine for MemoryEngine {
         Ok(())
     }
 
+    fn persist_unlogged(&self) -> Result<()> {
+        Ok(())
+    }
+
     fn stats(&self) -> Vec<(String, f64)> {
         let maps = self.lock_read();
         let mut stats = Vec::new();

@@ -89,6 +89,10 @@ impl RocksEngine {
         // Smooth out writeback instead of stalling on one large fsync.
         db_opts.set_bytes_per_sync(1 << 20);
         db_opts.set_keep_log_file_num(10);
+        // Unlogged writes (state-machine apply) live only in memtables
+        // until a flush; flushing every column family as one unit keeps a
+        // batch that spans them (data + applied index) whole across a crash.
+        db_opts.set_atomic_flush(true);
         if let Some(rate) = config.compaction_rate_limit_bytes_per_sec {
             db_opts.set_ratelimiter(rate, 100_000, 10);
         }
@@ -239,6 +243,7 @@ impl Engine for RocksEngine {
         }
         let mut opts = WriteOptions::default();
         opts.set_sync(durability == Durability::Sync);
+        opts.disable_wal(durability == Durability::Unlogged);
         self.db
             .write_opt(wb, &opts)
             .map_err(|e| storage("write batch", e))
@@ -250,6 +255,18 @@ impl Engine for RocksEngine {
 
     fn sync(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(|e| storage("sync wal", e))
+    }
+
+    fn persist_unlogged(&self) -> Result<()> {
+        let families: Vec<&ColumnFamily> = Keyspace::ALL
+            .iter()
+            .map(|ks| cf(&self.db, *ks))
+            .collect::<Result<_>>()?;
+        let mut opts = rocksdb::FlushOptions::default();
+        opts.set_wait(true);
+        self.db
+            .flush_cfs_opt(&families, &opts)
+            .map_err(|e| storage("flush memtables", e))
     }
 
     fn stats(&self) -> Vec<(String, f64)> {

@@ -15,6 +15,10 @@
 //! contract for `append`: return once readable, call back once durable).
 //! Nothing is reported flushed, hence committed or acknowledged, before
 //! its fsync. `save_vote`, `truncate` and `purge` are `Sync` writes.
+//! `purge` deletes no entry whose apply is not yet on disk (the state
+//! machine writes unlogged; see [`DurableApply`]): it purges up to the
+//! persisted apply, starts a persist in the background, and leaves the rest
+//! to a later purge.
 //! `save_committed` is `Buffered`: a lost committed id only means
 //! re-learning it from the leader; the next fsync persists it.
 //!
@@ -34,6 +38,7 @@ use sluice_engine::{
     Durability, Engine, Error as EngineError, KeyRange, Keyspace, Snapshot, WriteBatch,
 };
 
+use crate::state_machine::DurableApply;
 use crate::types::{
     blocking, decode, encode, log_key, meta_key, Entry, FatalSlot, LogId, RaftStorageError,
     StorageUsers, TypeConfig, Vote,
@@ -154,10 +159,13 @@ pub(crate) struct LogStore {
     reader: LogReader,
     engine: Arc<dyn Engine>,
     last_log_id: Option<LogId>,
-    last_purged: Option<LogId>,
+    /// The purged end of the log, shared with the purge that follows a
+    /// persist of the applied state.
+    purged: Arc<Mutex<PurgeState>>,
     /// Shared with `RaftNode::status`: openraft's metrics have no committed index.
     committed_index: Arc<AtomicU64>,
     durable_vote: Arc<DurableVote>,
+    durable_apply: Arc<DurableApply>,
     fatal: FatalSlot,
     /// Flush callbacks of appends written but not yet fsynced, to the
     /// flusher; dropping the store ends it.
@@ -169,6 +177,7 @@ impl LogStore {
         engine: Arc<dyn Engine>,
         committed_index: Arc<AtomicU64>,
         durable_vote: Arc<DurableVote>,
+        durable_apply: Arc<DurableApply>,
         fatal: FatalSlot,
         users: StorageUsers,
     ) -> Result<Self, EngineError> {
@@ -196,9 +205,13 @@ impl LogStore {
             reader,
             engine,
             last_log_id,
-            last_purged,
+            purged: Arc::new(Mutex::new(PurgeState {
+                last: last_purged,
+                wanted: last_purged,
+            })),
             committed_index,
             durable_vote,
+            durable_apply,
             fatal,
             flushes,
         })
@@ -218,7 +231,7 @@ impl LogStore {
     /// The log id of the entry at `index`, or the last purged id if `index`
     /// is at or below it.
     fn log_id_at(&self, index: u64) -> Result<Option<LogId>, EngineError> {
-        if let Some(purged) = self.last_purged {
+        if let Some(purged) = self.last_purged() {
             if index <= purged.index {
                 return Ok(Some(purged));
             }
@@ -228,6 +241,62 @@ impl LogStore {
             None => Ok(None),
         }
     }
+}
+
+/// How far the log is purged, and how far openraft asked for.
+#[derive(Debug)]
+struct PurgeState {
+    last: Option<LogId>,
+    wanted: Option<LogId>,
+}
+
+impl LogStore {
+    fn last_purged(&self) -> Option<LogId> {
+        lock(&self.purged).last
+    }
+}
+
+fn lock(purged: &Mutex<PurgeState>) -> std::sync::MutexGuard<'_, PurgeState> {
+    purged
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Deletes the log up to the purge openraft asked for, but no entry past
+/// `persisted`: the apply of those is not on disk yet (see [`DurableApply`]).
+/// Held under the lock, so the log store and the purge after a persist never
+/// interleave.
+fn purge_persisted(
+    engine: &dyn Engine,
+    purged: &Mutex<PurgeState>,
+    persisted: u64,
+) -> Result<(), EngineError> {
+    let mut state = lock(purged);
+    let Some(wanted) = state.wanted else {
+        return Ok(());
+    };
+    let upto = if wanted.index <= persisted {
+        wanted
+    } else if state.last.is_some_and(|last| persisted <= last.index) {
+        return Ok(());
+    } else {
+        match engine.get(Keyspace::RaftLog, &log_key(persisted))? {
+            Some(bytes) => decode::<Entry>(&bytes, "raft log entry")?.log_id,
+            None => return Ok(()),
+        }
+    };
+    if Some(upto) <= state.last {
+        return Ok(());
+    }
+    let mut batch = WriteBatch::new();
+    match upto.index.checked_add(1) {
+        Some(end) => batch.delete_range(Keyspace::RaftLog, log_key(0), log_key(end)),
+        None => batch.delete_range(Keyspace::RaftLog, log_key(0), LOG_END),
+    }
+    batch.put(Keyspace::Meta, meta_key::LAST_PURGED, encode(&Some(upto))?);
+    engine.write(batch, Durability::Sync)?;
+    state.last = Some(upto);
+    Ok(())
 }
 
 fn read_meta<T: serde::de::DeserializeOwned>(
@@ -269,9 +338,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogReader;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, RaftStorageError> {
-        let last_log_id = std::cmp::max(self.last_log_id, self.last_purged);
+        let last_purged = self.last_purged();
+        let last_log_id = std::cmp::max(self.last_log_id, last_purged);
         Ok(LogState {
-            last_purged_log_id: self.last_purged,
+            last_purged_log_id: last_purged,
             last_log_id,
         })
     }
@@ -386,7 +456,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             })?,
             None => None,
         };
-        let new_last = std::cmp::max(new_last, self.last_purged);
+        let new_last = std::cmp::max(new_last, self.last_purged());
         let mut batch = WriteBatch::new();
         batch.delete_range(Keyspace::RaftLog, log_key(log_id.index), LOG_END);
         let bytes = encode(&new_last).map_err(|e| {
@@ -400,20 +470,38 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
-        let mut batch = WriteBatch::new();
-        match log_id.index.checked_add(1) {
-            Some(end) => batch.delete_range(Keyspace::RaftLog, log_key(0), log_key(end)),
-            None => batch.delete_range(Keyspace::RaftLog, log_key(0), LOG_END),
+        {
+            let mut state = lock(&self.purged);
+            state.wanted = std::cmp::max(state.wanted, Some(log_id));
         }
-        let bytes = encode(&Some(log_id)).map_err(|e| {
-            self.fatal
-                .fail(ErrorSubject::Log(log_id), ErrorVerb::Delete, e)
-        })?;
-        batch.put(Keyspace::Meta, meta_key::LAST_PURGED, bytes);
-        self.write_sync(batch, ErrorSubject::Log(log_id)).await?;
-        self.last_purged = Some(log_id);
-        if self.last_log_id < self.last_purged {
-            self.last_log_id = self.last_purged;
+        if self.durable_apply.persisted() < log_id.index {
+            // The rest follows once what is applied now is on disk.
+            let (engine, purged, durable) = (
+                self.engine.clone(),
+                self.purged.clone(),
+                self.durable_apply.clone(),
+            );
+            self.durable_apply
+                .request_persist(self.engine.clone(), move || {
+                    if let Err(e) = purge_persisted(&*engine, &purged, durable.persisted()) {
+                        tracing::error!(error = %e, "purge the raft log after a persist");
+                    }
+                });
+        }
+        let (engine, purged, persisted) = (
+            self.engine.clone(),
+            self.purged.clone(),
+            self.durable_apply.persisted(),
+        );
+        blocking(move || purge_persisted(&*engine, &purged, persisted))
+            .await
+            .map_err(|e| {
+                self.fatal
+                    .fail(ErrorSubject::Log(log_id), ErrorVerb::Delete, e)
+            })?;
+        let last_purged = self.last_purged();
+        if self.last_log_id < last_purged {
+            self.last_log_id = last_purged;
         }
         Ok(())
     }
@@ -470,11 +558,19 @@ mod tests {
         }
     }
 
+    /// A store whose purges are not held back by the state machine.
+    fn all_applies_persisted() -> Arc<DurableApply> {
+        let durable = DurableApply::new(tokio::sync::watch::channel(0).1);
+        durable.mark(u64::MAX);
+        durable
+    }
+
     fn store(engine: &Arc<dyn Engine>) -> LogStore {
         LogStore::open(
             engine.clone(),
             Arc::new(AtomicU64::new(0)),
             Arc::default(),
+            all_applies_persisted(),
             FatalSlot::default(),
             StorageUsers::default(),
         )
@@ -520,6 +616,54 @@ mod tests {
         let entries = reopened.try_get_log_entries(0..100).await.unwrap();
         let indexes: Vec<u64> = entries.iter().map(|e| e.log_id.index).collect();
         assert_eq!(indexes, vec![4, 5, 6, 7]);
+    }
+
+    /// An entry whose apply is not yet on disk is the only record of it: a
+    /// purge stops at the persisted apply.
+    #[tokio::test]
+    async fn purge_keeps_entries_whose_apply_is_not_persisted() {
+        let engine = memory_engine();
+        let mut store = store(&engine);
+        put_entries(&mut store, (1..=10).map(|i| blank(1, i)).collect()).await;
+        lock(&store.purged).wanted = Some(log_id(1, 8));
+
+        purge_persisted(&*engine, &store.purged, 4).unwrap();
+        assert_eq!(store.last_purged(), Some(log_id(1, 4)));
+        let first = store.try_get_log_entries(0..100).await.unwrap()[0].log_id;
+        assert_eq!(first, log_id(1, 5));
+        purge_persisted(&*engine, &store.purged, 9).unwrap();
+        assert_eq!(store.last_purged(), Some(log_id(1, 8)));
+        let reopened = super::tests::store(&engine);
+        assert_eq!(reopened.last_purged(), Some(log_id(1, 8)));
+    }
+
+    /// A purge held back by the applied state finishes by itself once a
+    /// persist covers it: openraft does not ask twice.
+    #[tokio::test]
+    async fn held_back_purge_finishes_after_the_persist() {
+        let engine = memory_engine();
+        let (applied_tx, applied_rx) = tokio::sync::watch::channel(0);
+        let durable = DurableApply::new(applied_rx);
+        durable.mark(4);
+        let mut store = LogStore::open(
+            engine.clone(),
+            Arc::new(AtomicU64::new(0)),
+            Arc::default(),
+            durable.clone(),
+            FatalSlot::default(),
+            StorageUsers::default(),
+        )
+        .unwrap();
+        put_entries(&mut store, (1..=10).map(|i| blank(1, i)).collect()).await;
+        applied_tx.send_replace(9);
+
+        store.purge(log_id(1, 8)).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.last_purged() != Some(log_id(1, 8)) {
+            assert!(std::time::Instant::now() < deadline, "purge never finished");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(durable.persisted() >= 9);
     }
 
     /// Purging everything leaves the last purged id as the last log id, which

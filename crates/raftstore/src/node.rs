@@ -43,7 +43,7 @@ use crate::network::{
     probe, FaultFilter, Liveness, PeerConnection, PeerHandler, PeerRequest, PeerResponse,
     SendError, TcpNetwork,
 };
-use crate::state_machine::StateMachine;
+use crate::state_machine::{DurableApply, StateMachine};
 use crate::types::{FatalSlot, NodeId, StorageUsers, TypeConfig};
 use crate::watch::LogWatchers;
 
@@ -417,15 +417,17 @@ impl RaftNode {
         let counters = Arc::new(Counters::default());
         let storage_users = StorageUsers::default();
         let durable_vote = Arc::new(DurableVote::default());
+        let (applied_tx, applied_rx) = watch::channel(0);
+        let durable_apply = DurableApply::new(applied_rx.clone());
         let log_store = LogStore::open(
             engine.clone(),
             counters.committed_index.clone(),
             durable_vote.clone(),
+            durable_apply.clone(),
             fatal.clone(),
             storage_users.clone(),
         )
         .map_err(Error::Storage)?;
-        let (applied_tx, applied_rx) = watch::channel(0);
         let log_watchers = Arc::new(LogWatchers::default());
         let state_machine = StateMachine::open(
             engine.clone(),
@@ -434,6 +436,7 @@ impl RaftNode {
             fatal.clone(),
             storage_users.clone(),
             log_watchers.clone(),
+            durable_apply,
         )
         .await
         .map_err(Error::Storage)?;

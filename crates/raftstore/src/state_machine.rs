@@ -5,9 +5,14 @@
 //! All entries openraft hands to one `apply` call go into one engine
 //! `WriteBatch` (split only past [`APPLY_FLUSH_BYTES`]) that also records the
 //! applied log id and the membership in `Keyspace::Meta`, written with
-//! `Durability::Buffered`: the Raft log is the durable record, and after a
-//! crash openraft re-applies from the persisted applied id, which is always
-//! consistent with the data because both are in the same batch.
+//! `Durability::Unlogged`: the Raft log is the durable record (its entries
+//! are fsynced before they commit), so writing every applied byte to the
+//! engine's log as well would only write it twice. After a crash the engine
+//! holds the state as of its last flush, applied id and data together (one
+//! batch, flushed as a unit), and openraft re-applies the committed entries
+//! after it. The Raft log therefore may not lose an entry whose apply is not
+//! yet on disk: [`DurableApply`] tracks how far that is, and the log store
+//! purges no further.
 //!
 //! Apply is deterministic: a command's outcome depends only on the command
 //! and the data before it. A rejected command writes nothing (the applied id
@@ -17,6 +22,7 @@
 
 use std::ops::Bound;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use openraft::storage::RaftStateMachine;
@@ -40,7 +46,7 @@ use crate::write_set::{merged_scan, plan_mutations, WriteSet};
 /// burst of large commands does not build one unbounded batch.
 const APPLY_FLUSH_BYTES: usize = 32 << 20;
 /// An apply batch up to this size is written on the state machine's own
-/// task: a buffered write this small costs less than the two thread
+/// task: an unlogged write this small costs less than the two thread
 /// hand-offs of the blocking pool, which every commit would otherwise pay.
 /// The log store's appends are written the same way.
 const INLINE_APPLY_BYTES: usize = 256 << 10;
@@ -116,6 +122,74 @@ impl PendingApply {
     }
 }
 
+/// How far the applied state is on disk, for the log store's purges.
+///
+/// Apply batches are `Unlogged`, so the last applied index the engine would
+/// keep through a crash is the one that a completed
+/// [`Engine::persist_unlogged`] covered (or the one found at open, or the
+/// one a `Sync` snapshot install wrote). [`DurableApply::request_persist`]
+/// starts such a flush on a thread of its own, so neither the Raft core nor
+/// apply ever waits for it; the engine also flushes on its own when its
+/// memory fills, which only makes more of the state durable than recorded.
+#[derive(Debug)]
+pub(crate) struct DurableApply {
+    persisted: AtomicU64,
+    persisting: AtomicBool,
+    applied: watch::Receiver<u64>,
+}
+
+impl DurableApply {
+    pub(crate) fn new(applied: watch::Receiver<u64>) -> Arc<Self> {
+        Arc::new(DurableApply {
+            persisted: AtomicU64::new(0),
+            persisting: AtomicBool::new(false),
+            applied,
+        })
+    }
+
+    /// Every entry up to this index has its apply on disk.
+    pub(crate) fn persisted(&self) -> u64 {
+        self.persisted.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn mark(&self, index: u64) {
+        self.persisted.fetch_max(index, Ordering::SeqCst);
+    }
+
+    /// Starts persisting what is applied now, unless a persist is running;
+    /// `then` runs after it succeeds.
+    pub(crate) fn request_persist(
+        self: &Arc<Self>,
+        engine: Arc<dyn Engine>,
+        then: impl FnOnce() + Send + 'static,
+    ) {
+        if self.persisting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Published after its batch was written, so the flush covers it.
+        let applied = *self.applied.borrow();
+        let this = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("apply-persist".into())
+            .spawn(move || {
+                match engine.persist_unlogged() {
+                    Ok(()) => {
+                        this.mark(applied);
+                        then();
+                    }
+                    // The Raft log is kept, so nothing is lost; a failing
+                    // disk fails the next write, which stops the node.
+                    Err(e) => tracing::error!(error = %e, "persisting the applied state failed"),
+                }
+                this.persisting.store(false, Ordering::SeqCst);
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "start a persist of the applied state");
+            self.persisting.store(false, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The state machine openraft drives.
 pub(crate) struct StateMachine {
     engine: Arc<dyn Engine>,
@@ -126,6 +200,7 @@ pub(crate) struct StateMachine {
     fatal: FatalSlot,
     users: StorageUsers,
     watchers: Arc<LogWatchers>,
+    durable: Arc<DurableApply>,
 }
 
 impl StateMachine {
@@ -138,6 +213,7 @@ impl StateMachine {
         fatal: FatalSlot,
         users: StorageUsers,
         watchers: Arc<LogWatchers>,
+        durable: Arc<DurableApply>,
     ) -> Result<Self, EngineError> {
         let interrupted: Option<String> =
             read_meta_snapshot(&*engine.snapshot(), meta_key::INSTALLING)?;
@@ -162,6 +238,13 @@ impl StateMachine {
         let membership = read_meta_snapshot::<StoredMembership>(&*state, meta_key::MEMBERSHIP)?
             .unwrap_or_default();
         applied_tx.send_replace(applied.map_or(0, |id| id.index));
+        // Unlogged writes never replay from the engine's log: what is read
+        // here is on disk.
+        durable.mark(applied.map_or(0, |id| id.index));
+        tracing::info!(
+            applied = applied.map_or(0, |id| id.index),
+            "state machine opened at its last persisted apply; the raft log replays the rest"
+        );
         Ok(Self {
             engine,
             applied,
@@ -171,6 +254,7 @@ impl StateMachine {
             fatal,
             users,
             watchers,
+            durable,
         })
     }
 
@@ -186,10 +270,10 @@ impl StateMachine {
         put_applied_state(&mut batch, Some(applied), &self.membership)
             .map_err(|e| self.fatal.fail(subject.clone(), ErrorVerb::Write, e))?;
         let written = if pending.bytes <= INLINE_APPLY_BYTES {
-            self.engine.write(batch, Durability::Buffered)
+            self.engine.write(batch, Durability::Unlogged)
         } else {
             let engine = self.engine.clone();
-            blocking(move || engine.write(batch, Durability::Buffered)).await
+            blocking(move || engine.write(batch, Durability::Unlogged)).await
         };
         written.map_err(|e| self.fatal.fail(subject, ErrorVerb::Write, e))?;
         self.applied = Some(applied);
@@ -320,6 +404,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
         self.applied = meta.last_log_id;
         self.membership = meta.last_membership.clone();
+        // The install's last batch was a `Sync` write.
+        self.durable.mark(meta.last_log_id.map_or(0, |id| id.index));
         self.snapshots.set_current(installed);
         self.watchers.wake_all();
         self.applied_tx
@@ -524,7 +610,7 @@ mod tests {
     }
 
     async fn open(engine: &Arc<dyn Engine>, dir: &tempfile::TempDir) -> StateMachine {
-        let (tx, _rx) = watch::channel(0);
+        let (tx, rx) = watch::channel(0);
         StateMachine::open(
             engine.clone(),
             dir.path().join("snapshots"),
@@ -532,6 +618,7 @@ mod tests {
             FatalSlot::default(),
             StorageUsers::default(),
             Arc::default(),
+            DurableApply::new(rx),
         )
         .await
         .unwrap()

@@ -503,6 +503,12 @@ impl Engine for FailingEngine {
     fn sync(&self) -> Result<(), EngineError> {
         self.inner.sync()
     }
+    fn persist_unlogged(&self) -> Result<(), EngineError> {
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(EngineError::Storage("No space left on device".into()));
+        }
+        self.inner.persist_unlogged()
+    }
 }
 
 /// A storage failure stops the group: the pending proposal and every later
