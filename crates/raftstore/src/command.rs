@@ -14,20 +14,45 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mutation {
     /// Fails the command with [`ApplyError::DuplicateKey`] if `key` exists.
-    Insert { key: Vec<u8>, value: Vec<u8> },
+    Insert {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// Writes only if `key` is absent; otherwise skipped (counted as ignored).
-    InsertIfAbsent { key: Vec<u8>, value: Vec<u8> },
+    InsertIfAbsent {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// Unconditional write.
-    Put { key: Vec<u8>, value: Vec<u8> },
+    Put {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        value: Vec<u8>,
+    },
     /// Unconditional delete (deleting an absent key is not an error).
-    Delete { key: Vec<u8> },
+    Delete {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+    },
     /// Deletes every key in `[start, end)`.
-    DeleteRange { start: Vec<u8>, end: Vec<u8> },
+    DeleteRange {
+        #[serde(with = "serde_bytes")]
+        start: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        end: Vec<u8>,
+    },
     /// Fails the command with [`ApplyError::Conflict`] unless `key` currently
     /// holds exactly `expected` (`None` = absent). Guards read-modify-write
     /// statements against a concurrent change between their read and apply.
     Check {
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         expected: Option<Vec<u8>>,
     },
     /// Fails the command with [`ApplyError::ReadConflict`] unless the pairs
@@ -44,7 +69,9 @@ pub enum Mutation {
     /// from there on; `stamp` (a producer clock, any unit) feeds the log's
     /// sparse stamp index, one entry per `index_interval` of stamp.
     Append {
+        #[serde(with = "serde_bytes")]
         log: Vec<u8>,
+        #[serde(with = "serde_bytes")]
         entry: Vec<u8>,
         count: u64,
         stamp: u64,
@@ -203,5 +230,155 @@ pub mod seqlog {
     pub fn number_of(key: &[u8]) -> Option<u64> {
         let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
         Some(u64::from_be_bytes(tail.try_into().ok()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `Mutation` as it was encoded before its byte strings were marked as
+    /// such: logs and snapshots written then must still read.
+    #[derive(Serialize, Deserialize)]
+    enum PlainMutation {
+        Insert {
+            key: Vec<u8>,
+            value: Vec<u8>,
+        },
+        InsertIfAbsent {
+            key: Vec<u8>,
+            value: Vec<u8>,
+        },
+        Put {
+            key: Vec<u8>,
+            value: Vec<u8>,
+        },
+        Delete {
+            key: Vec<u8>,
+        },
+        DeleteRange {
+            start: Vec<u8>,
+            end: Vec<u8>,
+        },
+        Check {
+            key: Vec<u8>,
+            expected: Option<Vec<u8>>,
+        },
+        CheckRange {
+            start: Bound<Vec<u8>>,
+            end: Bound<Vec<u8>>,
+            digest: [u8; 32],
+        },
+        Append {
+            log: Vec<u8>,
+            entry: Vec<u8>,
+            count: u64,
+            stamp: u64,
+            index_interval: u64,
+        },
+    }
+
+    #[test]
+    fn byte_strings_keep_the_encoding_of_a_byte_sequence() {
+        let long: Vec<u8> = (0..=255u8).cycle().take(300).collect();
+        let pairs = vec![
+            (
+                Mutation::Insert {
+                    key: b"k".to_vec(),
+                    value: long.clone(),
+                },
+                PlainMutation::Insert {
+                    key: b"k".to_vec(),
+                    value: long.clone(),
+                },
+            ),
+            (
+                Mutation::InsertIfAbsent {
+                    key: vec![],
+                    value: vec![0],
+                },
+                PlainMutation::InsertIfAbsent {
+                    key: vec![],
+                    value: vec![0],
+                },
+            ),
+            (
+                Mutation::Put {
+                    key: long.clone(),
+                    value: b"v".to_vec(),
+                },
+                PlainMutation::Put {
+                    key: long.clone(),
+                    value: b"v".to_vec(),
+                },
+            ),
+            (
+                Mutation::Delete { key: vec![1, 2] },
+                PlainMutation::Delete { key: vec![1, 2] },
+            ),
+            (
+                Mutation::DeleteRange {
+                    start: vec![1],
+                    end: vec![2],
+                },
+                PlainMutation::DeleteRange {
+                    start: vec![1],
+                    end: vec![2],
+                },
+            ),
+            (
+                Mutation::Check {
+                    key: vec![3],
+                    expected: Some(long.clone()),
+                },
+                PlainMutation::Check {
+                    key: vec![3],
+                    expected: Some(long.clone()),
+                },
+            ),
+            (
+                Mutation::Check {
+                    key: vec![3],
+                    expected: None,
+                },
+                PlainMutation::Check {
+                    key: vec![3],
+                    expected: None,
+                },
+            ),
+            (
+                Mutation::CheckRange {
+                    start: Bound::Included(vec![1]),
+                    end: Bound::Unbounded,
+                    digest: [7; 32],
+                },
+                PlainMutation::CheckRange {
+                    start: Bound::Included(vec![1]),
+                    end: Bound::Unbounded,
+                    digest: [7; 32],
+                },
+            ),
+            (
+                Mutation::Append {
+                    log: b"topic".to_vec(),
+                    entry: long.clone(),
+                    count: 3,
+                    stamp: 1 << 40,
+                    index_interval: 1000,
+                },
+                PlainMutation::Append {
+                    log: b"topic".to_vec(),
+                    entry: long.clone(),
+                    count: 3,
+                    stamp: 1 << 40,
+                    index_interval: 1000,
+                },
+            ),
+        ];
+        for (now, before) in pairs {
+            let encoded = postcard::to_allocvec(&now).unwrap();
+            assert_eq!(encoded, postcard::to_allocvec(&before).unwrap(), "{now:?}");
+            assert_eq!(postcard::from_bytes::<Mutation>(&encoded).unwrap(), now);
+        }
     }
 }
