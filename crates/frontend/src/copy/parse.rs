@@ -136,19 +136,27 @@ impl CopyParser {
     fn scan_record(&mut self, buf: &[u8], start: usize, at_eof: bool) -> Scan {
         let mut i = self.scan.max(start);
         match self.options.format {
-            CopyFormat::Text => {
-                while i < buf.len() {
-                    let b = buf[i];
-                    if self.escaped {
-                        self.escaped = false;
-                    } else if b == b'\\' {
-                        self.escaped = true;
-                    } else if b == b'\n' {
-                        return Scan::End(i);
+            CopyFormat::Text => loop {
+                if self.escaped {
+                    // The byte after a backslash, a newline included, is data.
+                    if i >= buf.len() {
+                        break;
                     }
+                    self.escaped = false;
                     i += 1;
                 }
-            }
+                match memchr::memchr2(b'\\', b'\n', &buf[i..]) {
+                    None => {
+                        i = buf.len();
+                        break;
+                    }
+                    Some(offset) if buf[i + offset] == b'\n' => return Scan::End(i + offset),
+                    Some(offset) => {
+                        self.escaped = true;
+                        i += offset + 1;
+                    }
+                }
+            },
             CopyFormat::Csv => {
                 let (quote, escape) = (self.options.quote, self.options.escape);
                 while i < buf.len() {
@@ -223,26 +231,28 @@ impl CopyParser {
         let mut field_start = 0;
         let mut i = 0;
         loop {
-            let at_end = i >= record.len();
-            if at_end || record[i] == delimiter {
-                let raw = &record[field_start..i.min(record.len())];
-                // NULL is matched on the raw text, before unescaping, as
-                // PostgreSQL does: `\N` is NULL, `\\N` is the string `\N`.
-                row.push(if raw == null {
-                    None
-                } else {
-                    Some(self.utf8(unescape_text(raw))?)
-                });
-                if at_end {
-                    return Ok(row);
+            let field_end = match memchr::memchr2(delimiter, b'\\', &record[i..]) {
+                Some(offset) if record[i + offset] == delimiter => i + offset,
+                Some(offset) => {
+                    // Skip the escaped byte: an escaped delimiter is data.
+                    i = (i + offset + 2).min(record.len());
+                    continue;
                 }
-                field_start = i + 1;
-                i += 1;
-            } else if record[i] == b'\\' {
-                i += 2;
+                None => record.len(),
+            };
+            let raw = &record[field_start..field_end];
+            // NULL is matched on the raw text, before unescaping, as
+            // PostgreSQL does: `\N` is NULL, `\\N` is the string `\N`.
+            row.push(if raw == null {
+                None
             } else {
-                i += 1;
+                Some(self.utf8(unescape_text(raw))?)
+            });
+            if field_end == record.len() {
+                return Ok(row);
             }
+            field_start = field_end + 1;
+            i = field_start;
         }
     }
 
@@ -344,12 +354,13 @@ fn unescape_text(raw: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
-        let b = raw[i];
-        i += 1;
-        if b != b'\\' {
-            out.push(b);
-            continue;
-        }
+        // Copy the run up to the next backslash whole.
+        let Some(offset) = memchr::memchr(b'\\', &raw[i..]) else {
+            out.extend_from_slice(&raw[i..]);
+            break;
+        };
+        out.extend_from_slice(&raw[i..i + offset]);
+        i += offset + 1;
         // A backslash that ends the record escapes nothing; PostgreSQL drops it.
         let Some(&c) = raw.get(i) else { break };
         i += 1;
@@ -524,6 +535,28 @@ mod tests {
             3,
             b"1\ta\\tb\t\\N\r\n2\t\\x41\\101\t\\\\\n3\tline\\\nbreak\tz\n\\.\n",
         );
+    }
+
+    #[test]
+    fn text_long_fields_with_escapes_far_in() {
+        // Escapes far into a field and an escaped backslash right before a delimiter:
+        // the scans skip whole runs between them.
+        let long = "x".repeat(300);
+        let data = format!("{long}\\t{long}\t{long}\\\\\t\\N\n{long}\\\n{long}\t\t\n");
+        let options = CopyOptions::text();
+        let rows = parse(&options, 3, data.as_bytes()).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                vec![
+                    some(&format!("{long}\t{long}")),
+                    some(&format!("{long}\\")),
+                    None
+                ],
+                vec![some(&format!("{long}\n{long}")), some(""), some("")],
+            ]
+        );
+        assert_split_invariant(&options, 3, data.as_bytes());
     }
 
     #[test]
