@@ -1405,3 +1405,98 @@ async fn correlated_subqueries_and_repeated_select_items() {
         "plan without the apply operator: {plan:?}"
     );
 }
+
+/// An INSERT of plain literals is typed like COPY text instead of being planned by
+/// DataFusion; the same values written through expressions (`(literal)`, which DataFusion
+/// plans) must read back identically, and a value either path refuses gets the same error.
+#[tokio::test]
+async fn literal_inserts_read_back_like_planned_inserts() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    let columns = "(id int PRIMARY KEY, i2 smallint, i8 bigint, f8 float8, n numeric(10,2), \
+                   t text NOT NULL, v varchar(4), c char(3), b boolean)";
+    batch(&client, &format!("CREATE TABLE lit {columns}")).await;
+    batch(&client, &format!("CREATE TABLE planned {columns}")).await;
+    let rows = [
+        "1, 7, 9007199254740993, 1.5, 9.99, 'ada', 'abcd', 'ab', true",
+        "2, -7, '-12', '1e3', '9.999', '', NULL, NULL, false",
+        "3, '32767', -9223372036854775808, -0.25, 12, 'it''s', 'x', 'abc', NULL",
+        "4, NULL, 0, 'NaN', '-1.5', 'line', '', '', true",
+    ];
+    for row in rows {
+        let planned: Vec<String> = row.split(", ").map(|v| format!("({v})")).collect();
+        let tags = simple_counts(&client, &format!("INSERT INTO lit VALUES ({row})")).await;
+        assert_eq!(tags, vec![1]);
+        batch(
+            &client,
+            &format!("INSERT INTO planned VALUES ({})", planned.join(", ")),
+        )
+        .await;
+    }
+    let read = |table: &str| format!("SELECT * FROM {table} ORDER BY id");
+    assert_eq!(
+        simple_rows(&client, &read("lit")).await,
+        simple_rows(&client, &read("planned")).await
+    );
+    assert_eq!(
+        simple_rows(&client, "SELECT n, c, v FROM lit WHERE id = 1").await,
+        vec![vec![s("9.99"), s("ab "), s("abcd")]]
+    );
+
+    // Several rows in one statement, with and without a column list.
+    assert_eq!(
+        simple_counts(
+            &client,
+            "INSERT INTO lit (t, id) VALUES ('five', 5), ('six', 6), ('seven', 7)"
+        )
+        .await,
+        vec![3]
+    );
+    assert_eq!(
+        simple_rows(
+            &client,
+            "SELECT id, t, i8 FROM lit WHERE id >= 5 ORDER BY id"
+        )
+        .await,
+        vec![
+            vec![s("5"), s("five"), None],
+            vec![s("6"), s("six"), None],
+            vec![s("7"), s("seven"), None]
+        ]
+    );
+
+    // Refusals: the same SQLSTATE whichever way the value is written, and nothing written.
+    for (literal, planned, code) in [
+        ("(8, NULL)", "(8, (NULL))", "23502"),
+        ("(8, 'x', 'toolong')", "(8, 'x', ('toolong'))", "22001"),
+        ("(1, 'dup')", "(1, ('dup'))", "23505"),
+    ] {
+        let sql = |values: &str| format!("INSERT INTO lit (id, t, v) VALUES {values}");
+        let sql_two = |values: &str| format!("INSERT INTO lit (id, t) VALUES {values}");
+        let (a, b) = if literal.matches(',').count() == 2 {
+            (sql(literal), sql(planned))
+        } else {
+            (sql_two(literal), sql_two(planned))
+        };
+        expect_sqlstate(client.batch_execute(&a).await, code);
+        expect_sqlstate(client.batch_execute(&b).await, code);
+    }
+    expect_sqlstate(
+        client
+            .batch_execute("INSERT INTO lit (id, t) VALUES (9, 'ok'), ('x', 'bad')")
+            .await,
+        "22P02",
+    );
+    assert_eq!(
+        simple_rows(&client, "SELECT count(*) FROM lit").await,
+        vec![vec![s("7")]]
+    );
+
+    // The extended protocol: a literal INSERT prepared once runs each time it is executed.
+    let insert = client
+        .prepare("INSERT INTO lit (id, t) VALUES (10, 'again')")
+        .await
+        .unwrap();
+    assert_eq!(client.execute(&insert, &[]).await.unwrap(), 1);
+    expect_sqlstate(client.execute(&insert, &[]).await, "23505");
+}

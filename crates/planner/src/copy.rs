@@ -292,35 +292,61 @@ pub async fn insert_rows(
             );
         }
     }
+    // A column COPY does not list takes its DEFAULT, the same for every row.
+    let mut absent = Vec::with_capacity(table.columns.len());
+    for column in &table.columns {
+        absent.push(match &column.default {
+            Some(sql) if !copy.columns.contains(&column.name) => {
+                evaluate_constant(session, &table, sql, column.ty).await?
+            }
+            _ => Value::Null,
+        });
+    }
+    let values = typed_rows(&table, &copy.columns, &rows, &absent)?;
+    write_rows(session, &table, &values).await
+}
+
+/// Types text rows whose fields are the `columns` of `table`, in that order, into whole
+/// rows of the table; a column not listed takes its value from `absent`.
+pub(crate) fn typed_rows(
+    table: &TableDef,
+    columns: &[String],
+    rows: &[Vec<Option<String>>],
+    absent: &[Value],
+) -> Result<Vec<Vec<Value>>> {
     let mut values: Vec<Vec<Value>> = vec![Vec::with_capacity(table.columns.len()); rows.len()];
     for (index, column) in table.columns.iter().enumerate() {
-        let column_values = match copy.columns.iter().position(|c| *c == column.name) {
-            Some(field) => parse_column(&rows, field, column.ty, &column.name)?,
-            None => {
-                let value = match &column.default {
-                    Some(sql) => evaluate_constant(session, &table, sql, column.ty).await?,
-                    None => Value::Null,
-                };
-                vec![value; rows.len()]
-            }
+        let column_values = match columns.iter().position(|c| *c == column.name) {
+            Some(field) => parse_column(rows, field, column.ty, &column.name)?,
+            None => vec![absent[index].clone(); rows.len()],
         };
         for (row, value) in values.iter_mut().zip(column_values) {
             if value.is_null() && !column.nullable && !table.is_system_column(index) {
-                return Err(not_null_violation(&table, &column.name));
+                return Err(not_null_violation(table, &column.name));
             }
             row.push(value);
         }
     }
+    Ok(values)
+}
+
+/// Writes new whole rows: appends to a topic, inserts into a table (a duplicate key fails
+/// the batch). Returns the number of rows written.
+pub(crate) async fn write_rows(
+    session: &Session,
+    table: &Arc<TableDef>,
+    values: &[Vec<Value>],
+) -> Result<u64> {
     if table.is_topic() {
-        crate::topic::propose_appends(session, &table, &values).await?;
+        crate::topic::propose_appends(session, table, values).await?;
         return Ok(values.len() as u64);
     }
-    let keyed = keyed_rows(session, &table, &values)?;
+    let keyed = keyed_rows(session, table, values)?;
     let mutations = keyed
         .into_iter()
         .map(|(key, value)| Mutation::Insert { key, value })
         .collect();
-    let outcome = propose(session, &table, mutations).await?;
+    let outcome = propose(session, table, mutations).await?;
     Ok(outcome.inserted)
 }
 

@@ -8,6 +8,8 @@
 //! 2. [`Session::prepare`] classifies the statement: DDL, DML, COPY, SET/SHOW,
 //!    or a query; queries and DML are planned by DataFusion against the
 //!    catalog ([`catalog`]), whose tables are [`table::SluiceTable`]s.
+//!    An INSERT of plain literals skips DataFusion: its rows are typed like
+//!    COPY's text, once ([`literal_insert`]).
 //!    The plan is kept in the [`Prepared`] statement so that executing it
 //!    again pays no parsing or planning (the extended protocol's point).
 //! 3. [`Session::execute`] binds parameters and runs it:
@@ -39,6 +41,7 @@ mod ddl;
 mod dml;
 mod functions;
 mod index;
+mod literal_insert;
 mod names;
 mod offsets;
 mod pg_overlay;

@@ -38,7 +38,7 @@ use crate::table::{ReadView, SluiceScanExec};
 use crate::transaction::{
     IsolationLevel, Transaction, TransactionRegistry, TransactionState, TransactionStats,
 };
-use crate::{copy, ddl, dml};
+use crate::{copy, ddl, dml, literal_insert};
 use sluice_raftstore::{ApplyError, Command};
 
 /// The version clients see; drivers parse the leading number.
@@ -382,6 +382,8 @@ impl fmt::Debug for Prepared {
 pub(crate) enum PreparedKind {
     Query(CachedPlan),
     Dml(Box<dml::DmlPlan>),
+    /// An INSERT of literals, typed when prepared ([`literal_insert`]).
+    LiteralInsert(Box<literal_insert::LiteralInsert>),
     Ddl,
     Set {
         name: String,
@@ -439,6 +441,7 @@ impl PreparedKind {
             self,
             PreparedKind::Query(_)
                 | PreparedKind::Dml(_)
+                | PreparedKind::LiteralInsert(_)
                 | PreparedKind::CopyOut { .. }
                 | PreparedKind::Stream(_)
         )
@@ -892,9 +895,22 @@ impl Session {
                 (PreparedKind::Query(self.cache(plan)?), Some(schema), types)
             }
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                let (plan, types) = dml::prepare(self, ast, param_types).await?;
-                let schema = plan.returning_schema();
-                (PreparedKind::Dml(Box::new(plan)), schema, types)
+                let literal = param_types
+                    .is_empty()
+                    .then(|| literal_insert::plan(self, ast))
+                    .flatten();
+                match literal {
+                    Some(insert) => (
+                        PreparedKind::LiteralInsert(Box::new(insert)),
+                        None,
+                        Vec::new(),
+                    ),
+                    None => {
+                        let (plan, types) = dml::prepare(self, ast, param_types).await?;
+                        let schema = plan.returning_schema();
+                        (PreparedKind::Dml(Box::new(plan)), schema, types)
+                    }
+                }
             }
             ast::Statement::CreateTable(_)
             | ast::Statement::CreateSchema { .. }
@@ -1254,6 +1270,7 @@ impl Session {
             PreparedKind::Dml(plan) => {
                 dml::execute(self, plan, &prepared.param_types, params).await
             }
+            PreparedKind::LiteralInsert(insert) => literal_insert::execute(self, insert).await,
             PreparedKind::Ddl => match prepared.statement.sql() {
                 Some(ast) => ddl::execute(self, ast).await,
                 None => Err(Error::new(
