@@ -1466,20 +1466,19 @@ async fn literal_inserts_read_back_like_planned_inserts() {
     );
 
     // Refusals: the same SQLSTATE whichever way the value is written, and nothing written.
-    for (literal, planned, code) in [
-        ("(8, NULL)", "(8, (NULL))", "23502"),
-        ("(8, 'x', 'toolong')", "(8, 'x', ('toolong'))", "22001"),
-        ("(1, 'dup')", "(1, ('dup'))", "23505"),
+    for (columns, literal, planned, code) in [
+        ("(id, t)", "(8, NULL)", "(8, (NULL))", "23502"),
+        (
+            "(id, t, v)",
+            "(8, 'x', 'toolong')",
+            "(8, 'x', ('toolong'))",
+            "22001",
+        ),
+        ("(id, t)", "(1, 'dup')", "(1, ('dup'))", "23505"),
     ] {
-        let sql = |values: &str| format!("INSERT INTO lit (id, t, v) VALUES {values}");
-        let sql_two = |values: &str| format!("INSERT INTO lit (id, t) VALUES {values}");
-        let (a, b) = if literal.matches(',').count() == 2 {
-            (sql(literal), sql(planned))
-        } else {
-            (sql_two(literal), sql_two(planned))
-        };
-        expect_sqlstate(client.batch_execute(&a).await, code);
-        expect_sqlstate(client.batch_execute(&b).await, code);
+        let sql = |values: &str| format!("INSERT INTO lit {columns} VALUES {values}");
+        expect_sqlstate(client.batch_execute(&sql(literal)).await, code);
+        expect_sqlstate(client.batch_execute(&sql(planned)).await, code);
     }
     expect_sqlstate(
         client
@@ -1499,4 +1498,78 @@ async fn literal_inserts_read_back_like_planned_inserts() {
         .unwrap();
     assert_eq!(client.execute(&insert, &[]).await.unwrap(), 1);
     expect_sqlstate(client.execute(&insert, &[]).await, "23505");
+
+    // Parameters, as a driver's statement cache sends them: typed by their columns (as
+    // DataFusion types them for the same statement with RETURNING, which it plans), and
+    // converted as a planned INSERT converts them.
+    let values = "($1, $2, $3, $4, $5, $6, $7, $8), ($9, 'fixed', NULL, NULL, $5, -0.5, NULL, $8)";
+    let columns = "(id, t, v, c, i8, f8, i2, b)";
+    let shortcut = client
+        .prepare(&format!("INSERT INTO lit {columns} VALUES {values}"))
+        .await
+        .unwrap();
+    let planned = client
+        .prepare(&format!(
+            "INSERT INTO planned {columns} VALUES {values} RETURNING id"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(shortcut.params(), planned.params());
+    assert_eq!(shortcut.params()[0], tokio_postgres::types::Type::INT4);
+    assert_eq!(shortcut.params()[4], tokio_postgres::types::Type::INT8);
+    let run = |id: i32, t: Option<&'static str>, v: &'static str| {
+        let (shortcut, planned, client) = (&shortcut, &planned, &client);
+        async move {
+            let args: [&(dyn tokio_postgres::types::ToSql + Sync); 9] =
+                [&id, &t, &v, &"a", &-42i64, &2.5f64, &7i16, &true, &(id + 1)];
+            (
+                client.execute(shortcut, &args).await,
+                client
+                    .query(planned, &args)
+                    .await
+                    .map(|rows| rows.len() as u64),
+            )
+        }
+    };
+    let (a, b) = run(20, Some("twenty"), "four").await;
+    assert_eq!((a.unwrap(), b.unwrap()), (2, 2));
+    let (a, b) = run(22, Some("x"), "toolong").await;
+    expect_sqlstate(a, "22001");
+    expect_sqlstate(b, "22001");
+    let (a, b) = run(24, None, "ok").await;
+    expect_sqlstate(a, "23502");
+    expect_sqlstate(b, "23502");
+    let (a, b) = run(20, Some("again"), "dup").await;
+    expect_sqlstate(a, "23505");
+    expect_sqlstate(b, "23505");
+    let read = |table: &str| format!("SELECT * FROM {table} WHERE id >= 20 ORDER BY id");
+    let written = simple_rows(&client, &read("lit")).await;
+    assert_eq!(written, simple_rows(&client, &read("planned")).await);
+    assert_eq!(
+        written,
+        vec![
+            vec![
+                s("20"),
+                s("7"),
+                s("-42"),
+                s("2.5"),
+                None,
+                s("twenty"),
+                s("four"),
+                s("a  "),
+                s("t")
+            ],
+            vec![
+                s("21"),
+                None,
+                s("-42"),
+                s("-0.5"),
+                None,
+                s("fixed"),
+                None,
+                None,
+                s("t")
+            ],
+        ]
+    );
 }

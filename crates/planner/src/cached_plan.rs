@@ -73,16 +73,7 @@ impl CachedPlan {
     /// Substitutes parameter values, cast to the types the plan expects
     /// (`declared` where the plan leaves a placeholder untyped).
     pub(crate) fn bind(&self, declared: &[DataType], params: Vec<ScalarValue>) -> Result<Self> {
-        if params.len() != declared.len() {
-            return Err(Error::new(
-                sqlstate::PROTOCOL_VIOLATION,
-                format!(
-                    "bind message supplies {} parameters, but prepared statement requires {}",
-                    params.len(),
-                    declared.len()
-                ),
-            ));
-        }
+        check_param_count(declared.len(), params.len())?;
         if params.is_empty() {
             return Ok(self.clone());
         }
@@ -115,6 +106,19 @@ impl CachedPlan {
             placeholder_types: Vec::new(),
         })
     }
+}
+
+/// Fails when a Bind supplies another number of parameters than the statement has.
+pub(crate) fn check_param_count(required: usize, supplied: usize) -> Result<()> {
+    if supplied == required {
+        return Ok(());
+    }
+    Err(Error::new(
+        sqlstate::PROTOCOL_VIOLATION,
+        format!(
+            "bind message supplies {supplied} parameters, but prepared statement requires {required}"
+        ),
+    ))
 }
 
 /// Whether every function `plan` calls is immutable, so that optimizing it

@@ -71,32 +71,44 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Pr
     }
 }
 
-fn column_list(table: &TableDef, columns: &[ast::Ident]) -> Result<Vec<String>> {
+/// The table's column indexes a column list names, in its order (every user column when it
+/// is empty), as COPY and INSERT resolve them.
+pub(crate) fn column_indexes(table: &TableDef, columns: &[ast::Ident]) -> Result<Vec<usize>> {
     if columns.is_empty() {
-        return Ok(table
-            .user_columns()
-            .iter()
-            .map(|c| c.name.clone())
-            .collect());
+        return Ok((0..table.user_columns().len()).collect());
     }
-    columns
-        .iter()
-        .map(|ident| {
-            let name = crate::names::identifier(ident);
-            table
-                .column_index(&name)
-                .map(|_| name.clone())
-                .ok_or_else(|| {
-                    Error::new(
-                        sqlstate::UNDEFINED_COLUMN,
-                        format!(
-                            "column \"{name}\" of relation \"{}\" does not exist",
-                            table.name
-                        ),
-                    )
-                })
-        })
-        .collect()
+    let mut indexes = Vec::with_capacity(columns.len());
+    for ident in columns {
+        let name = crate::names::identifier(ident);
+        let index = table
+            .column_index(&name)
+            .ok_or_else(|| undefined_column(table, &name))?;
+        if indexes.contains(&index) {
+            return Err(Error::new(
+                sqlstate::DUPLICATE_COLUMN,
+                format!("column \"{name}\" specified more than once"),
+            ));
+        }
+        indexes.push(index);
+    }
+    Ok(indexes)
+}
+
+fn column_list(table: &TableDef, columns: &[ast::Ident]) -> Result<Vec<String>> {
+    Ok(column_indexes(table, columns)?
+        .into_iter()
+        .map(|index| table.columns[index].name.clone())
+        .collect())
+}
+
+fn undefined_column(table: &TableDef, name: &str) -> Error {
+    Error::new(
+        sqlstate::UNDEFINED_COLUMN,
+        format!(
+            "column \"{name}\" of relation \"{}\" does not exist",
+            table.name
+        ),
+    )
 }
 
 fn copy_options(
@@ -302,32 +314,54 @@ pub async fn insert_rows(
             _ => Value::Null,
         });
     }
-    let values = typed_rows(&table, &copy.columns, &rows, &absent)?;
+    // By name: the table may have changed since the COPY started.
+    let columns = copy
+        .columns
+        .iter()
+        .map(|name| {
+            table
+                .column_index(name)
+                .ok_or_else(|| undefined_column(&table, name))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let values = parse_rows(&table, &columns, &rows, &absent)?;
+    for row in &values {
+        check_not_null(&table, row)?;
+    }
     write_rows(session, &table, &values).await
 }
 
-/// Types text rows whose fields are the `columns` of `table`, in that order, into whole
-/// rows of the table; a column not listed takes its value from `absent`.
-pub(crate) fn typed_rows(
+/// Types text rows whose fields are the `columns` of `table` (indexes, in that order) into
+/// whole rows of the table; a column not listed takes its value from `absent`. NOT NULL is
+/// the caller's to check ([`check_not_null`]).
+pub(crate) fn parse_rows(
     table: &TableDef,
-    columns: &[String],
+    columns: &[usize],
     rows: &[Vec<Option<String>>],
     absent: &[Value],
 ) -> Result<Vec<Vec<Value>>> {
     let mut values: Vec<Vec<Value>> = vec![Vec::with_capacity(table.columns.len()); rows.len()];
     for (index, column) in table.columns.iter().enumerate() {
-        let column_values = match columns.iter().position(|c| *c == column.name) {
+        let column_values = match columns.iter().position(|&c| c == index) {
             Some(field) => parse_column(rows, field, column.ty, &column.name)?,
             None => vec![absent[index].clone(); rows.len()],
         };
         for (row, value) in values.iter_mut().zip(column_values) {
-            if value.is_null() && !column.nullable && !table.is_system_column(index) {
-                return Err(not_null_violation(table, &column.name));
-            }
             row.push(value);
         }
     }
     Ok(values)
+}
+
+/// Fails on a NULL in a NOT NULL column of a whole row (a topic's system columns are
+/// assigned at apply, so they may be NULL here).
+pub(crate) fn check_not_null(table: &TableDef, row: &[Value]) -> Result<()> {
+    for (index, (column, value)) in table.columns.iter().zip(row).enumerate() {
+        if value.is_null() && !column.nullable && !table.is_system_column(index) {
+            return Err(not_null_violation(table, &column.name));
+        }
+    }
+    Ok(())
 }
 
 /// Writes new whole rows: appends to a topic, inserts into a table (a duplicate key fails

@@ -895,16 +895,11 @@ impl Session {
                 (PreparedKind::Query(self.cache(plan)?), Some(schema), types)
             }
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                let literal = param_types
-                    .is_empty()
-                    .then(|| literal_insert::plan(self, ast))
-                    .flatten();
-                match literal {
-                    Some(insert) => (
-                        PreparedKind::LiteralInsert(Box::new(insert)),
-                        None,
-                        Vec::new(),
-                    ),
+                match literal_insert::plan(self, ast, param_types) {
+                    Some(insert) => {
+                        let types = insert.param_types.clone();
+                        (PreparedKind::LiteralInsert(Box::new(insert)), None, types)
+                    }
                     None => {
                         let (plan, types) = dml::prepare(self, ast, param_types).await?;
                         let schema = plan.returning_schema();
@@ -1270,7 +1265,9 @@ impl Session {
             PreparedKind::Dml(plan) => {
                 dml::execute(self, plan, &prepared.param_types, params).await
             }
-            PreparedKind::LiteralInsert(insert) => literal_insert::execute(self, insert).await,
+            PreparedKind::LiteralInsert(insert) => {
+                literal_insert::execute(self, insert, params).await
+            }
             PreparedKind::Ddl => match prepared.statement.sql() {
                 Some(ast) => ddl::execute(self, ast).await,
                 None => Err(Error::new(
