@@ -32,6 +32,9 @@ pub struct Cursor {
     /// For a bounded cursor (`UP TO`): the offset each partition stops
     /// before; a partition not listed has nothing to deliver.
     limits: Option<BTreeMap<u32, u64>>,
+    /// The last read reached the end of every partition as of its snapshot, so
+    /// there is nothing to read until a watcher reports an append.
+    drained: bool,
 }
 
 impl Cursor {
@@ -47,6 +50,7 @@ impl Cursor {
             watchers,
             next_turn: 0,
             limits: None,
+            drained: false,
         }
     }
 
@@ -91,6 +95,7 @@ impl Cursor {
     /// Starts reading `partition` at `offset`.
     pub fn acquire(&mut self, watchers: &LogWatchers, partition: u32, offset: u64) {
         self.positions.insert(partition, offset);
+        self.drained = false;
         self.watchers.insert(
             partition,
             watchers.watch(&topic::partition_log(self.topic_id, partition)),
@@ -99,7 +104,9 @@ impl Cursor {
 
     /// Records available now, up to `max`, read from `snapshot` across the
     /// partitions in turn. Positions advance past what is returned.
-    pub fn read_available(&mut self, snapshot: &dyn Snapshot, max: usize) -> Result<Vec<Record>> {
+    /// [`fetch`](Self::fetch) is the way to call it: it marks the watchers seen
+    /// first, so that a read skipped for want of news misses nothing.
+    fn read_available(&mut self, snapshot: &dyn Snapshot, max: usize) -> Result<Vec<Record>> {
         let mut out = Vec::new();
         let partitions: Vec<u32> = self.positions.keys().copied().collect();
         if partitions.is_empty() {
@@ -135,6 +142,8 @@ impl Cursor {
                 .sum::<usize>();
             self.positions.insert(partition, next);
         }
+        // A partition's read stops early only at the count or the byte budget.
+        self.drained = out.len() < max && bytes < MAX_FETCH_BYTES;
         Ok(out)
     }
 
@@ -150,10 +159,21 @@ impl Cursor {
     ) -> Result<Vec<Record>> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            for watcher in self.watchers.values_mut() {
-                watcher.borrow_and_update();
+            // After a read that drained every partition, only a reported append
+            // makes another worth its snapshot: a streaming subscription would
+            // otherwise read once more, in vain, before each wait.
+            let appended = || {
+                self.watchers
+                    .values()
+                    .any(|w| w.has_changed().unwrap_or(true))
+            };
+            let mut records = Vec::new();
+            if !self.drained || appended() {
+                for watcher in self.watchers.values_mut() {
+                    watcher.borrow_and_update();
+                }
+                records = self.read_available(&*snapshot(), max)?;
             }
-            let records = self.read_available(&*snapshot(), max)?;
             if !records.is_empty()
                 || max == 0
                 || self.finished()
@@ -171,6 +191,8 @@ impl Cursor {
                     if result.is_err() {
                         return Err(Error::Closed);
                     }
+                    // `changed` marked that append seen: read for it regardless.
+                    self.drained = false;
                 }
                 _ = tokio::time::sleep_until(deadline) => return Ok(records),
             }
