@@ -14,7 +14,7 @@ use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use tokio_postgres::SimpleQueryMessage;
 
-use common::{describe, expect_sqlstate, simple_rows, TestServer};
+use common::{batch, describe, expect_sqlstate, simple_rows, TestServer};
 
 fn one() -> Vec<Vec<Option<String>>> {
     vec![vec![Some("1".to_string())]]
@@ -245,6 +245,43 @@ async fn degenerate_statements() {
     expect_sqlstate(client.simple_query("FOO BAR").await, "42601");
     expect_sqlstate(client.query("FOO BAR", &[]).await, "42601");
     assert_eq!(simple_rows(&client, "SELECT 1").await, one());
+}
+
+/// A `$n` that no Bind could supply (Bind counts parameters in 16 bits) is refused as
+/// PostgreSQL refuses an unknown parameter, before anything is sized by it: such a statement
+/// used to close the connection.
+#[tokio::test]
+async fn parameter_numbers_no_bind_could_supply() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    batch(&client, "CREATE TABLE p (id int PRIMARY KEY, t text)").await;
+    for sql in [
+        "INSERT INTO p (id, t) VALUES ($4294967296, 'x')",
+        "INSERT INTO p (id, t) VALUES ($65536, 'x')",
+        "INSERT INTO p (id, t) VALUES ($1, $99999999999999999999999)",
+        "SELECT $0",
+        "SELECT $70000::int + 1",
+        "SELECT * FROM p WHERE id = $4294967297",
+    ] {
+        expect_sqlstate(client.prepare(sql).await, "42P02");
+        expect_sqlstate(
+            client.simple_query(&format!("PREPARE s AS {sql}")).await,
+            "42P02",
+        );
+    }
+    // The highest number a Bind can supply is still a parameter.
+    let statement = client
+        .prepare("SELECT $65535::int IS NULL")
+        .await
+        .unwrap_or_else(|e| panic!("prepare $65535: {}", describe(&e)));
+    assert_eq!(statement.params().len(), 65535);
+    let inserted = client
+        .execute("INSERT INTO p (id, t) VALUES ($2, $1)", &[&"y", &7_i32])
+        .await
+        .unwrap_or_else(|e| panic!("insert after refusals: {}", describe(&e)));
+    assert_eq!(inserted, 1);
+    let fresh = server.client().await;
+    assert_eq!(simple_rows(&fresh, "SELECT 1").await, one());
 }
 
 #[tokio::test]

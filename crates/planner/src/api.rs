@@ -208,6 +208,7 @@ pub mod sqlstate {
     pub const UNDEFINED_FUNCTION: &str = "42883";
     pub const UNDEFINED_TABLE: &str = "42P01";
     pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const UNDEFINED_PARAMETER: &str = "42P02";
     pub const DUPLICATE_TABLE: &str = "42P07";
     pub const WRONG_OBJECT_TYPE: &str = "42809";
     pub const GENERATED_ALWAYS: &str = "428C9";

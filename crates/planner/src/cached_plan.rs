@@ -85,15 +85,7 @@ impl CachedPlan {
                 .cloned()
                 .flatten()
                 .unwrap_or_else(|| declared[i].clone());
-            let value =
-                if value.data_type() == target || value.is_null() && target == DataType::Null {
-                    value
-                } else {
-                    value
-                        .cast_to(&target)
-                        .map_err(|e| map_df_error(e).with_detail(format!("parameter ${}", i + 1)))?
-                };
-            values.push(value);
+            values.push(bind_value(value, &target, i)?);
         }
         let plan = self
             .plan
@@ -106,6 +98,20 @@ impl CachedPlan {
             placeholder_types: Vec::new(),
         })
     }
+}
+
+/// Parameter `index` (0-based) as a value of `target`, the type its statement gives it.
+pub(crate) fn bind_value(
+    value: ScalarValue,
+    target: &DataType,
+    index: usize,
+) -> Result<ScalarValue> {
+    if value.data_type() == *target || value.is_null() && *target == DataType::Null {
+        return Ok(value);
+    }
+    value
+        .cast_to(target)
+        .map_err(|e| map_df_error(e).with_detail(format!("parameter ${}", index + 1)))
 }
 
 /// Fails when a Bind supplies another number of parameters than the statement has.

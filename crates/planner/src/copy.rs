@@ -304,16 +304,6 @@ pub async fn insert_rows(
             );
         }
     }
-    // A column COPY does not list takes its DEFAULT, the same for every row.
-    let mut absent = Vec::with_capacity(table.columns.len());
-    for column in &table.columns {
-        absent.push(match &column.default {
-            Some(sql) if !copy.columns.contains(&column.name) => {
-                evaluate_constant(session, &table, sql, column.ty).await?
-            }
-            _ => Value::Null,
-        });
-    }
     // By name: the table may have changed since the COPY started.
     let columns = copy
         .columns
@@ -324,6 +314,16 @@ pub async fn insert_rows(
                 .ok_or_else(|| undefined_column(&table, name))
         })
         .collect::<Result<Vec<_>>>()?;
+    // A column COPY does not list takes its DEFAULT, the same for every row.
+    let mut absent = Vec::with_capacity(table.columns.len());
+    for (index, column) in table.columns.iter().enumerate() {
+        absent.push(match &column.default {
+            Some(sql) if !columns.contains(&index) => {
+                evaluate_constant(session, &table, sql, column.ty).await?
+            }
+            _ => Value::Null,
+        });
+    }
     let values = parse_rows(&table, &columns, &rows, &absent)?;
     for row in &values {
         check_not_null(&table, row)?;

@@ -8,8 +8,9 @@
 //! 2. [`Session::prepare`] classifies the statement: DDL, DML, COPY, SET/SHOW,
 //!    or a query; queries and DML are planned by DataFusion against the
 //!    catalog ([`catalog`]), whose tables are [`table::SluiceTable`]s.
-//!    An INSERT of plain literals skips DataFusion: its rows are typed like
-//!    COPY's text, once ([`literal_insert`]).
+//!    An INSERT of plain literals and `$n` parameters skips DataFusion: its
+//!    rows are typed like COPY's text, once, and parameters are cast into
+//!    them per execution ([`literal_insert`]).
 //!    The plan is kept in the [`Prepared`] statement so that executing it
 //!    again pays no parsing or planning (the extended protocol's point).
 //! 3. [`Session::execute`] binds parameters and runs it:

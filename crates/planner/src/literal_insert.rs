@@ -307,8 +307,8 @@ pub(crate) async fn execute(
 }
 
 /// A parameter's value in its column, converted as a planned INSERT converts it: cast to
-/// the parameter's type as binding does ([`crate::cached_plan::CachedPlan::bind`]), then
-/// read as the column's value with its checks ([`value_at`]: lengths, padding).
+/// the parameter's type as binding does ([`crate::cached_plan::bind_value`]), then read as
+/// the column's value with its checks ([`value_at`]: lengths, padding).
 fn bound_value(
     value: &ScalarValue,
     param: usize,
@@ -316,15 +316,7 @@ fn bound_value(
     ty: SqlType,
     column: &str,
 ) -> Result<Value> {
-    let cast;
-    let value = if value.data_type() == *param_type {
-        value
-    } else {
-        cast = value
-            .cast_to(param_type)
-            .map_err(|e| map_df_error(e).with_detail(format!("parameter ${}", param + 1)))?;
-        &cast
-    };
+    let value = crate::cached_plan::bind_value(value.clone(), param_type, param)?;
     let array = value.to_array().map_err(map_df_error)?;
     value_at(&array, 0, ty, column)
 }

@@ -299,10 +299,11 @@ fn base_config() -> SessionConfig {
     config
 }
 
-/// One parsed SQL statement.
+/// One parsed SQL statement; cloning it shares the parse (a prepared
+/// statement keeps it for re-planning, and a 10k-row INSERT's tree is large).
 #[derive(Clone, Debug)]
 pub struct Statement {
-    pub(crate) kind: StatementKind,
+    pub(crate) kind: Arc<StatementKind>,
 }
 
 /// PostgreSQL's grammar as sqlparser knows it, or one of the topic
@@ -324,7 +325,7 @@ impl Statement {
     /// statement.
     pub fn reads_or_writes_rows_only(&self) -> bool {
         matches!(
-            self.kind,
+            *self.kind,
             StatementKind::Sql(
                 ast::Statement::Query(_)
                     | ast::Statement::Insert(_)
@@ -336,14 +337,14 @@ impl Statement {
 
     /// The sqlparser statement, if this is one.
     pub(crate) fn sql(&self) -> Option<&ast::Statement> {
-        match &self.kind {
+        match self.kind.as_ref() {
             StatementKind::Sql(ast) => Some(ast),
             StatementKind::Stream(_) => None,
         }
     }
 
     pub(crate) fn into_sql(self) -> Result<ast::Statement> {
-        match self.kind {
+        match Arc::unwrap_or_clone(self.kind) {
             StatementKind::Sql(ast) => Ok(ast),
             StatementKind::Stream(stream) => Err(Error::new(
                 sqlstate::FEATURE_NOT_SUPPORTED,
@@ -355,7 +356,7 @@ impl Statement {
 
 impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.kind {
+        match self.kind.as_ref() {
             StatementKind::Sql(ast) => write!(f, "{ast}"),
             StatementKind::Stream(stream) => write!(f, "{}", stream.tag()),
         }
@@ -382,7 +383,7 @@ impl fmt::Debug for Prepared {
 pub(crate) enum PreparedKind {
     Query(CachedPlan),
     Dml(Box<dml::DmlPlan>),
-    /// An INSERT of literals, typed when prepared ([`literal_insert`]).
+    /// An INSERT of literals and `$n` parameters, typed when prepared ([`literal_insert`]).
     LiteralInsert(Box<literal_insert::LiteralInsert>),
     Ddl,
     Set {
@@ -602,10 +603,12 @@ impl Session {
             .try_with_sql(sql)
             .and_then(|mut parser| parse_statements(&mut parser))
             .map_err(syntax_error)?;
-        let reads_catalog = statements.iter().any(|statement| match &statement.kind {
-            StatementKind::Sql(ast) => reads_system_catalog(ast),
-            StatementKind::Stream(_) => false,
-        });
+        let reads_catalog = statements
+            .iter()
+            .any(|statement| match statement.kind.as_ref() {
+                StatementKind::Sql(ast) => reads_system_catalog(ast),
+                StatementKind::Stream(_) => false,
+            });
         if reads_catalog {
             statements = self
                 .db
@@ -614,9 +617,14 @@ impl Session {
                 .map_err(syntax_error)?
                 .into_iter()
                 .map(|ast| Statement {
-                    kind: StatementKind::Sql(ast),
+                    kind: Arc::new(StatementKind::Sql(ast)),
                 })
                 .collect();
+        }
+        for statement in &statements {
+            if let StatementKind::Sql(ast) = statement.kind.as_ref() {
+                check_parameter_numbers(ast)?;
+            }
         }
         Ok(statements)
     }
@@ -636,9 +644,6 @@ impl Session {
         parse_duration_ms(&self.setting("statement_timeout")).filter(|d| !d.is_zero())
     }
 
-    /// How long the client may stay idle inside a transaction block
-    /// (`idle_in_transaction_session_timeout`); `None` outside a block or
-    /// when the setting is 0.
     /// How long a FETCH from a subscription waits for its first record.
     pub(crate) fn fetch_timeout(&self) -> Duration {
         parse_duration_ms(&self.setting("sluice.fetch_timeout"))
@@ -646,6 +651,9 @@ impl Session {
             .unwrap_or(Duration::from_millis(500))
     }
 
+    /// How long the client may stay idle inside a transaction block
+    /// (`idle_in_transaction_session_timeout`); `None` outside a block or
+    /// when the setting is 0.
     pub fn idle_in_transaction_timeout(&self) -> Option<Duration> {
         if self.transaction_state() == TransactionState::Idle {
             return None;
@@ -860,7 +868,7 @@ impl Session {
     ) -> Result<Arc<Prepared>> {
         if self.transaction_state() == TransactionState::Failed
             && !matches!(
-                statement.kind,
+                *statement.kind,
                 StatementKind::Sql(ast::Statement::Commit { .. } | ast::Statement::Rollback { .. })
             )
         {
@@ -874,7 +882,7 @@ impl Session {
                 true,
             )])))
         };
-        let ast = match &statement.kind {
+        let ast = match statement.kind.as_ref() {
             StatementKind::Sql(ast) => ast,
             StatementKind::Stream(stream) => {
                 let (kind, result_schema) = crate::topic::prepare(self, stream).await?;
@@ -999,7 +1007,7 @@ impl Session {
                     .map(|t| crate::types::SqlType::from_ast(t).map(|t| Some(t.arrow_type())))
                     .collect::<Result<Vec<_>>>()?;
                 let inner = Statement {
-                    kind: StatementKind::Sql((**inner).clone()),
+                    kind: Arc::new(StatementKind::Sql((**inner).clone())),
                 };
                 let target = Box::pin(self.prepare(inner, &types)).await?;
                 let name = identifier(name);
@@ -1025,7 +1033,11 @@ impl Session {
                 } else {
                     let list: Vec<String> = parameters.iter().map(ToString::to_string).collect();
                     let select = format!("SELECT {}", list.join(", "));
-                    let plan = match self.parse(&select)?.pop().map(|s| s.kind) {
+                    let plan = match self
+                        .parse(&select)?
+                        .pop()
+                        .map(|s| Arc::unwrap_or_clone(s.kind))
+                    {
                         Some(StatementKind::Sql(ast)) => self.plan(ast).await?,
                         _ => {
                             return Err(Error::new(
@@ -1049,7 +1061,7 @@ impl Session {
                         else {
                             continue;
                         };
-                        if (1..=65_535).contains(&n) {
+                        if (1..=MAX_PARAMETER_NUMBER).contains(&n) {
                             if declared.len() < n {
                                 declared.resize(n, None);
                             }
@@ -1650,7 +1662,7 @@ fn parse_statements(
         }
         if let Some(stream) = crate::stream_sql::parse(parser)? {
             statements.push(Statement {
-                kind: StatementKind::Stream(Box::new(stream)),
+                kind: Arc::new(StatementKind::Stream(Box::new(stream))),
             });
             if !matches!(parser.peek_token_ref().token, Token::SemiColon | Token::EOF) {
                 return parser.expected("end of statement", parser.peek_token());
@@ -1674,7 +1686,7 @@ fn parse_statements(
             parser.parse_statement()?
         };
         statements.push(Statement {
-            kind: StatementKind::Sql(statement),
+            kind: Arc::new(StatementKind::Sql(statement)),
         });
         if !matches!(parser.peek_token_ref().token, Token::SemiColon | Token::EOF) {
             return parser.expected("end of statement", parser.peek_token());
@@ -1702,6 +1714,42 @@ fn reads_system_catalog(statement: &ast::Statement) -> bool {
         std::ops::ControlFlow::Continue(())
     });
     found
+}
+
+/// The largest `$n` a statement may use: Bind counts its parameters in 16 bits.
+pub(crate) const MAX_PARAMETER_NUMBER: usize = u16::MAX as usize;
+
+/// Refuses a `$n` that no Bind could supply (`$0`, or beyond
+/// [`MAX_PARAMETER_NUMBER`]) before anything is sized by it: the parameter list
+/// of a statement is as long as its largest `$n`.
+fn check_parameter_numbers(statement: &ast::Statement) -> Result<()> {
+    let mut refused = None;
+    let _ = ast::visit_expressions(statement, |expr: &ast::Expr| {
+        if let ast::Expr::Value(ast::ValueWithSpan {
+            value: ast::Value::Placeholder(name),
+            ..
+        }) = expr
+        {
+            if let Some(digits) = name.strip_prefix('$') {
+                let number = digits.parse::<usize>().ok();
+                if !number.is_some_and(|n| (1..=MAX_PARAMETER_NUMBER).contains(&n)) {
+                    refused = Some(name.clone());
+                    return std::ops::ControlFlow::Break(());
+                }
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    match refused {
+        None => Ok(()),
+        Some(name) => Err(Error::new(
+            sqlstate::UNDEFINED_PARAMETER,
+            format!("there is no parameter {name}"),
+        )
+        .with_detail(format!(
+            "Parameters are numbered from $1 to ${MAX_PARAMETER_NUMBER}."
+        ))),
+    }
 }
 
 fn first_words(sql: &str) -> String {
