@@ -3,8 +3,9 @@
 //!
 //! Main flow, for one statement of a [`Session`]:
 //!
-//! 1. [`Session::parse`] splits the text into statements with a
-//!    PostgreSQL-compatible parser (rewriting `::regclass` and friends).
+//! 1. [`Session::parse`] splits the text into statements with sqlparser's
+//!    PostgreSQL dialect ([`dialect`]; catalog queries go through
+//!    datafusion-pg-catalog's parser, which rewrites `::regclass` and friends).
 //! 2. [`Session::prepare`] classifies the statement: DDL, DML, COPY, SET/SHOW,
 //!    or a query; queries and DML are planned by DataFusion against the
 //!    catalog ([`catalog`]), whose tables are [`table::SluiceTable`]s.
@@ -39,6 +40,7 @@ mod catalog;
 mod cluster;
 mod copy;
 mod ddl;
+mod dialect;
 mod dml;
 mod functions;
 mod index;

@@ -597,7 +597,7 @@ impl Session {
                 .to_string();
             Error::new(sqlstate::SYNTAX_ERROR, format!("syntax error: {message}"))
         };
-        let dialect = datafusion::sql::sqlparser::dialect::PostgreSqlDialect {};
+        let dialect = crate::dialect::SluiceDialect::default();
         let mut statements = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
             .with_recursion_limit(MAX_PARSE_DEPTH)
             .try_with_sql(sql)
