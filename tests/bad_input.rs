@@ -249,7 +249,8 @@ async fn degenerate_statements() {
 
 /// A `$n` that no Bind could supply (Bind counts parameters in 16 bits) is refused as
 /// PostgreSQL refuses an unknown parameter, before anything is sized by it: such a statement
-/// used to close the connection.
+/// used to abort the whole server on an allocation sized by `$n`, which is why the test ends
+/// on a fresh connection.
 #[tokio::test]
 async fn parameter_numbers_no_bind_could_supply() {
     let server = TestServer::start();

@@ -280,19 +280,22 @@ pub(crate) async fn execute(
     params: Vec<ScalarValue>,
 ) -> Result<Output> {
     crate::cached_plan::check_param_count(insert.param_types.len(), params.len())?;
+    // Each parameter is converted to its type once, by value, as a Bind converts it,
+    // before any row is checked; a parameter used in several places is read from that.
+    let params = params
+        .into_iter()
+        .zip(&insert.param_types)
+        .enumerate()
+        .map(|(index, (value, ty))| crate::cached_plan::bind_value(value, ty, index))
+        .collect::<Result<Vec<_>>>()?;
     let table = &insert.table;
     let mut rows = Cow::Borrowed(&insert.rows);
     if !insert.places.is_empty() {
         let rows = rows.to_mut();
         for place in &insert.places {
             let column = &table.columns[place.column];
-            rows[place.row][place.column] = bound_value(
-                &params[place.param],
-                place.param,
-                &insert.param_types[place.param],
-                column.ty,
-                &column.name,
-            )?;
+            rows[place.row][place.column] =
+                bound_value(&params[place.param], column.ty, &column.name)?;
         }
     }
     for row in rows.iter() {
@@ -306,17 +309,10 @@ pub(crate) async fn execute(
     Ok(Output::Command(CommandTag::with_rows("INSERT", count)))
 }
 
-/// A parameter's value in its column, converted as a planned INSERT converts it: cast to
-/// the parameter's type as binding does ([`crate::cached_plan::bind_value`]), then read as
-/// the column's value with its checks ([`value_at`]: lengths, padding).
-fn bound_value(
-    value: &ScalarValue,
-    param: usize,
-    param_type: &DataType,
-    ty: SqlType,
-    column: &str,
-) -> Result<Value> {
-    let value = crate::cached_plan::bind_value(value.clone(), param_type, param)?;
+/// A bound parameter's value in its column, converted as a planned INSERT converts it:
+/// read as the column's value with its checks ([`value_at`]: lengths, padding). The
+/// parameter was already cast to its own type ([`crate::cached_plan::bind_value`]).
+fn bound_value(value: &ScalarValue, ty: SqlType, column: &str) -> Result<Value> {
     let array = value.to_array().map_err(map_df_error)?;
     value_at(&array, 0, ty, column)
 }
