@@ -1417,6 +1417,7 @@ async fn literal_inserts_read_back_like_planned_inserts() {
                    t text NOT NULL, v varchar(4), c char(3), b boolean)";
     batch(&client, &format!("CREATE TABLE lit {columns}")).await;
     batch(&client, &format!("CREATE TABLE planned {columns}")).await;
+    batch(&client, &format!("CREATE TABLE multi {columns}")).await;
     let rows = [
         "1, 7, 9007199254740993, 1.5, 9.99, 'ada', 'abcd', 'ab', true",
         "2, -7, '-12', '1e3', '9.999', '', NULL, NULL, false",
@@ -1433,9 +1434,22 @@ async fn literal_inserts_read_back_like_planned_inserts() {
         )
         .await;
     }
+    // All rows in one statement: the rows after the first are scanned rather than parsed
+    // (planner::values_scan), and must read back the same.
+    let all: Vec<String> = rows.iter().map(|row| format!("({row})")).collect();
+    let tags = simple_counts(
+        &client,
+        &format!("INSERT INTO multi VALUES {};", all.join(",\n  ")),
+    )
+    .await;
+    assert_eq!(tags, vec![4]);
     let read = |table: &str| format!("SELECT * FROM {table} ORDER BY id");
     assert_eq!(
         simple_rows(&client, &read("lit")).await,
+        simple_rows(&client, &read("planned")).await
+    );
+    assert_eq!(
+        simple_rows(&client, &read("multi")).await,
         simple_rows(&client, &read("planned")).await
     );
     assert_eq!(

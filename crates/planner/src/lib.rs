@@ -6,6 +6,8 @@
 //! 1. [`Session::parse`] splits the text into statements with sqlparser's
 //!    PostgreSQL dialect ([`dialect`]; catalog queries go through
 //!    datafusion-pg-catalog's parser, which rewrites `::regclass` and friends).
+//!    The rows of a multi-row INSERT of literals after its first are scanned
+//!    into sqlparser's tree rather than tokenized ([`values_scan`]).
 //! 2. [`Session::prepare`] classifies the statement: DDL, DML, COPY, SET/SHOW,
 //!    or a query; queries and DML are planned by DataFusion against the
 //!    catalog ([`catalog`]), whose tables are [`table::SluiceTable`]s.
@@ -55,6 +57,7 @@ mod table;
 mod topic;
 mod transaction;
 mod types;
+mod values_scan;
 
 pub use offsets::ConsumerLag;
 pub use session::{Database, Prepared, Session, Statement, SERVER_VERSION};

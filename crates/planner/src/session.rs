@@ -598,11 +598,16 @@ impl Session {
             Error::new(sqlstate::SYNTAX_ERROR, format!("syntax error: {message}"))
         };
         let dialect = crate::dialect::SluiceDialect::default();
-        let mut statements = datafusion::sql::sqlparser::parser::Parser::new(&dialect)
-            .with_recursion_limit(MAX_PARSE_DEPTH)
-            .try_with_sql(sql)
-            .and_then(|mut parser| parse_statements(&mut parser))
-            .map_err(syntax_error)?;
+        let parse = |sql: &str| {
+            datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+                .with_recursion_limit(MAX_PARSE_DEPTH)
+                .try_with_sql(sql)
+                .and_then(|mut parser| parse_statements(&mut parser))
+        };
+        if let Some(statement) = scanned_insert(sql, parse)? {
+            return Ok(vec![statement]);
+        }
+        let mut statements = parse(sql).map_err(syntax_error)?;
         let reads_catalog = statements
             .iter()
             .any(|statement| match statement.kind.as_ref() {
@@ -1692,6 +1697,38 @@ fn parse_statements(
             return parser.expected("end of statement", parser.peek_token());
         }
     }
+}
+
+/// `sql` as one multi-row INSERT of literals, its rows after the first scanned rather than
+/// parsed ([`crate::values_scan`]); `None` when it is not one, and `parse` reads it whole.
+/// The parsed head gets [`Session::parse`]'s checks; the scanned rows need none, as they
+/// name no relation and hold only `$n` that a Bind can supply (walking 10k rows with
+/// sqlparser's visitors, which guard the stack at every node, costs about 5% of the load).
+fn scanned_insert<E>(
+    sql: &str,
+    parse: impl Fn(&str) -> std::result::Result<Vec<Statement>, E>,
+) -> Result<Option<Statement>> {
+    let Some(split) = crate::values_scan::split(sql) else {
+        return Ok(None);
+    };
+    let Ok(mut head) = parse(&sql[..split.head_end]) else {
+        return Ok(None);
+    };
+    let Some(head) = head.pop().filter(|_| head.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(StatementKind::Sql(mut ast)) = Arc::into_inner(head.kind) else {
+        return Ok(None);
+    };
+    if reads_system_catalog(&ast) {
+        return Ok(None);
+    }
+    check_parameter_numbers(&ast)?;
+    Ok(
+        crate::values_scan::append_rows(&mut ast, split.rows).then(|| Statement {
+            kind: Arc::new(StatementKind::Sql(ast)),
+        }),
+    )
 }
 
 /// Whether a statement reads `pg_catalog` or `information_schema` relations.
