@@ -21,7 +21,7 @@ use crate::catalog::TableDef;
 use crate::ddl::evaluate_constant;
 use crate::dml::{keyed_rows, lookup_table, not_null_violation, propose, quote_ident};
 use crate::session::{map_df_error, PreparedKind, Session};
-use crate::types::{decode_bytea, value_at, SqlType};
+use crate::types::{decode_bytea, text_value, value_at, SqlType};
 
 pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<PreparedKind> {
     let ast::Statement::Copy {
@@ -324,7 +324,7 @@ pub async fn insert_rows(
             _ => Value::Null,
         });
     }
-    let values = parse_rows(&table, &columns, &rows, &absent)?;
+    let values = parse_rows(&table, &columns, rows, &absent)?;
     for row in &values {
         check_not_null(&table, row)?;
     }
@@ -337,13 +337,13 @@ pub async fn insert_rows(
 pub(crate) fn parse_rows(
     table: &TableDef,
     columns: &[usize],
-    rows: &[Vec<Option<String>>],
+    mut rows: Vec<Vec<Option<String>>>,
     absent: &[Value],
 ) -> Result<Vec<Vec<Value>>> {
     let mut values: Vec<Vec<Value>> = vec![Vec::with_capacity(table.columns.len()); rows.len()];
     for (index, column) in table.columns.iter().enumerate() {
         let column_values = match columns.iter().position(|&c| c == index) {
-            Some(field) => parse_column(rows, field, column.ty, &column.name)?,
+            Some(field) => parse_column(&mut rows, field, column.ty, &column.name)?,
             None => vec![absent[index].clone(); rows.len()],
         };
         for (row, value) in values.iter_mut().zip(column_values) {
@@ -385,13 +385,24 @@ pub(crate) async fn write_rows(
 }
 
 /// Parses one column of text fields into typed values with Arrow's casts,
-/// after mapping PostgreSQL's text spellings Arrow does not know.
+/// after mapping PostgreSQL's text spellings Arrow does not know. The fields
+/// of a text or varchar column are taken as they are, checked but not
+/// copied: most of what bulk loads write is text.
 fn parse_column(
-    rows: &[Vec<Option<String>>],
+    rows: &mut [Vec<Option<String>>],
     field: usize,
     ty: SqlType,
     name: &str,
 ) -> Result<Vec<Value>> {
+    if let SqlType::Text | SqlType::Varchar(_) = ty {
+        return rows
+            .iter_mut()
+            .map(|row| match row[field].take() {
+                Some(text) => text_value(text, ty),
+                None => Ok(Value::Null),
+            })
+            .collect();
+    }
     let target = ty.arrow_type();
     let array: ArrayRef = if ty == SqlType::Bytea {
         let decoded: Vec<Option<Vec<u8>>> = rows
@@ -478,14 +489,39 @@ mod tests {
 
     #[test]
     fn integer_columns_parse_and_reject_garbage() {
-        let rows = vec![
+        let mut rows = vec![
             vec![Some("42".to_string())],
             vec![None],
             vec![Some("x".to_string())],
         ];
-        let err = parse_column(&rows, 0, SqlType::Int4, "n").unwrap_err();
+        let err = parse_column(&mut rows, 0, SqlType::Int4, "n").unwrap_err();
         assert_eq!(err.code, sqlstate::INVALID_TEXT_REPRESENTATION);
-        let ok = parse_column(&rows[..2], 0, SqlType::Int4, "n").unwrap();
+        let ok = parse_column(&mut rows[..2], 0, SqlType::Int4, "n").unwrap();
         assert_eq!(ok, vec![Value::Int32(42), Value::Null]);
+    }
+
+    #[test]
+    fn text_columns_take_their_fields_with_varchar_checks() {
+        let fields = || {
+            vec![
+                vec![Some("ab".to_string())],
+                vec![None],
+                vec![Some("é✓".to_string())],
+            ]
+        };
+        let expected = vec![
+            Value::Text("ab".into()),
+            Value::Null,
+            Value::Text("é✓".into()),
+        ];
+        for ty in [
+            SqlType::Text,
+            SqlType::Varchar(None),
+            SqlType::Varchar(Some(2)),
+        ] {
+            assert_eq!(parse_column(&mut fields(), 0, ty, "t").unwrap(), expected);
+        }
+        let err = parse_column(&mut fields(), 0, SqlType::Varchar(Some(1)), "t").unwrap_err();
+        assert_eq!(err.code, sqlstate::STRING_DATA_RIGHT_TRUNCATION);
     }
 }

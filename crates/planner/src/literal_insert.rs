@@ -164,7 +164,7 @@ pub(crate) fn plan(
         return None;
     }
     let absent = vec![Value::Null; table.columns.len()];
-    let rows = crate::copy::parse_rows(&table, &columns, &texts, &absent).ok()?;
+    let rows = crate::copy::parse_rows(&table, &columns, texts, &absent).ok()?;
     Some(LiteralInsert {
         table,
         rows,

@@ -462,13 +462,8 @@ pub fn value_at(array: &ArrayRef, row: usize, ty: SqlType, column: &str) -> Resu
             }
         }
         SqlType::Bytea => Value::Bytes(get!(BinaryArray).to_vec()),
-        SqlType::Text => Value::Text(string_at(array, row).ok_or_else(mismatch)?.to_owned()),
-        SqlType::Varchar(limit) => {
-            let text = string_at(array, row).ok_or_else(mismatch)?;
-            if let Some(limit) = limit {
-                check_length(text, limit, "character varying")?;
-            }
-            Value::Text(text.to_owned())
+        SqlType::Text | SqlType::Varchar(_) => {
+            text_value(string_at(array, row).ok_or_else(mismatch)?.to_owned(), ty)?
         }
         SqlType::Char(length) => {
             // PostgreSQL: trailing spaces beyond the length are dropped silently,
@@ -494,6 +489,15 @@ pub fn value_at(array: &ArrayRef, row: usize, ty: SqlType, column: &str) -> Resu
         }
     };
     Ok(value)
+}
+
+/// `text` as the value of a `text` or `varchar` column of type `ty`, with the
+/// checks [`value_at`] makes (a varchar's length).
+pub(crate) fn text_value(text: String, ty: SqlType) -> Result<Value> {
+    if let SqlType::Varchar(Some(limit)) = ty {
+        check_length(&text, limit, "character varying")?;
+    }
+    Ok(Value::Text(text))
 }
 
 fn string_at(array: &ArrayRef, row: usize) -> Option<&str> {
