@@ -448,10 +448,19 @@ enum Anchor {
 }
 
 /// Latencies of `seconds` of records produced at `rate` per second.
-async fn latency_run(system: Anchor, port: u16, rate: u64, seconds: u64) -> Vec<Duration> {
+/// End-to-end latencies of one run, sorted; for Sluice also the part after the server
+/// stamped each record (`_timestamp`, taken as the INSERT writes, before its Raft
+/// proposal), which splits the client and statement from replication and delivery.
+async fn latency_run(
+    system: Anchor,
+    port: u16,
+    rate: u64,
+    seconds: u64,
+) -> (Vec<Duration>, Vec<Duration>) {
     const PER_SEND: u64 = 10;
     const PRODUCERS: u64 = 4;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
+    let (stamped_tx, mut stamped_rx) = tokio::sync::mpsc::unbounded_channel::<Duration>();
     let total = rate * seconds;
     // The consumer, subscribed before the first record.
     let consumer = if system == Anchor::Nats {
@@ -541,13 +550,18 @@ async fn latency_run(system: Anchor, port: u16, rate: u64, seconds: u64) -> Vec<
                 partial.extend_from_slice(&chunk);
                 while let Some(end) = partial.iter().position(|&b| b == b'\n') {
                     let line: Vec<u8> = partial.drain(..=end).collect();
+                    let line = String::from_utf8_lossy(&line);
                     // _partition, _offset, _timestamp, sent_us, payload
-                    let sent = String::from_utf8_lossy(&line)
-                        .split('\t')
-                        .nth(3)
+                    let fields: Vec<&str> = line.split('\t').collect();
+                    let sent = fields
+                        .get(3)
                         .and_then(|s| s.parse::<i64>().ok())
                         .unwrap_or(received);
                     let _ = tx.send(Duration::from_micros((received - sent).max(0) as u64));
+                    if let Some(stamped) = fields.get(2).and_then(|t| micros_of_day(t)) {
+                        let since = (received % DAY_US - stamped).rem_euclid(DAY_US);
+                        let _ = stamped_tx.send(Duration::from_micros(since as u64));
+                    }
                     seen += 1;
                 }
             }
@@ -624,7 +638,31 @@ async fn latency_run(system: Anchor, port: u16, rate: u64, seconds: u64) -> Vec<
         latencies.push(l);
     }
     latencies.sort();
-    latencies
+    let mut after_stamp = Vec::new();
+    while let Ok(l) = stamped_rx.try_recv() {
+        after_stamp.push(l);
+    }
+    after_stamp.sort();
+    (latencies, after_stamp)
+}
+
+const DAY_US: i64 = 86_400_000_000;
+
+/// The time of day of a UTC timestamp as COPY prints it (`2026-12-06 06:20:01.5+00`), in
+/// microseconds: a latency under a day needs no date.
+fn micros_of_day(timestamp: &str) -> Option<i64> {
+    let time = timestamp.split(' ').nth(1)?;
+    let time = time.strip_suffix("+00")?;
+    let (hms, fraction) = time.split_once('.').unwrap_or((time, ""));
+    let mut parts = hms.split(':').map(|p| p.parse::<i64>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    let digits = fraction.len().min(6);
+    let micros = if digits == 0 {
+        0
+    } else {
+        fraction[..digits].parse::<i64>().ok()? * 10_i64.pow(6 - digits as u32)
+    };
+    Some(((h * 60 + m) * 60 + s) * 1_000_000 + micros)
 }
 
 pub async fn subscribe_latency(
@@ -643,10 +681,21 @@ pub async fn subscribe_latency(
     let anchor = Redis::start(redis, "always").await;
     let jetstream = NatsServer::with_stream(nats, "LAT", "lat").await;
     let (mut s, mut r, mut n) = (Vec::new(), Vec::new(), Vec::new());
+    let mut stamped = Vec::new();
     for rep in 0..reps {
-        s.push(latency_run(Anchor::Sluice, port, rate, seconds).await);
-        r.push(latency_run(Anchor::Redis, anchor.port, rate, seconds).await);
-        n.push(latency_run(Anchor::Nats, jetstream.port, rate, seconds).await);
+        let (end_to_end, after_stamp) = latency_run(Anchor::Sluice, port, rate, seconds).await;
+        s.push(end_to_end);
+        stamped.push(after_stamp);
+        r.push(
+            latency_run(Anchor::Redis, anchor.port, rate, seconds)
+                .await
+                .0,
+        );
+        n.push(
+            latency_run(Anchor::Nats, jetstream.port, rate, seconds)
+                .await
+                .0,
+        );
         eprintln!("subscribe-latency rep {} done", rep + 1);
     }
     let describe = |runs: &[Vec<Duration>]| {
@@ -661,6 +710,7 @@ pub async fn subscribe_latency(
         (q(50.0), q(99.0), q(99.9), n)
     };
     let (sp50, sp99, sp999, sn) = describe(&s);
+    let (stamped50, stamped99, _, _) = describe(&stamped);
     let (rp50, rp99, rp999, rn) = describe(&r);
     let (np50, np99, np999, nn) = describe(&n);
     let workload = format!("{rate} rec/s, 1 consumer");
@@ -680,10 +730,12 @@ pub async fn subscribe_latency(
         }
     }
     println!(
-        "| subscribe-latency | {rate} rec/s for {seconds} s, 1 consumer | p50 {}, p99 {}, p99.9 {} ({sn} records) | Redis XREAD BLOCK (appendfsync always): p50 {}, p99 {}, p99.9 {} ({rn} records); NATS JetStream push consumer: p50 {}, p99 {}, p99.9 {} ({nn} records) | p50/Redis {:.2}, p99/Redis {:.2}, p50/NATS {:.2} |",
+        "| subscribe-latency | {rate} rec/s for {seconds} s, 1 consumer | p50 {}, p99 {}, p99.9 {} ({sn} records); after the server stamped the record (as the INSERT writes, before Raft): p50 {}, p99 {} | Redis XREAD BLOCK (appendfsync always): p50 {}, p99 {}, p99.9 {} ({rn} records); NATS JetStream push consumer: p50 {}, p99 {}, p99.9 {} ({nn} records) | p50/Redis {:.2}, p99/Redis {:.2}, p50/NATS {:.2} |",
         ms(sp50),
         ms(sp99),
         ms(sp999),
+        ms(stamped50),
+        ms(stamped99),
         ms(rp50),
         ms(rp99),
                 ms(rp999),
@@ -694,4 +746,25 @@ pub async fn subscribe_latency(
         sp99.as_secs_f64() / rp99.as_secs_f64().max(1e-9),
         sp50.as_secs_f64() / np50.as_secs_f64().max(1e-9),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_timestamps_read_as_time_of_day() {
+        let at = |h: i64, m: i64, s: i64, us: i64| ((h * 60 + m) * 60 + s) * 1_000_000 + us;
+        assert_eq!(
+            micros_of_day("2026-12-06 06:20:01.5+00"),
+            Some(at(6, 20, 1, 500_000))
+        );
+        assert_eq!(
+            micros_of_day("2026-12-06 23:59:59.123456+00"),
+            Some(at(23, 59, 59, 123_456))
+        );
+        assert_eq!(micros_of_day("2026-12-06 00:00:00+00"), Some(0));
+        assert_eq!(micros_of_day("2026-12-06 00:00:00+01"), None);
+        assert_eq!(micros_of_day("garbage"), None);
+    }
 }
