@@ -192,6 +192,54 @@ fn collect_range(
     Ok(out)
 }
 
+/// An upper bound of `batch`'s size in RocksDB's encoding: a 12-byte header,
+/// then per operation a tag, a column family id and each slice's varint
+/// length (at most 5 bytes each) before its bytes.
+fn encoded_size(batch: &WriteBatch) -> usize {
+    const HEADER: usize = 12;
+    const PER_OP: usize = 1 + 5;
+    const PER_SLICE: usize = 5;
+    HEADER
+        + batch
+            .ops
+            .iter()
+            .map(|op| match op {
+                WriteOp::Put { key, value, .. } => PER_OP + 2 * PER_SLICE + key.len() + value.len(),
+                WriteOp::Delete { key, .. } => PER_OP + PER_SLICE + key.len(),
+                WriteOp::DeleteRange { start, end, .. } => {
+                    PER_OP + 2 * PER_SLICE + start.len() + end.len()
+                }
+            })
+            .sum::<usize>()
+}
+
+/// `batch` as RocksDB's batch.
+fn rocks_batch(db: &Db, batch: &WriteBatch) -> Result<rocksdb::WriteBatch> {
+    // Sized up front: RocksDB's batch is one growing std::string, and a
+    // record batch of megabytes would otherwise be copied again at every
+    // growth (each put after a large value outgrows an exact fit).
+    let mut wb = rocksdb::WriteBatch::with_capacity_bytes(encoded_size(batch));
+    for op in &batch.ops {
+        match op {
+            WriteOp::Put {
+                keyspace,
+                key,
+                value,
+            } => wb.put_cf(cf(db, *keyspace)?, key, value),
+            WriteOp::Delete { keyspace, key } => wb.delete_cf(cf(db, *keyspace)?, key),
+            // An empty or inverted range deletes nothing, as in the
+            // memory engine; RocksDB would reject it instead.
+            WriteOp::DeleteRange { start, end, .. } if start >= end => {}
+            WriteOp::DeleteRange {
+                keyspace,
+                start,
+                end,
+            } => wb.delete_range_cf(cf(db, *keyspace)?, start, end),
+        }
+    }
+    Ok(wb)
+}
+
 /// Read options bounded to `range`, or `None` when the range is empty.
 fn bounded_read_options(range: &KeyRange) -> Option<(ReadOptions, Vec<u8>)> {
     let (lower, upper) = iterate_bounds(range)?;
@@ -222,25 +270,7 @@ impl Engine for RocksEngine {
     }
 
     fn write(&self, batch: WriteBatch, durability: Durability) -> Result<()> {
-        let mut wb = rocksdb::WriteBatch::default();
-        for op in &batch.ops {
-            match op {
-                WriteOp::Put {
-                    keyspace,
-                    key,
-                    value,
-                } => wb.put_cf(cf(&self.db, *keyspace)?, key, value),
-                WriteOp::Delete { keyspace, key } => wb.delete_cf(cf(&self.db, *keyspace)?, key),
-                // An empty or inverted range deletes nothing, as in the
-                // memory engine; RocksDB would reject it instead.
-                WriteOp::DeleteRange { start, end, .. } if start >= end => {}
-                WriteOp::DeleteRange {
-                    keyspace,
-                    start,
-                    end,
-                } => wb.delete_range_cf(cf(&self.db, *keyspace)?, start, end),
-            }
-        }
+        let wb = rocks_batch(&self.db, &batch)?;
         let mut opts = WriteOptions::default();
         opts.set_sync(durability == Durability::Sync);
         opts.disable_wal(durability == Durability::Unlogged);
@@ -378,5 +408,27 @@ impl Snapshot for RocksSnapshot {
             return Ok(Vec::new());
         }
         collect_range(self.snapshot.raw_iterator_cf_opt(cf, opts), &lower, limit)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_sized_for_their_encoding() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let engine = RocksEngine::open(RocksConfig::new(dir.path())).unwrap();
+        let mut batch = WriteBatch::new();
+        // Lengths of one, two and three varint bytes.
+        batch.put(Keyspace::Data, vec![1; 3], vec![2; 100]);
+        batch.put(Keyspace::Data, vec![3; 200], vec![4; 20_000]);
+        batch.put(Keyspace::RaftLog, vec![5; 8], vec![6; 1 << 20]);
+        batch.delete(Keyspace::Data, vec![7; 130]);
+        batch.delete_range(Keyspace::Data, vec![8; 2], vec![9; 300]);
+        let rocks = rocks_batch(&engine.db, &batch).unwrap();
+        assert_eq!(rocks.len(), 5);
+        assert!(rocks.size_in_bytes() <= encoded_size(&batch));
+        assert!(encoded_size(&batch) < rocks.size_in_bytes() + 5 * 16);
     }
 }

@@ -24,6 +24,8 @@ use serde::{Deserialize, Serialize};
 
 const VERSION: u8 = 1;
 const HEADER: usize = 22;
+/// Where the CRC32C sits in the header.
+const CRC_AT: usize = 14;
 /// No batch decompresses to more than this (a corrupt length cannot make a
 /// reader allocate more). Appends are split well below it.
 pub const MAX_PAYLOAD: usize = 32 << 20;
@@ -111,23 +113,26 @@ impl BatchBuilder {
         } else {
             compression
         };
-        let stored = match codec {
-            Compression::None => self.payload.clone(),
-            Compression::Lz4 => lz4_flex::block::compress(&self.payload),
-            Compression::Zstd => zstd::bulk::compress(&self.payload, 1)
-                .map_err(|e| Error::Corrupt(format!("zstd compression failed: {e}")))?,
+        let compressed = match codec {
+            Compression::None => None,
+            Compression::Lz4 => Some(lz4_flex::block::compress(&self.payload)),
+            Compression::Zstd => Some(
+                zstd::bulk::compress(&self.payload, 1)
+                    .map_err(|e| Error::Corrupt(format!("zstd compression failed: {e}")))?,
+            ),
         };
+        let stored = compressed.as_deref().unwrap_or(&self.payload);
+        // The stored bytes are copied once, into place; the checksum goes in after.
         let mut out = Vec::with_capacity(HEADER + stored.len());
         out.push(VERSION);
         out.push(codec.code());
         out.extend_from_slice(&self.count.to_be_bytes());
         out.extend_from_slice(&timestamp_us.to_be_bytes());
-        let mut checked = Vec::with_capacity(4 + stored.len());
-        checked.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
-        checked.extend_from_slice(&stored);
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&out), &checked);
-        out.extend_from_slice(&crc.to_be_bytes());
-        out.extend_from_slice(&checked);
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
+        out.extend_from_slice(stored);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..CRC_AT]), &out[CRC_AT + 4..]);
+        out[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_be_bytes());
         Ok(out)
     }
 }
@@ -196,9 +201,9 @@ impl<'a> Iterator for Records<'a> {
 /// Verifies the checksum and decompresses.
 pub fn decode(bytes: &[u8]) -> Result<DecodedBatch> {
     let header = header(bytes)?;
-    let crc = u32::from_be_bytes(bytes[14..18].try_into().expect("4 bytes"));
-    let checked = &bytes[18..];
-    if crc32c::crc32c_append(crc32c::crc32c(&bytes[..14]), checked) != crc {
+    let crc = u32::from_be_bytes(bytes[CRC_AT..CRC_AT + 4].try_into().expect("4 bytes"));
+    let checked = &bytes[CRC_AT + 4..];
+    if crc32c::crc32c_append(crc32c::crc32c(&bytes[..CRC_AT]), checked) != crc {
         return Err(Error::Corrupt("checksum mismatch".into()));
     }
     let length = u32::from_be_bytes(bytes[18..22].try_into().expect("4 bytes")) as usize;
