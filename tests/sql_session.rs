@@ -1456,6 +1456,27 @@ async fn literal_inserts_read_back_like_planned_inserts() {
         simple_rows(&client, "SELECT n, c, v FROM lit WHERE id = 1").await,
         vec![vec![s("9.99"), s("ab "), s("abcd")]]
     );
+    // Scanned rows the shortcut leaves to DataFusion (a date, a number into a text
+    // column): the statement's whole tree is built from them and planned as usual.
+    batch(
+        &client,
+        "CREATE TABLE dated (id int PRIMARY KEY, d date, t text)",
+    )
+    .await;
+    let tags = simple_counts(
+        &client,
+        "INSERT INTO dated VALUES (1, '2026-01-01', 'a'), (2, '2026-12-06', 2.5), (3, NULL, -3)",
+    )
+    .await;
+    assert_eq!(tags, vec![3]);
+    assert_eq!(
+        simple_rows(&client, "SELECT id, d, t FROM dated ORDER BY id").await,
+        vec![
+            vec![s("1"), s("2026-01-01"), s("a")],
+            vec![s("2"), s("2026-12-06"), s("2.5")],
+            vec![s("3"), None, s("-3")]
+        ]
+    );
 
     // Several rows in one statement, with and without a column list.
     assert_eq!(

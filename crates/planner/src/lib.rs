@@ -6,8 +6,9 @@
 //! 1. [`Session::parse`] splits the text into statements with sqlparser's
 //!    PostgreSQL dialect ([`dialect`]; catalog queries go through
 //!    datafusion-pg-catalog's parser, which rewrites `::regclass` and friends).
-//!    The rows of a multi-row INSERT of literals after its first are scanned
-//!    into sqlparser's tree rather than tokenized ([`values_scan`]).
+//!    The rows of a multi-row INSERT of literals after its first are scanned,
+//!    not tokenized, and become sqlparser's tree only if something other than
+//!    the literal INSERT shortcut needs it ([`values_scan`]).
 //! 2. [`Session::prepare`] classifies the statement: DDL, DML, COPY, SET/SHOW,
 //!    or a query; queries and DML are planned by DataFusion against the
 //!    catalog ([`catalog`]), whose tables are [`table::SluiceTable`]s.

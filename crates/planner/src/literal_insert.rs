@@ -42,6 +42,7 @@ use crate::catalog::TableDef;
 use crate::dml::lookup_table;
 use crate::session::{map_df_error, Session};
 use crate::types::{value_at, SqlType};
+use crate::values_scan::{Literal as ScannedLiteral, ScannedRows};
 
 /// A literal INSERT, typed at prepare time.
 pub(crate) struct LiteralInsert {
@@ -72,10 +73,12 @@ enum Field {
 }
 
 /// Types `statement` when it is a literal INSERT the shortcut reproduces exactly; `None`
-/// sends it to DataFusion. `declared`: the parameter types the client gave, if any.
+/// sends it to DataFusion. `scanned`: rows that follow the statement's own
+/// ([`crate::values_scan`]). `declared`: the parameter types the client gave, if any.
 pub(crate) fn plan(
     session: &Session,
     statement: &ast::Statement,
+    scanned: Option<&ScannedRows>,
     declared: &[Option<DataType>],
 ) -> Option<LiteralInsert> {
     let ast::Statement::Insert(insert) = statement else {
@@ -121,17 +124,29 @@ pub(crate) fn plan(
     }
     let table = lookup_table(session, name).ok()?;
     let columns = listed_columns(&table, &insert.columns)?;
-    let mut texts = Vec::with_capacity(values.rows.len());
+    let parsed_rows = values.rows.iter().map(|row| {
+        let literals = row.content.iter().map(parsed_literal);
+        (row.content.len(), Either::Parsed(literals))
+    });
+    let scanned_rows = scanned.into_iter().flat_map(|scanned| {
+        scanned.rows().map(move |row| {
+            let literals = row
+                .iter()
+                .map(move |literal| Some(scanned_literal(scanned, literal)));
+            (row.len(), Either::Scanned(literals))
+        })
+    });
+    let mut texts = Vec::with_capacity(values.rows.len() + scanned.map_or(0, |s| s.rows().len()));
     let mut places = Vec::new();
     let mut param_types: Vec<Option<DataType>> = Vec::new();
-    for (row_index, row) in values.rows.iter().enumerate() {
-        if row.content.len() != columns.len() {
+    for (row_index, (width, literals)) in parsed_rows.chain(scanned_rows).enumerate() {
+        if width != columns.len() {
             return None;
         }
         let mut fields = Vec::with_capacity(columns.len());
-        for (expr, &column) in row.content.iter().zip(&columns) {
+        for (literal, &column) in literals.zip(&columns) {
             let ty = table.columns[column].ty;
-            match field(expr, ty)? {
+            match field(literal?, ty)? {
                 Field::Text(text) => fields.push(text),
                 Field::Param(param) => {
                     if param >= param_types.len() {
@@ -194,21 +209,45 @@ fn listed_columns(table: &TableDef, listed: &[ast::ObjectName]) -> Option<Vec<us
     (!defaults_needed && !system_listed).then_some(columns)
 }
 
-/// What the shortcut makes of `expr` in a column of type `ty`, or `None` when it leaves
-/// the statement to DataFusion.
-fn field(expr: &ast::Expr, ty: SqlType) -> Option<Field> {
-    if let ast::Expr::Value(value) = expr {
-        if let ast::Value::Placeholder(name) = &value.value {
-            let number: usize = name.strip_prefix('$')?.parse().ok()?;
-            return number.checked_sub(1).map(Field::Param);
-        }
-    }
-    literal_text(expr, ty).map(Field::Text)
+/// A value of the VALUES list as the shortcut reads it, whether sqlparser parsed it or
+/// [`crate::values_scan`] scanned it.
+#[derive(Debug, PartialEq)]
+enum Literal<'a> {
+    Null,
+    String(Cow<'a, str>),
+    /// Digits with an optional fraction (sqlparser's number text), and a sign.
+    Number {
+        negative: bool,
+        digits: &'a str,
+    },
+    Boolean(bool),
+    /// `$n`, as its index (`$1` is 0).
+    Param(usize),
 }
 
-/// The text COPY would be given for `expr` in a column of type `ty`, or `None` when the
-/// literal's meaning in that column is not simply its text (see the module comment).
-fn literal_text(expr: &ast::Expr, ty: SqlType) -> Option<Option<String>> {
+/// Both kinds of row in one loop without boxing.
+enum Either<P, S> {
+    Parsed(P),
+    Scanned(S),
+}
+
+impl<'a, P, S> Iterator for Either<P, S>
+where
+    P: Iterator<Item = Option<Literal<'a>>>,
+    S: Iterator<Item = Option<Literal<'a>>>,
+{
+    type Item = Option<Literal<'a>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match self {
+            Either::Parsed(parsed) => parsed.next(),
+            Either::Scanned(scanned) => scanned.next(),
+        }
+    }
+}
+
+/// `expr` as a [`Literal`], or `None` when it is none of them.
+fn parsed_literal(expr: &ast::Expr) -> Option<Literal<'_>> {
     let (negative, value) = match expr {
         ast::Expr::Value(value) => (false, &value.value),
         ast::Expr::UnaryOp {
@@ -222,6 +261,36 @@ fn literal_text(expr: &ast::Expr, ty: SqlType) -> Option<Option<String>> {
         },
         _ => return None,
     };
+    match value {
+        ast::Value::Placeholder(name) if !negative => {
+            let number: usize = name.strip_prefix('$')?.parse().ok()?;
+            number.checked_sub(1).map(Literal::Param)
+        }
+        ast::Value::Null => Some(Literal::Null),
+        ast::Value::SingleQuotedString(text) => Some(Literal::String(Cow::Borrowed(text))),
+        ast::Value::Boolean(b) => Some(Literal::Boolean(*b)),
+        ast::Value::Number(digits, false) => Some(Literal::Number { negative, digits }),
+        _ => None,
+    }
+}
+
+/// A scanned value as a [`Literal`].
+fn scanned_literal<'a>(rows: &'a ScannedRows, literal: &ScannedLiteral) -> Literal<'a> {
+    match *literal {
+        ScannedLiteral::String { .. } => Literal::String(rows.text(literal)),
+        ScannedLiteral::Number { negative, .. } => Literal::Number {
+            negative,
+            digits: rows.digits(literal),
+        },
+        ScannedLiteral::Null => Literal::Null,
+        ScannedLiteral::Boolean(b) => Literal::Boolean(b),
+        ScannedLiteral::Parameter(n) => Literal::Param(usize::from(n) - 1),
+    }
+}
+
+/// What the shortcut makes of `literal` in a column of type `ty`, or `None` when the
+/// literal's meaning in that column is not simply its text (see the module comment).
+fn field(literal: Literal<'_>, ty: SqlType) -> Option<Field> {
     let textual = matches!(ty, SqlType::Text | SqlType::Varchar(_) | SqlType::Char(_));
     let numeric = matches!(
         ty,
@@ -232,23 +301,21 @@ fn literal_text(expr: &ast::Expr, ty: SqlType) -> Option<Option<String>> {
             | SqlType::Float8
             | SqlType::Numeric { .. }
     );
-    match value {
-        ast::Value::Null => Some(None),
-        ast::Value::SingleQuotedString(text) if textual || numeric => Some(Some(text.clone())),
-        ast::Value::Boolean(b) if ty == SqlType::Bool => Some(Some(b.to_string())),
-        ast::Value::Number(number, false) if numeric => {
-            let digits = number.to_string();
-            if !reads_exactly(&digits, ty) {
-                return None;
-            }
-            Some(Some(if negative {
+    let text = match literal {
+        Literal::Param(index) => return Some(Field::Param(index)),
+        Literal::Null => None,
+        Literal::String(text) if textual || numeric => Some(text.into_owned()),
+        Literal::Boolean(b) if ty == SqlType::Bool => Some(b.to_string()),
+        Literal::Number { negative, digits } if numeric && reads_exactly(digits, ty) => {
+            Some(if negative {
                 format!("-{digits}")
             } else {
-                digits
-            }))
+                digits.to_string()
+            })
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(Field::Text(text))
 }
 
 /// Whether a number literal's text stands for the same value in a column of type `ty`:
@@ -348,7 +415,10 @@ mod tests {
 
     #[test]
     fn literals_become_copy_text_only_where_that_means_the_same() {
-        let text = |sql: &str, ty| literal_text(&literal(sql), ty);
+        let text = |sql: &str, ty| match parsed_literal(&literal(sql)).and_then(|l| field(l, ty)) {
+            Some(Field::Text(text)) => Some(text),
+            _ => None,
+        };
         assert_eq!(text("'ada'", SqlType::Text), Some(Some("ada".into())));
         assert_eq!(text("'12'", SqlType::Int8), Some(Some("12".into())));
         assert_eq!(text("-12", SqlType::Int8), Some(Some("-12".into())));
@@ -364,7 +434,8 @@ mod tests {
 
     #[test]
     fn numbered_parameters_take_their_place_and_others_do_not() {
-        let param = |sql: &str| match field(&literal(sql), SqlType::Int8) {
+        let int8 = |sql: &str| parsed_literal(&literal(sql)).and_then(|l| field(l, SqlType::Int8));
+        let param = |sql: &str| match int8(sql) {
             Some(Field::Param(index)) => Some(index),
             _ => None,
         };
@@ -372,8 +443,28 @@ mod tests {
         assert_eq!(param("$12"), Some(11));
         assert_eq!(param("$0"), None);
         assert_eq!(param("-$1"), None);
-        assert!(
-            matches!(field(&literal("7"), SqlType::Int8), Some(Field::Text(Some(t))) if t == "7")
-        );
+        assert!(matches!(int8("7"), Some(Field::Text(Some(t))) if t == "7"));
+    }
+
+    /// The shortcut reads a scanned value as it reads the expression sqlparser makes of it.
+    #[test]
+    fn scanned_values_read_as_their_parsed_expressions() {
+        let sql = "INSERT INTO t VALUES (0, 'a'), ('x''y', -1.50), (NULL, true), \
+                   (FALSE, $7), ('', 0042), ('é''''', -3)";
+        let split = crate::values_scan::split(sql).expect("scanned");
+        let rows = &split.rows;
+        let mut seen = 0;
+        for row in rows.rows() {
+            for scanned in row {
+                let parsed = rows.expr(scanned);
+                assert_eq!(
+                    Some(scanned_literal(rows, scanned)),
+                    parsed_literal(&parsed),
+                    "{parsed}"
+                );
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 10);
     }
 }

@@ -314,6 +314,8 @@ pub struct Statement {
 #[derive(Clone, Debug)]
 pub(crate) enum StatementKind {
     Sql(ast::Statement),
+    /// A multi-row INSERT of literals whose later rows were scanned, not parsed.
+    ScannedInsert(Box<crate::values_scan::ScannedInsert>),
     Stream(Box<crate::stream_sql::StreamStatement>),
 }
 
@@ -331,7 +333,7 @@ impl Statement {
                     | ast::Statement::Insert(_)
                     | ast::Statement::Update(_)
                     | ast::Statement::Delete(_)
-            )
+            ) | StatementKind::ScannedInsert(_)
         )
     }
 
@@ -339,6 +341,7 @@ impl Statement {
     pub(crate) fn sql(&self) -> Option<&ast::Statement> {
         match self.kind.as_ref() {
             StatementKind::Sql(ast) => Some(ast),
+            StatementKind::ScannedInsert(scanned) => Some(scanned.whole()),
             StatementKind::Stream(_) => None,
         }
     }
@@ -346,6 +349,7 @@ impl Statement {
     pub(crate) fn into_sql(self) -> Result<ast::Statement> {
         match Arc::unwrap_or_clone(self.kind) {
             StatementKind::Sql(ast) => Ok(ast),
+            StatementKind::ScannedInsert(scanned) => Ok(scanned.into_whole()),
             StatementKind::Stream(stream) => Err(Error::new(
                 sqlstate::FEATURE_NOT_SUPPORTED,
                 format!("{} is not allowed here", stream.tag()),
@@ -358,6 +362,7 @@ impl fmt::Display for Statement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.kind.as_ref() {
             StatementKind::Sql(ast) => write!(f, "{ast}"),
+            StatementKind::ScannedInsert(scanned) => write!(f, "{scanned}"),
             StatementKind::Stream(stream) => write!(f, "{}", stream.tag()),
         }
     }
@@ -612,7 +617,7 @@ impl Session {
             .iter()
             .any(|statement| match statement.kind.as_ref() {
                 StatementKind::Sql(ast) => reads_system_catalog(ast),
-                StatementKind::Stream(_) => false,
+                StatementKind::ScannedInsert(_) | StatementKind::Stream(_) => false,
             });
         if reads_catalog {
             statements = self
@@ -889,6 +894,22 @@ impl Session {
         };
         let ast = match statement.kind.as_ref() {
             StatementKind::Sql(ast) => ast,
+            StatementKind::ScannedInsert(scanned) => {
+                // The shortcut reads the scanned rows as they are; only a statement it
+                // leaves to DataFusion needs the whole tree.
+                if let Some(insert) =
+                    literal_insert::plan(self, scanned.head(), Some(scanned.rows()), param_types)
+                {
+                    return Ok(Arc::new(Prepared {
+                        param_types: insert.param_types.clone(),
+                        statement,
+                        result_schema: None,
+                        kind: PreparedKind::LiteralInsert(Box::new(insert)),
+                        catalog_version,
+                    }));
+                }
+                scanned.whole()
+            }
             StatementKind::Stream(stream) => {
                 let (kind, result_schema) = crate::topic::prepare(self, stream).await?;
                 return Ok(Arc::new(Prepared {
@@ -908,7 +929,7 @@ impl Session {
                 (PreparedKind::Query(self.cache(plan)?), Some(schema), types)
             }
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                match literal_insert::plan(self, ast, param_types) {
+                match literal_insert::plan(self, ast, None, param_types) {
                     Some(insert) => {
                         let types = insert.param_types.clone();
                         (PreparedKind::LiteralInsert(Box::new(insert)), None, types)
@@ -1038,12 +1059,8 @@ impl Session {
                 } else {
                     let list: Vec<String> = parameters.iter().map(ToString::to_string).collect();
                     let select = format!("SELECT {}", list.join(", "));
-                    let plan = match self
-                        .parse(&select)?
-                        .pop()
-                        .map(|s| Arc::unwrap_or_clone(s.kind))
-                    {
-                        Some(StatementKind::Sql(ast)) => self.plan(ast).await?,
+                    let plan = match self.parse(&select)?.pop().map(Statement::into_sql) {
+                        Some(Ok(ast)) => self.plan(ast).await?,
                         _ => {
                             return Err(Error::new(
                                 sqlstate::SYNTAX_ERROR,
@@ -1717,7 +1734,7 @@ fn scanned_insert<E>(
     let Some(head) = head.pop().filter(|_| head.is_empty()) else {
         return Ok(None);
     };
-    let Some(StatementKind::Sql(mut ast)) = Arc::into_inner(head.kind) else {
+    let Some(StatementKind::Sql(ast)) = Arc::into_inner(head.kind) else {
         return Ok(None);
     };
     if reads_system_catalog(&ast) {
@@ -1725,8 +1742,8 @@ fn scanned_insert<E>(
     }
     check_parameter_numbers(&ast)?;
     Ok(
-        crate::values_scan::append_rows(&mut ast, split.rows).then(|| Statement {
-            kind: Arc::new(StatementKind::Sql(ast)),
+        crate::values_scan::ScannedInsert::new(ast, split.rows).map(|scanned| Statement {
+            kind: Arc::new(StatementKind::ScannedInsert(Box::new(scanned))),
         }),
     )
 }

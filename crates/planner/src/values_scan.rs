@@ -8,13 +8,16 @@
 //! `('ada', 42, NULL)` says what each value is.
 //!
 //! [`split`] scans the rows of such a statement (the first one only to find where it
-//! ends) and makes every later row the expressions sqlparser would make of it. sqlparser still parses the statement
-//! up to the end of its first row (the head: `INSERT INTO t (columns) VALUES (…)`), so
-//! every decision about the statement itself stays its own; [`append_rows`] then adds the
-//! scanned rows to that parse, which gives exactly the tree sqlparser would build from the
-//! whole text. That holds because the head parse must be an INSERT whose VALUES list, at the
-//! top level, ended with the text: in the whole text the parser would be at the same point
-//! and read `, (…)` rows, whose literals it turns into the same values.
+//! ends) and notes each later value's kind and place in the text, without allocating.
+//! sqlparser still parses the statement up to the end of its first row (the head:
+//! `INSERT INTO t (columns) VALUES (…)`), so every decision about the statement itself
+//! stays its own. A [`ScannedInsert`] keeps both: the literal INSERT shortcut
+//! ([`crate::literal_insert`]) reads the scanned values straight into rows, and anything
+//! else asks for the whole tree, which is the head's parse with the rows' expressions
+//! added: exactly the tree sqlparser would build from the whole text. That holds because
+//! the head parse must be an INSERT whose VALUES list, at the top level, ended with the
+//! text: in the whole text the parser would be at the same point and read `, (…)` rows,
+//! whose literals it turns into the same values.
 //!
 //! The scanner takes only what it reads exactly like sqlparser's PostgreSQL tokenizer, and
 //! gives up (the caller parses the whole text as usual) on anything else: comments, escape
@@ -23,6 +26,9 @@
 //! TRUE, FALSE and `$n` from `$1` to the largest a Bind can supply. Between tokens, only
 //! spaces, tabs and line breaks.
 
+use std::borrow::Cow;
+use std::sync::OnceLock;
+
 use datafusion::sql::sqlparser::ast::{self, Expr, Value};
 
 /// A statement [`split`] could take apart.
@@ -30,13 +36,106 @@ use datafusion::sql::sqlparser::ast::{self, Expr, Value};
 pub(crate) struct Split {
     /// Where the first row ends: sqlparser parses `sql[..head_end]`.
     pub(crate) head_end: usize,
-    /// The rows after the first, as sqlparser's expressions.
-    pub(crate) rows: Vec<Vec<Expr>>,
+    /// The rows after the first.
+    pub(crate) rows: ScannedRows,
+}
+
+/// The rows of a statement after its first, as the scanner read them: each value is what
+/// kind of literal it is and where its text lies in the statement, so that a row costs no
+/// allocation until something makes values (or sqlparser's expressions) of it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ScannedRows {
+    /// The text of the statement, which the literals point into.
+    sql: String,
+    /// Values per row (every row has the first row's width, or the scan gave up).
+    width: usize,
+    /// The values, row after row.
+    values: Vec<Literal>,
+}
+
+/// One scanned value. Offsets are byte positions in [`ScannedRows`]'s text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Literal {
+    /// `'…'`: the text between the quotes, in which `doubled` says `''` stands for `'`.
+    String {
+        start: u32,
+        end: u32,
+        doubled: bool,
+    },
+    /// Digits with an optional fraction, after a `-` when `negative`.
+    Number {
+        start: u32,
+        end: u32,
+        negative: bool,
+    },
+    Null,
+    Boolean(bool),
+    /// `$n`, from 1 to [`crate::session::MAX_PARAMETER_NUMBER`].
+    Parameter(u16),
+}
+
+impl ScannedRows {
+    pub(crate) fn rows(&self) -> std::slice::Chunks<'_, Literal> {
+        self.values.chunks(self.width.max(1))
+    }
+
+    /// The unescaped text of a [`Literal::String`], or the digits of a
+    /// [`Literal::Number`] (without its sign); empty for the others.
+    pub(crate) fn text(&self, literal: &Literal) -> Cow<'_, str> {
+        match *literal {
+            Literal::String {
+                start,
+                end,
+                doubled,
+            } => {
+                let text = &self.sql[start as usize..end as usize];
+                if doubled {
+                    Cow::Owned(text.replace("''", "'"))
+                } else {
+                    Cow::Borrowed(text)
+                }
+            }
+            _ => Cow::Borrowed(self.digits(literal)),
+        }
+    }
+
+    /// The digits of a [`Literal::Number`] (without its sign); empty for the others.
+    pub(crate) fn digits(&self, literal: &Literal) -> &str {
+        match *literal {
+            Literal::Number { start, end, .. } => &self.sql[start as usize..end as usize],
+            _ => "",
+        }
+    }
+
+    /// The expression sqlparser makes of `literal`.
+    pub(crate) fn expr(&self, literal: &Literal) -> Expr {
+        let value = match *literal {
+            Literal::String { .. } => Value::SingleQuotedString(self.text(literal).into_owned()),
+            Literal::Number { negative, .. } => {
+                let number = Value::Number(self.text(literal).into_owned(), false);
+                let number = Expr::Value(number.with_empty_span());
+                if negative {
+                    return Expr::UnaryOp {
+                        op: ast::UnaryOperator::Minus,
+                        expr: Box::new(number),
+                    };
+                }
+                return number;
+            }
+            Literal::Null => Value::Null,
+            Literal::Boolean(b) => Value::Boolean(b),
+            Literal::Parameter(n) => Value::Placeholder(format!("${n}")),
+        };
+        Expr::Value(value.with_empty_span())
+    }
 }
 
 /// Splits `sql` when it is one `INSERT … VALUES` statement whose rows are all literals
 /// the scanner reads (see the module comment); `None` leaves it to sqlparser whole.
 pub(crate) fn split(sql: &str) -> Option<Split> {
+    // Offsets are kept in 32 bits; a statement over 4 GiB takes the usual path (and
+    // never arrives: the frontend limits messages far below that).
+    u32::try_from(sql.len()).ok()?;
     let mut scanner = Scanner {
         sql,
         bytes: sql.as_bytes(),
@@ -48,17 +147,23 @@ pub(crate) fn split(sql: &str) -> Option<Split> {
     }
     scanner.find_values_keyword()?;
     scanner.skip_space();
-    let first = scanner.row(0)?;
+    let mut first = Vec::new();
+    scanner.row(&mut first)?;
     let width = first.len();
     let head_end = scanner.at;
-    let mut rows = Vec::new();
+    let mut values = Vec::new();
     loop {
         scanner.skip_space();
         match scanner.peek() {
             Some(b',') => {
                 scanner.at += 1;
                 scanner.skip_space();
-                rows.push(scanner.row(width)?);
+                let before = values.len();
+                scanner.row(&mut values)?;
+                if values.len() - before != width {
+                    // sqlparser takes rows of other widths (the planner refuses them).
+                    return None;
+                }
             }
             Some(b';') | None => break,
             Some(_) => return None,
@@ -71,44 +176,95 @@ pub(crate) fn split(sql: &str) -> Option<Split> {
         }
         scanner.at += 1;
     }
-    Some(Split { head_end, rows })
+    Some(Split {
+        head_end,
+        rows: ScannedRows {
+            sql: sql.to_owned(),
+            width,
+            values,
+        },
+    })
 }
 
-/// Adds `rows` to the VALUES list of `head`, the parse of a [`Split`]'s head, when that is
-/// the plain INSERT the split assumed (its VALUES list at the top level, one row long, with
-/// nothing after it). `false` means the statement must be parsed whole.
-pub(crate) fn append_rows(head: &mut ast::Statement, rows: Vec<Vec<Expr>>) -> bool {
-    let ast::Statement::Insert(insert) = head else {
-        return false;
-    };
-    if insert.on.is_some() || insert.returning.is_some() || insert.settings.is_some() {
-        return false;
+/// A multi-row INSERT of literals as [`split`] and sqlparser read it: the parse of its
+/// head and the scanned rows after it. The whole statement's tree, which planning by
+/// DataFusion (or printing) needs, is made from both the first time it is asked for; the
+/// literal INSERT shortcut reads the scanned rows directly ([`crate::literal_insert`]).
+#[derive(Clone, Debug)]
+pub(crate) struct ScannedInsert {
+    head: ast::Statement,
+    rows: ScannedRows,
+    whole: OnceLock<ast::Statement>,
+}
+
+impl ScannedInsert {
+    /// `None` unless `head` (the parse of a [`Split`]'s head) is the plain INSERT the split
+    /// assumed: its VALUES list at the top level, one row long, with nothing after it.
+    /// Then the rows may follow it; otherwise the statement must be parsed whole.
+    pub(crate) fn new(head: ast::Statement, rows: ScannedRows) -> Option<ScannedInsert> {
+        let ast::Statement::Insert(insert) = &head else {
+            return None;
+        };
+        if insert.on.is_some() || insert.returning.is_some() || insert.settings.is_some() {
+            return None;
+        }
+        let source = insert.source.as_deref()?;
+        let follows_values = source.order_by.is_some()
+            || source.limit_clause.is_some()
+            || source.fetch.is_some()
+            || !source.locks.is_empty()
+            || source.for_clause.is_some()
+            || source.settings.is_some()
+            || source.format_clause.is_some()
+            || !source.pipe_operators.is_empty();
+        let ast::SetExpr::Values(values) = source.body.as_ref() else {
+            return None;
+        };
+        if follows_values || values.explicit_row || values.rows.len() != 1 {
+            return None;
+        }
+        Some(ScannedInsert {
+            head,
+            rows,
+            whole: OnceLock::new(),
+        })
     }
-    let Some(source) = insert.source.as_deref_mut() else {
-        return false;
-    };
-    let follows_values = source.order_by.is_some()
-        || source.limit_clause.is_some()
-        || source.fetch.is_some()
-        || !source.locks.is_empty()
-        || source.for_clause.is_some()
-        || source.settings.is_some()
-        || source.format_clause.is_some()
-        || !source.pipe_operators.is_empty();
-    if follows_values {
-        return false;
+
+    /// sqlparser's parse of the statement through its first row.
+    pub(crate) fn head(&self) -> &ast::Statement {
+        &self.head
     }
-    let ast::SetExpr::Values(values) = source.body.as_mut() else {
-        return false;
-    };
-    if values.explicit_row || values.rows.len() != 1 {
-        return false;
+
+    /// The rows after the first.
+    pub(crate) fn rows(&self) -> &ScannedRows {
+        &self.rows
     }
-    values.rows.reserve(rows.len());
-    values
-        .rows
-        .extend(rows.into_iter().map(ast::Parens::with_empty_span));
-    true
+
+    /// The tree sqlparser would make of the whole statement.
+    pub(crate) fn whole(&self) -> &ast::Statement {
+        self.whole.get_or_init(|| self.make_whole())
+    }
+
+    pub(crate) fn into_whole(mut self) -> ast::Statement {
+        self.whole.take().unwrap_or_else(|| self.make_whole())
+    }
+
+    fn make_whole(&self) -> ast::Statement {
+        // The head ends with its one row (`new` checked that nothing follows it).
+        let mut whole = self.head.clone();
+        if let ast::Statement::Insert(insert) = &mut whole {
+            if let Some(source) = insert.source.as_deref_mut() {
+                if let ast::SetExpr::Values(values) = source.body.as_mut() {
+                    values.rows.extend(self.rows.rows().map(|row| {
+                        ast::Parens::with_empty_span(
+                            row.iter().map(|literal| self.rows.expr(literal)).collect(),
+                        )
+                    }));
+                }
+            }
+        }
+        whole
+    }
 }
 
 struct Scanner<'a> {
@@ -179,14 +335,12 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// A parenthesized row of literals starting here; `width`: how many values to expect
-    /// room for.
-    fn row(&mut self, width: usize) -> Option<Vec<Expr>> {
+    /// A parenthesized row of literals starting here, its values added to `values`.
+    fn row(&mut self, values: &mut Vec<Literal>) -> Option<()> {
         if self.peek()? != b'(' {
             return None;
         }
         self.at += 1;
-        let mut values = Vec::with_capacity(width);
         loop {
             self.skip_space();
             values.push(self.literal()?);
@@ -195,28 +349,24 @@ impl<'a> Scanner<'a> {
                 b',' => self.at += 1,
                 b')' => {
                     self.at += 1;
-                    return Some(values);
+                    return Some(());
                 }
                 _ => return None,
             }
         }
     }
 
-    /// One literal, as the expression sqlparser makes of it. What follows it is checked by
-    /// [`Self::row`]: only a `,` or `)` (after white space) may, so that `1e5`, `'a' 'b'` or
-    /// `x::int` are never taken for a shorter literal.
-    fn literal(&mut self) -> Option<Expr> {
-        let value = match self.peek()? {
-            b'\'' => Value::SingleQuotedString(self.string()?),
+    /// One literal. What follows it is checked by [`Self::row`]: only a `,` or `)` (after
+    /// white space) may, so that `1e5`, `'a' 'b'` or `x::int` are never taken for a
+    /// shorter literal.
+    fn literal(&mut self) -> Option<Literal> {
+        match self.peek()? {
+            b'\'' => self.string(),
             b'-' => {
                 self.at += 1;
-                let number = self.number()?;
-                return Some(Expr::UnaryOp {
-                    op: ast::UnaryOperator::Minus,
-                    expr: Box::new(Expr::Value(number.with_empty_span())),
-                });
+                self.number(true)
             }
-            b'0'..=b'9' => self.number()?,
+            b'0'..=b'9' => self.number(false),
             b'$' => {
                 let start = self.at;
                 self.at += 1;
@@ -228,22 +378,21 @@ impl<'a> Scanner<'a> {
                 if !(1..=crate::session::MAX_PARAMETER_NUMBER).contains(&number) {
                     return None;
                 }
-                Value::Placeholder(self.sql[start..self.at].to_string())
+                Some(Literal::Parameter(u16::try_from(number).ok()?))
             }
             _ => {
                 let word = self.word()?;
                 if word.eq_ignore_ascii_case("null") {
-                    Value::Null
+                    Some(Literal::Null)
                 } else if word.eq_ignore_ascii_case("true") {
-                    Value::Boolean(true)
+                    Some(Literal::Boolean(true))
                 } else if word.eq_ignore_ascii_case("false") {
-                    Value::Boolean(false)
+                    Some(Literal::Boolean(false))
                 } else {
-                    return None;
+                    None
                 }
             }
-        };
-        Some(Expr::Value(value.with_empty_span()))
+        }
     }
 
     /// Moves past a run of ASCII digits; whether there was one.
@@ -256,7 +405,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// Digits, optionally a point and more digits (`1.` and `.5` take the usual path).
-    fn number(&mut self) -> Option<Value> {
+    fn number(&mut self, negative: bool) -> Option<Literal> {
         let start = self.at;
         if !self.skip_digits() {
             return None;
@@ -270,28 +419,61 @@ impl<'a> Scanner<'a> {
         if self.peek().is_some_and(|b| is_word_part(b) || b == b'.') {
             return None;
         }
-        Some(Value::Number(self.sql[start..self.at].to_string(), false))
+        Some(Literal::Number {
+            start: offset(start),
+            end: offset(self.at),
+            negative,
+        })
     }
 
-    /// A standard string (`'…'`, a doubled quote standing for one), unescaped.
-    fn string(&mut self) -> Option<String> {
-        let mut text = String::new();
-        let mut from = self.at + 1;
+    /// A standard string (`'…'`, a doubled quote standing for one).
+    fn string(&mut self) -> Option<Literal> {
+        let start = self.at + 1;
+        let mut from = start;
+        let mut doubled = false;
         loop {
             let close = from + self.sql[from..].find('\'')?;
             if self.bytes.get(close + 1) == Some(&b'\'') {
-                text.push_str(&self.sql[from..=close]);
+                doubled = true;
                 from = close + 2;
                 continue;
             }
             self.at = close + 1;
-            if text.is_empty() {
-                return Some(self.sql[from..close].to_string());
-            }
-            text.push_str(&self.sql[from..close]);
-            return Some(text);
+            return Some(Literal::String {
+                start: offset(start),
+                end: offset(close),
+                doubled,
+            });
         }
     }
+}
+
+/// The whole statement as sqlparser prints it, without building its tree: the head's
+/// text ends with its one row, and sqlparser prints each further row as `, (v, …)`.
+/// A caller that wants only a prefix (the statement counters) stops it early.
+impl std::fmt::Display for ScannedInsert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(whole) = self.whole.get() {
+            return write!(f, "{whole}");
+        }
+        write!(f, "{}", self.head)?;
+        for row in self.rows.rows() {
+            f.write_str(", (")?;
+            for (i, literal) in row.iter().enumerate() {
+                if i > 0 {
+                    f.write_str(", ")?;
+                }
+                write!(f, "{}", self.rows.expr(literal))?;
+            }
+            f.write_str(")")?;
+        }
+        Ok(())
+    }
+}
+
+/// A byte position of a statement [`split`] takes (its length fits in 32 bits).
+fn offset(at: usize) -> u32 {
+    at as u32
 }
 
 #[cfg(test)]
@@ -304,13 +486,19 @@ mod tests {
         Parser::parse_sql(&PostgreSqlDialect {}, sql).ok()
     }
 
-    /// The statement [`split`] and [`append_rows`] make of `sql`, if they take it.
+    /// The statement [`split`] and [`ScannedInsert`] make of `sql`, if they take it.
     fn scanned(sql: &str) -> Option<ast::Statement> {
         let split = split(sql)?;
         let mut head = parsed(&sql[..split.head_end])?;
         assert_eq!(head.len(), 1, "{sql}");
-        let mut head = head.pop().unwrap();
-        append_rows(&mut head, split.rows).then_some(head)
+        let head = head.pop().unwrap();
+        let scanned = ScannedInsert::new(head, split.rows)?;
+        // Printed without its tree, it prints as its tree does.
+        let printed = scanned.to_string();
+        assert!(scanned.whole.get().is_none(), "printing built the tree");
+        let whole = scanned.into_whole();
+        assert_eq!(printed, whole.to_string(), "{sql}");
+        Some(whole)
     }
 
     fn assert_same_as_sqlparser(sql: &str) {
