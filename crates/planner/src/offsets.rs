@@ -18,9 +18,9 @@
 //! the members whose heartbeat is younger than [`SESSION_TIMEOUT`]: members
 //! sorted by id, partition `p` to member `p mod n`. Every member computes
 //! the same assignment from the same table, so no coordinator is needed; a
-//! member that joins or leaves (CLOSE, end of session: its row is deleted)
-//! or stops heartbeating is accounted for by the others at their next
-//! heartbeat. During that window two members may read the same partition;
+//! member that joins or leaves (its row is deleted: by CLOSE before it
+//! completes, at the end of a session in the background) or stops
+//! heartbeating is accounted for by the others at their next heartbeat. During that window two members may read the same partition;
 //! delivery is at-least-once, and offsets committed in a transaction make
 //! processing exactly-once all the same.
 
@@ -209,19 +209,36 @@ impl GroupMember {
             .collect())
     }
 
-    /// Leaves the group: deletes the member row in the background (CLOSE
-    /// and session end must not wait on Raft; a row left behind by a crash
-    /// expires after [`SESSION_TIMEOUT`]).
+    /// The command that deletes this member's row.
+    fn leave_command(&self) -> Option<Command> {
+        let key = self.key(&members_table()).ok()?;
+        Some(Command {
+            mutations: vec![Mutation::Delete { key }],
+        })
+    }
+
+    /// Leaves the group before returning (CLOSE): a cursor declared next, by
+    /// this session or another, shares the partitions without this member.
+    /// A failed delete is only logged: the row expires after
+    /// [`SESSION_TIMEOUT`].
+    pub(crate) async fn leave_now(self, db: &Arc<crate::Database>) {
+        if let Some(command) = self.leave_command() {
+            if let Err(e) = db.raft().propose(command).await {
+                tracing::debug!(error = %e, "leaving a consumer group");
+            }
+        }
+    }
+
+    /// Leaves the group in the background: the end of a session must not
+    /// wait on Raft (a row left behind by a crash expires after
+    /// [`SESSION_TIMEOUT`]).
     pub(crate) fn leave(self, db: &Arc<crate::Database>) {
-        let Ok(key) = self.key(&members_table()) else {
+        let Some(command) = self.leave_command() else {
             return;
         };
         let raft = db.raft().clone();
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
-                let command = Command {
-                    mutations: vec![Mutation::Delete { key }],
-                };
                 if let Err(e) = raft.propose(command).await {
                     tracing::debug!(error = %e, "leaving a consumer group");
                 }

@@ -1040,17 +1040,18 @@ pub(crate) async fn execute(session: &mut Session, plan: &StreamPlan) -> Result<
         }
         StreamPlan::Close(None) => {
             let db = session.db.clone();
-            for (_, mut open) in session.cursors.drain() {
-                open.leave(&db);
+            let closed: Vec<TopicCursor> = session.cursors.drain().map(|(_, open)| open).collect();
+            for open in closed {
+                open.close(&db).await;
             }
             Ok(Output::Command(CommandTag::new("CLOSE CURSOR ALL")))
         }
         StreamPlan::Close(Some(cursor)) => {
-            let mut open = session
+            let open = session
                 .cursors
                 .remove(cursor)
                 .ok_or_else(|| no_cursor(cursor))?;
-            open.leave(&session.db.clone());
+            open.close(&session.db).await;
             Ok(Output::Command(CommandTag::new("CLOSE CURSOR")))
         }
         StreamPlan::CommitOffsets(cursor) => crate::offsets::commit(session, cursor).await,
@@ -1062,10 +1063,17 @@ impl TopicCursor {
         self.spec.group.as_deref()
     }
 
-    /// Leaves the group, if any (CLOSE and the end of the session).
+    /// Leaves the group, if any, in the background (the end of the session).
     pub(crate) fn leave(&mut self, db: &Arc<crate::Database>) {
         if let Some(member) = self.member.take() {
             member.leave(db);
+        }
+    }
+
+    /// CLOSE: leaves the group, if any, before the statement completes.
+    async fn close(mut self, db: &Arc<crate::Database>) {
+        if let Some(member) = self.member.take() {
+            member.leave_now(db).await;
         }
     }
 
@@ -1272,7 +1280,7 @@ async fn open_cursor(
         Ok(positions) => positions,
         Err(e) => {
             if let Some(member) = member {
-                member.leave(&session.db);
+                member.leave_now(&session.db).await;
             }
             return Err(e);
         }
