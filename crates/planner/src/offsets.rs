@@ -20,9 +20,10 @@
 //! the same assignment from the same table, so no coordinator is needed; a
 //! member that joins or leaves (its row is deleted: by CLOSE before it
 //! completes, at the end of a session in the background) or stops
-//! heartbeating is accounted for by the others at their next heartbeat. During that window two members may read the same partition;
-//! delivery is at-least-once, and offsets committed in a transaction make
-//! processing exactly-once all the same.
+//! heartbeating is accounted for by the others at their next heartbeat.
+//! During that window two members may read the same partition; delivery is
+//! at-least-once, and offsets committed in a transaction make processing
+//! exactly-once all the same.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
