@@ -892,24 +892,12 @@ impl Session {
                 true,
             )])))
         };
-        let ast = match statement.kind.as_ref() {
-            StatementKind::Sql(ast) => ast,
-            StatementKind::ScannedInsert(scanned) => {
-                // The shortcut reads the scanned rows as they are; only a statement it
-                // leaves to DataFusion needs the whole tree.
-                if let Some(insert) =
-                    literal_insert::plan(self, scanned.head(), Some(scanned.rows()), param_types)
-                {
-                    return Ok(Arc::new(Prepared {
-                        param_types: insert.param_types.clone(),
-                        statement,
-                        result_schema: None,
-                        kind: PreparedKind::LiteralInsert(Box::new(insert)),
-                        catalog_version,
-                    }));
-                }
-                scanned.whole()
-            }
+        // A scanned INSERT is classified by its head (an INSERT); the literal INSERT
+        // shortcut reads its scanned rows as they are, and only a statement the shortcut
+        // leaves to DataFusion needs the whole tree.
+        let (ast, scanned) = match statement.kind.as_ref() {
+            StatementKind::Sql(ast) => (ast, None),
+            StatementKind::ScannedInsert(scanned) => (scanned.head(), Some(scanned.as_ref())),
             StatementKind::Stream(stream) => {
                 let (kind, result_schema) = crate::topic::prepare(self, stream).await?;
                 return Ok(Arc::new(Prepared {
@@ -929,13 +917,15 @@ impl Session {
                 (PreparedKind::Query(self.cache(plan)?), Some(schema), types)
             }
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
-                match literal_insert::plan(self, ast, None, param_types) {
+                let rows = scanned.map(|scanned| scanned.rows());
+                match literal_insert::plan(self, ast, rows, param_types) {
                     Some(insert) => {
                         let types = insert.param_types.clone();
                         (PreparedKind::LiteralInsert(Box::new(insert)), None, types)
                     }
                     None => {
-                        let (plan, types) = dml::prepare(self, ast, param_types).await?;
+                        let whole = scanned.map_or(ast, |scanned| scanned.whole());
+                        let (plan, types) = dml::prepare(self, whole, param_types).await?;
                         let schema = plan.returning_schema();
                         (PreparedKind::Dml(Box::new(plan)), schema, types)
                     }

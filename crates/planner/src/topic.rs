@@ -1040,8 +1040,7 @@ pub(crate) async fn execute(session: &mut Session, plan: &StreamPlan) -> Result<
         }
         StreamPlan::Close(None) => {
             let db = session.db.clone();
-            let closed: Vec<TopicCursor> = session.cursors.drain().map(|(_, open)| open).collect();
-            for open in closed {
+            for (_, open) in session.cursors.drain() {
                 open.close(&db).await;
             }
             Ok(Output::Command(CommandTag::new("CLOSE CURSOR ALL")))

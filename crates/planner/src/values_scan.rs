@@ -43,7 +43,7 @@ pub(crate) struct Split {
 /// The rows of a statement after its first, as the scanner read them: each value is what
 /// kind of literal it is and where its text lies in the statement, so that a row costs no
 /// allocation until something makes values (or sqlparser's expressions) of it.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub(crate) struct ScannedRows {
     /// The text of the statement, which the literals point into.
     sql: String,
