@@ -2,7 +2,7 @@
 //! connection, a client vanishing mid-query leaves the server serving, a 100 MB value is either
 //! stored or refused with a SQLSTATE, and degenerate statements get PostgreSQL's answers. The
 //! HTTP endpoints answer for probes and Prometheus. Extended-protocol replies wait for Sync or
-//! Flush, as in PostgreSQL.
+//! Flush, and a malformed Query message is a protocol violation, as in PostgreSQL.
 
 mod common;
 
@@ -58,8 +58,8 @@ fn frontend_message(kind: u8, body: &[u8]) -> Vec<u8> {
     message
 }
 
-/// The type bytes of the backend messages that arrive within `wait`.
-fn backend_kinds(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
+/// The bytes that arrive within `wait`, or until the server closes the connection.
+fn backend_bytes(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
     stream
         .set_read_timeout(Some(wait))
         .expect("set read timeout");
@@ -72,6 +72,15 @@ fn backend_kinds(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
             Err(_) => break,
         }
     }
+    bytes
+}
+
+/// The type bytes of the backend messages that arrive within `wait`.
+fn backend_kinds(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    message_kinds(&backend_bytes(stream, wait))
+}
+
+fn message_kinds(bytes: &[u8]) -> Vec<u8> {
     let mut kinds = Vec::new();
     let mut at = 0;
     while at + 5 <= bytes.len() {
@@ -82,11 +91,8 @@ fn backend_kinds(stream: &mut TcpStream, wait: Duration) -> Vec<u8> {
     kinds
 }
 
-/// Like PostgreSQL, the server keeps ParseComplete and BindComplete in its send buffer until
-/// Sync or Flush: drivers pipeline Parse/Bind/Execute/Sync and expect one answer per Sync.
-#[test]
-fn extended_replies_wait_for_sync_or_flush() {
-    let server = TestServer::start();
+/// A connection past startup, speaking raw protocol bytes.
+fn started_connection(server: &TestServer) -> TcpStream {
     let mut stream = TcpStream::connect(("127.0.0.1", server.sql_port)).expect("connect");
     let mut startup = 196608_u32.to_be_bytes().to_vec();
     for part in ["user", "sluice", "database", "sluice", ""] {
@@ -98,6 +104,15 @@ fn extended_replies_wait_for_sync_or_flush() {
     stream.write_all(&message).expect("startup");
     let kinds = backend_kinds(&mut stream, Duration::from_millis(1_000));
     assert_eq!(kinds.last(), Some(&b'Z'), "no ReadyForQuery: {kinds:?}");
+    stream
+}
+
+/// Like PostgreSQL, the server keeps ParseComplete and BindComplete in its send buffer until
+/// Sync or Flush: drivers pipeline Parse/Bind/Execute/Sync and expect one answer per Sync.
+#[test]
+fn extended_replies_wait_for_sync_or_flush() {
+    let server = TestServer::start();
+    let mut stream = started_connection(&server);
 
     // Parse "SELECT 1" as the unnamed statement, bind it: nothing may arrive yet.
     let mut parse = b"\0SELECT 1\0".to_vec();
@@ -121,6 +136,35 @@ fn extended_replies_wait_for_sync_or_flush() {
     stream.write_all(&execute).expect("execute and sync");
     let answered = backend_kinds(&mut stream, Duration::from_millis(1_000));
     assert_eq!(answered, b"DCZ", "after Execute and Sync");
+}
+
+/// A Query message's text ends with the message's only NUL. One with a NUL inside is a protocol
+/// violation (08P01) that ends the connection, as in PostgreSQL: what follows the NUL is not
+/// run, where it once was decoded as further messages (here a second, smuggled Query).
+#[test]
+fn query_text_must_end_its_message() {
+    let server = TestServer::start();
+    let mut stream = started_connection(&server);
+    let mut body = b"SELECT 1\0".to_vec();
+    body.extend(frontend_message(b'Q', b"SELECT 2\0"));
+    stream
+        .write_all(&frontend_message(b'Q', &body))
+        .expect("query");
+    let bytes = backend_bytes(&mut stream, Duration::from_secs(10));
+    let kinds = message_kinds(&bytes);
+    assert_eq!(kinds, b"E", "only an error, then the connection closes");
+    assert!(
+        bytes.windows(7).any(|w| w == b"C08P01\0"),
+        "not a protocol violation: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+
+    let mut fresh = started_connection(&server);
+    fresh
+        .write_all(&frontend_message(b'Q', b"SELECT 1\0"))
+        .expect("query");
+    let kinds = backend_kinds(&mut fresh, Duration::from_millis(1_000));
+    assert_eq!(kinds, b"TDCZ", "the server still serves");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,8 +5,10 @@
 //! Main flow, for one client connection:
 //!
 //! 1. [`serve_sql`] accepts the socket and runs `server::drive` in its own
-//!    task: it refuses SSL, bounds message sizes (`limit::LimitedIo`) and
-//!    hands every decoded message to pgwire's `process_message`.
+//!    task: it refuses SSL, bounds message sizes (`limit::LimitedIo`),
+//!    decodes messages (`query_codec::QueryCodec`: simple Queries itself,
+//!    the rest through pgwire's codec) and hands each to pgwire's
+//!    `process_message`.
 //! 2. The startup message reaches `connection::Startup::on_startup`, which
 //!    authenticates (trust, or SCRAM-SHA-256 through pgwire), registers the
 //!    connection for CancelRequest, and opens the planner session with
@@ -42,6 +44,7 @@ mod interrupt;
 mod limit;
 mod metrics;
 mod query;
+mod query_codec;
 mod server;
 
 pub use http::serve_http;

@@ -27,6 +27,7 @@ use crate::connection::{Connection, Startup};
 use crate::error::fatal;
 use crate::interrupt::shutting_down;
 use crate::limit::LimitedIo;
+use crate::query_codec::QueryCodec;
 use crate::{Auth, FrontendConfig, Metrics};
 
 /// A client must finish startup and authentication within this time.
@@ -189,15 +190,25 @@ async fn drive(
                 None => std::future::pending().await,
             }
         };
-        let message = tokio::select! {
-            () = shared.shutdown.cancelled() => {
+        // Reading goes through `QueryCodec`; pgwire's handlers below need
+        // the socket with pgwire's own codec, so it is swapped back after.
+        let mut reading = socket.map_codec(QueryCodec::new);
+        let woken = tokio::select! {
+            () = shared.shutdown.cancelled() => Woken::Shutdown,
+            () = &mut startup_deadline, if starting => Woken::StartupTimeout,
+            () = idle_deadline => Woken::IdleTimeout,
+            message = reading.next() => Woken::Message(message),
+        };
+        socket = reading.map_codec(QueryCodec::into_inner);
+        let message = match woken {
+            Woken::Shutdown => {
                 if !starting {
                     send_fatal(&mut socket, shutting_down()).await;
                 }
                 return Ok(());
             }
-            () = &mut startup_deadline, if starting => return Ok(()),
-            () = idle_deadline => {
+            Woken::StartupTimeout => return Ok(()),
+            Woken::IdleTimeout => {
                 // Dropping the connection drops its session and with it the
                 // open block: nothing of it was written.
                 let error = Error::new(
@@ -208,7 +219,7 @@ async fn drive(
                 send_fatal(&mut socket, fatal(error)).await;
                 return Ok(());
             }
-            message = socket.next() => message,
+            Woken::Message(message) => message,
         };
         let message = match message {
             None => return Ok(()),
@@ -276,6 +287,14 @@ async fn drive(
             }
         }
     }
+}
+
+/// What ended a connection's wait for its next message.
+enum Woken {
+    Shutdown,
+    StartupTimeout,
+    IdleTimeout,
+    Message(Option<Result<PgWireFrontendMessage, PgWireError>>),
 }
 
 /// `too_many_connections`.
