@@ -352,10 +352,16 @@ fn append_mutations(def: &TableDef, rows: &[Vec<Value>]) -> Result<AppendPlan> {
     for (partition, indexes) in by_partition {
         let mut batch = BatchBuilder::new();
         let mut held = Vec::new();
-        for &i in &indexes {
+        for (n, &i) in indexes.iter().enumerate() {
             record.clear();
             row::encode_row_into(&mut record, &rows[i][..users], &kinds)
                 .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, format!("encode record: {e}")))?;
+            if batch.is_empty() {
+                // A statement's rows are usually alike: sized by its first
+                // record, a megabyte batch is not copied at every doubling.
+                let rest = (4 + record.len()) * (indexes.len() - n);
+                batch.reserve(rest.min(APPEND_BATCH_BYTES));
+            }
             batch.push(&record);
             held.push(i);
             // Keep batches well inside one Raft command.

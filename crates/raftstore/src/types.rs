@@ -56,8 +56,36 @@ pub(crate) fn log_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
+/// Encodes into a buffer sized by a counting pass first. A log entry holds
+/// record batches of megabytes, and a buffer grown by doubling copied them
+/// again at every step (about 1% of the server's CPU under batched INSERTs);
+/// counting is cheap, as byte strings count by their length.
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EngineError> {
-    postcard::to_stdvec(value).map_err(|e| EngineError::Encode(format!("postcard: {e}")))
+    let failed = |e: postcard::Error| EngineError::Encode(format!("postcard: {e}"));
+    let size = postcard::serialize_with_flavor(value, postcard::ser_flavors::Size::default())
+        .map_err(failed)?;
+    postcard::serialize_with_flavor(value, SizedVec(Vec::with_capacity(size))).map_err(failed)
+}
+
+/// postcard's output to a `Vec` of a capacity chosen by the caller.
+struct SizedVec(Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for SizedVec {
+    type Output = Vec<u8>;
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<Vec<u8>> {
+        Ok(self.0)
+    }
 }
 
 pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8], what: &str) -> Result<T, EngineError> {
@@ -146,5 +174,31 @@ where
         Err(join) => Err(EngineError::Storage(format!(
             "blocking storage task failed: {join}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::command::Mutation;
+
+    #[test]
+    fn encodes_as_postcard_does_into_an_exact_buffer() {
+        let mutations = vec![
+            Mutation::Put {
+                key: b"k".to_vec(),
+                value: vec![7; 1 << 20],
+            },
+            Mutation::Delete { key: Vec::new() },
+            Mutation::Put {
+                key: vec![1; 300],
+                value: b"short".to_vec(),
+            },
+        ];
+        let encoded = encode(&mutations).unwrap();
+        assert_eq!(encoded, postcard::to_stdvec(&mutations).unwrap());
+        assert_eq!(encoded.capacity(), encoded.len());
+        let decoded: Vec<Mutation> = decode(&encoded, "mutations").unwrap();
+        assert_eq!(encode(&decoded).unwrap(), encoded);
     }
 }

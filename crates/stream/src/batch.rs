@@ -84,6 +84,12 @@ impl BatchBuilder {
         Self::default()
     }
 
+    /// Room for `record_bytes` more of records without regrowing; each record
+    /// takes its length plus 4 bytes.
+    pub fn reserve(&mut self, record_bytes: usize) {
+        self.payload.reserve(record_bytes);
+    }
+
     pub fn push(&mut self, record: &[u8]) {
         self.payload
             .extend_from_slice(&(record.len() as u32).to_be_bytes());
