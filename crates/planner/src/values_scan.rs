@@ -23,8 +23,8 @@
 //! gives up (the caller parses the whole text as usual) on anything else: comments, escape
 //! or dollar-quoted strings, casts, operators, exponents, a second statement. Values it
 //! reads: `'…'` with `''` for a quote, integers and decimals (optionally negated), NULL,
-//! TRUE, FALSE and `$n` from `$1` to the largest a Bind can supply. Between tokens, only
-//! spaces, tabs and line breaks.
+//! TRUE, FALSE and `$n` from `$1` to the largest a Bind can supply, without leading zeros.
+//! Between tokens, only spaces, tabs and line breaks.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -373,8 +373,14 @@ impl<'a> Scanner<'a> {
                 if !self.skip_digits() {
                     return None;
                 }
+                let digits = &self.sql[start + 1..self.at];
+                // sqlparser keeps `$07` as written; a scanned parameter keeps only its
+                // number, so the whole parse takes it.
+                if digits.starts_with('0') {
+                    return None;
+                }
                 // One no Bind could supply is left to the whole parse, which refuses it.
-                let number: usize = self.sql[start + 1..self.at].parse().ok()?;
+                let number: usize = digits.parse().ok()?;
                 if !(1..=crate::session::MAX_PARAMETER_NUMBER).contains(&number) {
                     return None;
                 }
@@ -555,6 +561,7 @@ mod tests {
             "INSERT INTO t VALUES (1), ($)",
             "INSERT INTO t VALUES (1), ($1a)",
             "INSERT INTO t VALUES (1), ($0)",
+            "INSERT INTO t VALUES (1), ($07)",
             "INSERT INTO t VALUES (1), ($65536)",
             "INSERT INTO t VALUES (1), ($99999999999999999999999)",
             "INSERT INTO t VALUES (1), (DEFAULT)",
@@ -583,6 +590,7 @@ mod tests {
             "INSERT INTO t VALUES (1), (1e5)",
             "INSERT INTO t VALUES ('a'), ('a' 'b')",
             "INSERT INTO t VALUES (1), ($0)",
+            "INSERT INTO t VALUES (1), ($07)",
             "INSERT INTO t VALUES (1), ($65536)",
         ] {
             assert!(split(sql).is_none(), "{sql}");
