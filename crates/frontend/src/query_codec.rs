@@ -48,7 +48,7 @@ impl<S> Decoder for QueryCodec<S> {
             self.0.client_info.state,
             PgWireConnectionState::AwaitingSslRequest | PgWireConnectionState::AwaitingStartup
         );
-        if !untyped && src.first() == Some(&MESSAGE_TYPE_BYTE_QUERY) {
+        if !untyped {
             match decode_query(src) {
                 Ok(Some(query)) => return Ok(Some(PgWireFrontendMessage::Query(query))),
                 Ok(None) => {}
