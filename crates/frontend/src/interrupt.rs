@@ -134,8 +134,15 @@ impl Interrupt {
 /// Resolves once the peer has closed the connection. The socket is
 /// non-blocking (shared with tokio's handle), so a peek never waits: no data
 /// is `WouldBlock`, pending messages are data, end of stream is 0 bytes.
+///
+/// The first look is one interval in: a statement that ends sooner has no
+/// need of it, and a timer due at once would wake the runtime's driver
+/// (an eventfd write and an extra poll) on every statement.
 async fn wait_for_hangup(socket: &TcpStream) {
-    let mut ticks = tokio::time::interval(CLIENT_CHECK_INTERVAL);
+    let mut ticks = tokio::time::interval_at(
+        Instant::now() + CLIENT_CHECK_INTERVAL,
+        CLIENT_CHECK_INTERVAL,
+    );
     loop {
         ticks.tick().await;
         match socket.peek(&mut [0u8; 1]) {
