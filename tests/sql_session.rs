@@ -1195,6 +1195,81 @@ async fn prepared_plans_stay_current() {
     assert_eq!(row.get::<_, String>(4), "none");
 }
 
+/// A prepared read by key keeps its physical plan and binds each
+/// execution's values into the scan: every execution reads its own key from
+/// its own snapshot, and a `$n` outside the key (which cannot be kept)
+/// still filters.
+#[tokio::test]
+async fn prepared_key_reads_bind_each_execution() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    batch(
+        &client,
+        "CREATE TABLE pairs (a bigint, b bigint, v text NOT NULL, PRIMARY KEY (a, b))",
+    )
+    .await;
+    batch(
+        &client,
+        "INSERT INTO pairs VALUES (1, 1, 'one-one'), (1, 2, 'one-two'), (2, 1, 'two-one')",
+    )
+    .await;
+    let point = client
+        .prepare("SELECT v FROM pairs WHERE a = $1 AND b = $2")
+        .await
+        .unwrap();
+    let read = |a: Option<i64>, b: Option<i64>| {
+        let (client, point) = (&client, &point);
+        async move {
+            client
+                .query(point, &[&a, &b])
+                .await
+                .unwrap()
+                .iter()
+                .map(|row| row.get::<_, String>(0))
+                .collect::<Vec<_>>()
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(read(Some(1), Some(2)).await, ["one-two"]);
+        assert_eq!(read(Some(2), Some(1)).await, ["two-one"]);
+        assert_eq!(read(Some(1), Some(1)).await, ["one-one"]);
+        assert!(read(Some(2), Some(2)).await.is_empty());
+        assert!(read(None, Some(1)).await.is_empty());
+    }
+
+    // Each execution reads the snapshot of its moment, inside a block too.
+    batch(&client, "BEGIN").await;
+    batch(&client, "INSERT INTO pairs VALUES (2, 2, 'two-two')").await;
+    assert_eq!(read(Some(2), Some(2)).await, ["two-two"]);
+    batch(&client, "ROLLBACK").await;
+    assert!(read(Some(2), Some(2)).await.is_empty());
+    batch(
+        &client,
+        "UPDATE pairs SET v = 'changed' WHERE a = 1 AND b = 2",
+    )
+    .await;
+    assert_eq!(read(Some(1), Some(2)).await, ["changed"]);
+
+    // A filter and a limit above the scan, and a `$n` outside the key.
+    let filtered = client
+        .prepare("SELECT v FROM pairs WHERE a = $1 AND b = $2 AND v <> 'changed' LIMIT 1")
+        .await
+        .unwrap();
+    let rows = client.query(&filtered, &[&1i64, &2i64]).await.unwrap();
+    assert!(rows.is_empty());
+    let rows = client.query(&filtered, &[&1i64, &1i64]).await.unwrap();
+    assert_eq!(rows[0].get::<_, String>(0), "one-one");
+    let by_value = client
+        .prepare("SELECT b FROM pairs WHERE a = $1 AND v = $2")
+        .await
+        .unwrap();
+    for (v, b) in [("one-one", 1i64), ("changed", 2)] {
+        let rows = client.query(&by_value, &[&1i64, &v]).await.unwrap();
+        assert_eq!(rows.len(), 1, "{v}");
+        assert_eq!(rows[0].get::<_, i64>(0), b);
+    }
+}
+
 #[tokio::test]
 async fn set_show_and_statement_timeout() {
     let server = TestServer::start();

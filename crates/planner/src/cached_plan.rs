@@ -1,8 +1,8 @@
 //! Plans kept by prepared statements.
 //!
 //! A prepared statement is planned once; what each execution still pays is
-//! binding its `$n` values and building the physical plan. The logical
-//! optimizer (predicate pushdown into the key-range scan, projection pruning,
+//! binding its `$n` values and, for most plans, building the physical plan.
+//! The logical optimizer (predicate pushdown into the key-range scan, projection pruning,
 //! decorrelation) runs at prepare time on the plan with its placeholders in
 //! place, so `SELECT … WHERE id = $1` reaches the scan as `id = $1` and binding
 //! turns it into `id = 42` without another optimizer pass.
@@ -13,30 +13,55 @@
 //! - plans the optimizer cannot handle while placeholders are untyped (it is
 //!   tried, and on error the statement falls back to per-execution
 //!   optimization, which is what every plan did before this cache).
+//!
+//! The physical plan is kept too when running it again is sound, which
+//! covers point and range reads by key: it is built only of operators that
+//! keep nothing between executions (Sluice's key-range scans, projections,
+//! filters, limits), and its `$n` sit only in the scans' key ranges. A `$n`
+//! anywhere else fails physical planning, since DataFusion has no physical
+//! placeholder; the statement then plans per execution as before. Each
+//! execution runs a fresh copy of the kept plan ([`instantiate`]) whose scans
+//! chose their ranges from the bound values. Physical planning cost a point
+//! SELECT about a third of the server's CPU.
 
 use datafusion::arrow::datatypes::DataType;
+use std::sync::Arc;
+
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::execution_plan::{ChildrenPropertiesMode, ReplaceChildrenOptions};
+use datafusion::physical_plan::filter::FilterExec;
+use datafusion::physical_plan::limit::{GlobalLimitExec, LocalLimitExec};
+use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::ExecutionPlan;
 
 use crate::api::{sqlstate, Error, Result};
 use crate::session::map_df_error;
+use crate::table::SluiceScanExec;
 
 /// A logical plan, optimized once when that is safe.
 #[derive(Debug, Clone)]
 pub(crate) struct CachedPlan {
-    plan: LogicalPlan,
+    plan: Arc<LogicalPlan>,
     /// Whether `plan` has already been through the logical optimizer.
     optimized: bool,
     /// The type each `$n` has in the plan, ordered by n; a bound value is cast to it.
     placeholder_types: Vec<Option<DataType>>,
+    /// `plan`'s physical plan, when it can run again (see the module doc);
+    /// its scans wait for their `$n` values.
+    kept_physical: Option<Arc<dyn ExecutionPlan>>,
+    /// Set by [`Self::bind`] from `kept_physical`: the plan to run, once.
+    physical: Option<Arc<dyn ExecutionPlan>>,
 }
 
 impl CachedPlan {
     /// Keeps `plan` (as produced by the SQL planner), optimizing it now when
     /// the result cannot depend on the moment it runs.
-    pub(crate) fn new(state: &SessionState, plan: LogicalPlan) -> Result<Self> {
+    pub(crate) async fn new(state: &SessionState, plan: LogicalPlan) -> Result<Self> {
         let inferred = plan.get_parameter_types().map_err(map_df_error)?;
         let count = inferred
             .keys()
@@ -54,10 +79,17 @@ impl CachedPlan {
         } else {
             (plan, false)
         };
+        let kept_physical = if optimized {
+            reusable_physical(state, &plan).await
+        } else {
+            None
+        };
         Ok(Self {
-            plan,
+            plan: Arc::new(plan),
             optimized,
             placeholder_types,
+            kept_physical,
+            physical: None,
         })
     }
 
@@ -70,11 +102,17 @@ impl CachedPlan {
         self.optimized
     }
 
+    /// The physical plan to run, on a plan [`Self::bind`] made from one
+    /// whose physical plan was kept.
+    pub(crate) fn physical(&self) -> Option<&Arc<dyn ExecutionPlan>> {
+        self.physical.as_ref()
+    }
+
     /// Substitutes parameter values, cast to the types the plan expects
     /// (`declared` where the plan leaves a placeholder untyped).
     pub(crate) fn bind(&self, declared: &[DataType], params: Vec<ScalarValue>) -> Result<Self> {
         check_param_count(declared.len(), params.len())?;
-        if params.is_empty() {
+        if params.is_empty() && self.kept_physical.is_none() {
             return Ok(self.clone());
         }
         let mut values = Vec::with_capacity(params.len());
@@ -87,17 +125,85 @@ impl CachedPlan {
                 .unwrap_or_else(|| declared[i].clone());
             values.push(bind_value(value, &target, i)?);
         }
-        let plan = self
-            .plan
-            .clone()
-            .with_param_values(ParamValues::from(values))
+        let values = ParamValues::from(values);
+        if let Some(kept) = &self.kept_physical {
+            return Ok(Self {
+                plan: self.plan.clone(),
+                optimized: self.optimized,
+                placeholder_types: Vec::new(),
+                kept_physical: None,
+                physical: Some(instantiate(kept, &values).map_err(map_df_error)?),
+            });
+        }
+        let plan = Arc::unwrap_or_clone(self.plan.clone())
+            .with_param_values(values)
             .map_err(map_df_error)?;
         Ok(Self {
-            plan,
+            plan: Arc::new(plan),
             optimized: self.optimized,
             placeholder_types: Vec::new(),
+            kept_physical: None,
+            physical: None,
         })
     }
+}
+
+/// `plan`'s physical plan if it can be kept and run again (module doc).
+async fn reusable_physical(
+    state: &SessionState,
+    plan: &LogicalPlan,
+) -> Option<Arc<dyn ExecutionPlan>> {
+    // Failing here is expected: a `$n` outside a scan's key range.
+    let physical = state
+        .query_planner()
+        .create_physical_plan(plan, state)
+        .await
+        .ok()?;
+    let mut reusable = true;
+    let _ = physical.apply(|node| {
+        reusable = keeps_nothing_between_runs(node.as_ref());
+        Ok(if reusable {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    reusable.then_some(physical)
+}
+
+/// Operators whose fresh copy (with the same children's properties) runs
+/// as a newly planned one would. Joins, sorts and aggregates are left out:
+/// some keep state in the plan (a join's build side, dynamic filters).
+fn keeps_nothing_between_runs(node: &dyn ExecutionPlan) -> bool {
+    node.is::<SluiceScanExec>()
+        || node.is::<ProjectionExec>()
+        || node.is::<FilterExec>()
+        || node.is::<GlobalLimitExec>()
+        || node.is::<LocalLimitExec>()
+        || node.is::<EmptyExec>()
+        || node.is::<PlaceholderRowExec>()
+}
+
+/// A fresh copy of a kept plan to run once: scans take `params` into their
+/// key ranges, and every other operator is re-created with its children's
+/// properties kept (a scan's do not depend on its range), so that none
+/// carries metrics from an earlier execution.
+fn instantiate(
+    node: &Arc<dyn ExecutionPlan>,
+    params: &ParamValues,
+) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
+    if let Some(scan) = node.downcast_ref::<SluiceScanExec>() {
+        return Ok(Arc::new(scan.bind(params)?));
+    }
+    let children = node
+        .children()
+        .into_iter()
+        .map(|child| instantiate(child, params))
+        .collect::<datafusion::common::Result<Vec<_>>>()?;
+    Arc::clone(node).replace_children(
+        children,
+        ReplaceChildrenOptions::new(ChildrenPropertiesMode::Keep),
+    )
 }
 
 /// Parameter `index` (0-based) as a value of `target`, the type its statement gives it.
@@ -156,7 +262,7 @@ mod tests {
         let ctx = SessionContext::new();
         let state = ctx.state();
         let plan = state.create_logical_plan(sql).await.unwrap();
-        CachedPlan::new(&state, plan).unwrap()
+        CachedPlan::new(&state, plan).await.unwrap()
     }
 
     #[tokio::test]
@@ -168,6 +274,32 @@ mod tests {
             .unwrap();
         assert!(bound.is_optimized());
         assert!(!format!("{}", bound.plan().display_indent()).contains("$1"));
+    }
+
+    #[tokio::test]
+    async fn only_plans_of_stateless_operators_without_loose_parameters_keep_their_physical_plan() {
+        let kept = cached("SELECT 1 + 1 AS two WHERE true LIMIT 1").await;
+        let template = kept.kept_physical.clone().expect("kept");
+        let first = kept.bind(&[], Vec::new()).unwrap();
+        let second = kept.bind(&[], Vec::new()).unwrap();
+        let (first, second) = (first.physical().unwrap(), second.physical().unwrap());
+        // Each execution runs its own copy, never the kept plan itself.
+        assert!(!Arc::ptr_eq(first, &template) && !Arc::ptr_eq(first, second));
+        for not_kept in [
+            // A `$n` outside a scan's key range: DataFusion cannot plan it unbound.
+            "SELECT $1::int + 1",
+            // Operators that keep state in the plan.
+            "SELECT sum(a) FROM (VALUES (1), (2)) AS t(a)",
+            "SELECT a FROM (VALUES (2), (1)) AS t(a) ORDER BY a",
+        ] {
+            let plan = cached(not_kept).await;
+            assert!(plan.kept_physical.is_none(), "{not_kept}");
+        }
+        let per_execution = cached("SELECT $1::int + 1").await;
+        let bound = per_execution
+            .bind(&[DataType::Int32], vec![ScalarValue::Int32(Some(1))])
+            .unwrap();
+        assert!(bound.physical().is_none());
     }
 
     #[tokio::test]

@@ -61,7 +61,7 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Pr
                 }
                 ast::CopySource::Query(query) => ast::Statement::Query(query.clone()),
             };
-            let plan = session.cache(session.plan(query).await?)?;
+            let plan = session.cache(session.plan(query).await?).await?;
             Ok(PreparedKind::CopyOut { plan, options })
         }
         _ => Err(Error::new(

@@ -296,7 +296,7 @@ pub async fn prepare(
     let LogicalPlan::Dml(dml) = plan else {
         unreachable!("checked above")
     };
-    let input = session.cache(Arc::unwrap_or_clone(dml.input))?;
+    let input = session.cache(Arc::unwrap_or_clone(dml.input)).await?;
     Ok((
         DmlPlan {
             input,

@@ -914,7 +914,11 @@ impl Session {
                 let plan = self.plan(ast.clone()).await?;
                 let schema = crate::names::postgres_column_names(ast, plan.schema().as_arrow());
                 let types = parameter_types(&plan, param_types)?;
-                (PreparedKind::Query(self.cache(plan)?), Some(schema), types)
+                (
+                    PreparedKind::Query(self.cache(plan).await?),
+                    Some(schema),
+                    types,
+                )
             }
             ast::Statement::Insert(_) | ast::Statement::Update(_) | ast::Statement::Delete(_) => {
                 let rows = scanned.map(|scanned| scanned.rows());
@@ -1081,7 +1085,7 @@ impl Session {
                         }
                     }
                     let types = parameter_types(&plan, &declared)?;
-                    (Some(self.cache(plan)?), types)
+                    (Some(self.cache(plan).await?), types)
                 };
                 let schema = target.result_schema.clone();
                 (PreparedKind::SqlExecute { name, args }, schema, types)
@@ -1111,10 +1115,10 @@ impl Session {
     }
 
     /// Keeps `plan` for repeated execution, optimized once where that is safe.
-    pub(crate) fn cache(&self, plan: LogicalPlan) -> Result<CachedPlan> {
+    pub(crate) async fn cache(&self, plan: LogicalPlan) -> Result<CachedPlan> {
         // Optimizing needs no per-query state: plans that read the clock are
         // not optimized here.
-        CachedPlan::new(&self.planning_state, plan)
+        CachedPlan::new(&self.planning_state, plan).await
     }
 
     /// Plans a statement with DataFusion against the current catalog.
@@ -1491,14 +1495,20 @@ impl Session {
         self.run_plan(plan, false, snapshot).await
     }
 
-    /// Runs a bound [`CachedPlan`], skipping the optimizer if it has run.
+    /// Runs a bound [`CachedPlan`]: its kept physical plan, else its logical
+    /// plan, skipping the optimizer if it has run.
     pub(crate) async fn run_cached(
         &self,
         plan: &CachedPlan,
         snapshot: Arc<dyn Snapshot>,
     ) -> Result<SendableRecordBatchStream> {
-        self.run_plan(plan.plan(), plan.is_optimized(), snapshot)
-            .await
+        match plan.physical() {
+            Some(physical) => self.run_physical(physical.clone(), snapshot),
+            None => {
+                self.run_plan(plan.plan(), plan.is_optimized(), snapshot)
+                    .await
+            }
+        }
     }
 
     async fn run_plan(
@@ -1520,6 +1530,14 @@ impl Session {
             state.create_physical_plan(plan).await
         }
         .map_err(map_df_error)?;
+        self.run_physical(physical, snapshot)
+    }
+
+    fn run_physical(
+        &self,
+        physical: Arc<dyn ExecutionPlan>,
+        snapshot: Arc<dyn Snapshot>,
+    ) -> Result<SendableRecordBatchStream> {
         let state = &self.planning_state;
         let mut config = state.config().clone();
         config.set_extension(Arc::new(ReadView { snapshot }));

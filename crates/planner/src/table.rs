@@ -19,8 +19,8 @@ use datafusion::arrow::array::{ArrayRef, BinaryBuilder};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::arrow::record_batch::{RecordBatch, RecordBatchOptions};
 use datafusion::catalog::{Session as DfSession, TableProvider};
-use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::common::{Column, DataFusionError, ScalarValue};
+use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
+use datafusion::common::{Column, DataFusionError, ParamValues, ScalarValue};
 use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::split_conjunction;
@@ -131,7 +131,7 @@ impl TableProvider for SluiceTable {
         let schema = Arc::new(self.schema.project(&projection)?);
         let (source, range, range_text, one_key) = scan_source_for(&self.def, filters);
         let batch_size = state.config().batch_size().clamp(64, 8192);
-        Ok(Arc::new(SluiceScanExec::new(
+        let mut scan = SluiceScanExec::new(
             self.def.clone(),
             schema,
             projection,
@@ -142,8 +142,17 @@ impl TableProvider for SluiceTable {
             one_key,
             limit,
             batch_size,
-        )))
+        );
+        if filters.iter().any(has_placeholder) {
+            scan.unbound_filters = Some(filters.into());
+        }
+        Ok(Arc::new(scan))
     }
+}
+
+fn has_placeholder(expr: &Expr) -> bool {
+    expr.exists(|e| Ok(matches!(e, Expr::Placeholder(_))))
+        .unwrap_or(true)
 }
 
 /// Which of `filters` the scan's key range applies exactly, so that
@@ -457,7 +466,7 @@ fn successor_bound(key: &[u8], as_start: bool) -> Bound<Vec<u8>> {
 }
 
 /// Reads one table's rows in key order from the statement's snapshot.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct SluiceScanExec {
     def: Arc<TableDef>,
     schema: SchemaRef,
@@ -471,6 +480,11 @@ pub struct SluiceScanExec {
     properties: Arc<PlanProperties>,
     /// The range is one primary key: see [`Self::reads_at_most_one_row`].
     reads_one_key: bool,
+    /// Filters with `$n` in them, when a prepared statement's plan was built
+    /// before its parameters had values: the range above is then not the
+    /// statement's, and [`Self::bind`] must give the scan its values before
+    /// it runs.
+    unbound_filters: Option<Arc<[Expr]>>,
 }
 
 impl SluiceScanExec {
@@ -508,7 +522,49 @@ impl SluiceScanExec {
             batch_size,
             properties,
             reads_one_key,
+            unbound_filters: None,
         }
+    }
+
+    /// Whether the scan waits for parameter values ([`Self::bind`]).
+    pub(crate) fn is_unbound(&self) -> bool {
+        self.unbound_filters.is_some()
+    }
+
+    /// This scan with `params` in place of its filters' `$n`, its key range
+    /// chosen from the values exactly as [`SluiceTable::scan`] chooses it
+    /// from literals. The rest of the plan does not depend on the range: a
+    /// scan's properties are the same whatever it reads.
+    pub(crate) fn bind(&self, params: &ParamValues) -> datafusion::common::Result<Self> {
+        let Some(filters) = &self.unbound_filters else {
+            return Ok(self.clone());
+        };
+        let filters = filters
+            .iter()
+            .map(|filter| {
+                filter
+                    .clone()
+                    .transform_up(|e| match e {
+                        Expr::Placeholder(placeholder) => {
+                            let (value, metadata) = params
+                                .get_placeholders_with_values(&placeholder.id)?
+                                .into_inner();
+                            Ok(Transformed::yes(Expr::Literal(value, metadata)))
+                        }
+                        other => Ok(Transformed::no(other)),
+                    })
+                    .data()
+            })
+            .collect::<datafusion::common::Result<Vec<_>>>()?;
+        let (source, range, range_text, reads_one_key) = scan_source_for(&self.def, &filters);
+        Ok(Self {
+            source,
+            range,
+            range_text,
+            reads_one_key,
+            unbound_filters: None,
+            ..self.clone()
+        })
     }
 
     /// A point lookup: the scan's cost does not grow with the table.
@@ -571,6 +627,11 @@ impl ExecutionPlan for SluiceScanExec {
         _partition: usize,
         context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
+        if self.is_unbound() {
+            return Err(DataFusionError::Internal(
+                "a key range scan ran before its parameters were bound".to_string(),
+            ));
+        }
         let view = context
             .session_config()
             .get_extension::<ReadView>()
@@ -811,5 +872,54 @@ mod tests {
         ]));
         assert!(!one_key(vec![col("v").eq(lit(1i64))]));
         assert!(!one_key(Vec::new()));
+    }
+
+    /// A scan planned with `$n` in its filters and then bound reads the range
+    /// a scan planned with the values as literals reads, and refuses to run
+    /// before it is bound.
+    #[tokio::test]
+    async fn a_bound_scan_reads_what_literals_would() {
+        let table = SluiceTable::new(Arc::new(composite_key_table()), HashMap::new());
+        let state = datafusion::prelude::SessionContext::new().state();
+        let param = |id: &str| {
+            Expr::Placeholder(Placeholder::new_with_field(
+                id.into(),
+                Some(Arc::new(Field::new("", DataType::Int64, true))),
+            ))
+        };
+        let scan = |filters: Vec<Expr>| {
+            let (table, state) = (&table, &state);
+            async move {
+                let plan = table.scan(state, None, &filters, None).await.unwrap();
+                plan.downcast_ref::<SluiceScanExec>().unwrap().clone()
+            }
+        };
+        let unbound = scan(vec![col("a").eq(param("$1")), col("b").eq(param("$2"))]).await;
+        assert!(unbound.is_unbound());
+        let task = Arc::new(TaskContext::default());
+        assert!(Arc::new(unbound.clone()).execute(0, task).is_err());
+        for (a, b) in [
+            (Some(1i64), Some(2i64)),
+            (Some(7), Some(-3)),
+            (None, Some(2)),
+        ] {
+            let bound = unbound
+                .bind(&ParamValues::from(vec![
+                    ScalarValue::Int64(a),
+                    ScalarValue::Int64(b),
+                ]))
+                .unwrap();
+            let literal = scan(vec![
+                col("a").eq(lit(ScalarValue::Int64(a))),
+                col("b").eq(lit(ScalarValue::Int64(b))),
+            ])
+            .await;
+            assert!(!bound.is_unbound());
+            assert_eq!(bound.range, literal.range, "{a:?} {b:?}");
+            assert_eq!(bound.range_text, literal.range_text);
+            assert_eq!(bound.reads_one_key, literal.reads_one_key);
+        }
+        let missing = unbound.bind(&ParamValues::from(vec![ScalarValue::Int64(Some(1))]));
+        assert!(missing.is_err());
     }
 }
