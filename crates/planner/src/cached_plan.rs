@@ -1,9 +1,9 @@
 //! Plans kept by prepared statements.
 //!
 //! A prepared statement is planned once; what each execution still pays is
-//! binding its `$n` values and, for most plans, building the physical plan.
-//! The logical optimizer (predicate pushdown into the key-range scan, projection pruning,
-//! decorrelation) runs at prepare time on the plan with its placeholders in
+//! binding its `$n` values and, unless the physical plan is kept (below),
+//! building the physical plan. The logical optimizer (predicate pushdown
+//! into the key-range scan, projection pruning, decorrelation) runs at prepare time on the plan with its placeholders in
 //! place, so `SELECT … WHERE id = $1` reaches the scan as `id = $1` and binding
 //! turns it into `id = 42` without another optimizer pass.
 //!
@@ -17,18 +17,21 @@
 //! The physical plan is kept too when running it again is sound, which
 //! covers point and range reads by key: it is built only of operators that
 //! keep nothing between executions (Sluice's key-range scans, projections,
-//! filters, limits), and its `$n` sit only in the scans' key ranges. A `$n`
-//! anywhere else fails physical planning, since DataFusion has no physical
-//! placeholder; the statement then plans per execution as before. Each
+//! filters, limits), and its `$n` sit only in the scans' key ranges (a `$n`
+//! anywhere else would fail physical planning: DataFusion has no physical
+//! placeholder). Other statements plan per execution as before; the logical
+//! plan is checked first ([`may_keep_physical`]), so that they are not
+//! planned physically at prepare only to be planned again. Each
 //! execution runs a fresh copy of the kept plan ([`instantiate`]) whose scans
 //! chose their ranges from the bound values. Physical planning cost a point
 //! SELECT about a third of the server's CPU.
 
-use datafusion::arrow::datatypes::DataType;
 use std::sync::Arc;
 
+use datafusion::arrow::datatypes::DataType;
 use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
 use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::datasource::source_as_provider;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlan, Volatility};
 use datafusion::physical_plan::empty::EmptyExec;
@@ -41,7 +44,7 @@ use datafusion::physical_plan::ExecutionPlan;
 
 use crate::api::{sqlstate, Error, Result};
 use crate::session::map_df_error;
-use crate::table::SluiceScanExec;
+use crate::table::{has_placeholder, SluiceScanExec, SluiceTable};
 
 /// A logical plan, optimized once when that is safe.
 #[derive(Debug, Clone)]
@@ -79,7 +82,7 @@ impl CachedPlan {
         } else {
             (plan, false)
         };
-        let kept_physical = if optimized {
+        let kept_physical = if optimized && may_keep_physical(&plan) {
             reusable_physical(state, &plan).await
         } else {
             None
@@ -126,26 +129,53 @@ impl CachedPlan {
             values.push(bind_value(value, &target, i)?);
         }
         let values = ParamValues::from(values);
-        if let Some(kept) = &self.kept_physical {
-            return Ok(Self {
-                plan: self.plan.clone(),
-                optimized: self.optimized,
-                placeholder_types: Vec::new(),
-                kept_physical: None,
-                physical: Some(instantiate(kept, &values).map_err(map_df_error)?),
-            });
-        }
-        let plan = Arc::unwrap_or_clone(self.plan.clone())
-            .with_param_values(values)
-            .map_err(map_df_error)?;
+        let (plan, physical) = match &self.kept_physical {
+            Some(kept) => (
+                self.plan.clone(),
+                Some(instantiate(kept, &values).map_err(map_df_error)?),
+            ),
+            None => {
+                let plan = LogicalPlan::clone(&self.plan)
+                    .with_param_values(values)
+                    .map_err(map_df_error)?;
+                (Arc::new(plan), None)
+            }
+        };
         Ok(Self {
-            plan: Arc::new(plan),
+            plan,
             optimized: self.optimized,
             placeholder_types: Vec::new(),
             kept_physical: None,
-            physical: None,
+            physical,
         })
     }
+}
+
+/// Whether the optimized logical `plan` can give a physical plan worth
+/// keeping: scans of Sluice tables under projections, filters and limits,
+/// with `$n` only in the scans' filters. Anything else is planned per
+/// execution, so building its physical plan at prepare would be wasted.
+fn may_keep_physical(plan: &LogicalPlan) -> bool {
+    let mut may = true;
+    let _ = plan.apply_with_subqueries(|node| {
+        may = match node {
+            LogicalPlan::TableScan(scan) => {
+                source_as_provider(&scan.source).is_ok_and(|provider| provider.is::<SluiceTable>())
+            }
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::EmptyRelation(_) => !node.expressions().iter().any(has_placeholder),
+            _ => false,
+        };
+        Ok(if may {
+            TreeNodeRecursion::Continue
+        } else {
+            TreeNodeRecursion::Stop
+        })
+    });
+    may
 }
 
 /// `plan`'s physical plan if it can be kept and run again (module doc).
@@ -159,16 +189,10 @@ async fn reusable_physical(
         .create_physical_plan(plan, state)
         .await
         .ok()?;
-    let mut reusable = true;
-    let _ = physical.apply(|node| {
-        reusable = keeps_nothing_between_runs(node.as_ref());
-        Ok(if reusable {
-            TreeNodeRecursion::Continue
-        } else {
-            TreeNodeRecursion::Stop
-        })
-    });
-    reusable.then_some(physical)
+    let stateful = physical
+        .exists(|node| Ok(!keeps_nothing_between_runs(node.as_ref())))
+        .ok()?;
+    (!stateful).then_some(physical)
 }
 
 /// Operators whose fresh copy (with the same children's properties) runs
@@ -193,7 +217,12 @@ fn instantiate(
     params: &ParamValues,
 ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
     if let Some(scan) = node.downcast_ref::<SluiceScanExec>() {
-        return Ok(Arc::new(scan.bind(params)?));
+        // A scan keeps nothing of its runs either: only an unbound one changes.
+        return Ok(if scan.is_unbound() {
+            Arc::new(scan.bind(params)?)
+        } else {
+            Arc::clone(node)
+        });
     }
     let children = node
         .children()
@@ -293,6 +322,8 @@ mod tests {
             "SELECT a FROM (VALUES (2), (1)) AS t(a) ORDER BY a",
         ] {
             let plan = cached(not_kept).await;
+            // Told apart on the logical plan, before any physical planning.
+            assert!(!may_keep_physical(plan.plan()), "{not_kept}");
             assert!(plan.kept_physical.is_none(), "{not_kept}");
         }
         let per_execution = cached("SELECT $1::int + 1").await;

@@ -150,7 +150,8 @@ impl TableProvider for SluiceTable {
     }
 }
 
-fn has_placeholder(expr: &Expr) -> bool {
+/// Whether `expr` has a `$n` in it.
+pub(crate) fn has_placeholder(expr: &Expr) -> bool {
     expr.exists(|e| Ok(matches!(e, Expr::Placeholder(_))))
         .unwrap_or(true)
 }
@@ -557,13 +558,21 @@ impl SluiceScanExec {
             })
             .collect::<datafusion::common::Result<Vec<_>>>()?;
         let (source, range, range_text, reads_one_key) = scan_source_for(&self.def, &filters);
+        // Spelled out rather than `..self.clone()`, which would copy the
+        // unbound range and its text only to drop them, on every execution.
         Ok(Self {
+            def: self.def.clone(),
+            schema: self.schema.clone(),
+            projection: self.projection.clone(),
+            with_key: self.with_key,
             source,
             range,
             range_text,
+            limit: self.limit,
+            batch_size: self.batch_size,
+            properties: self.properties.clone(),
             reads_one_key,
             unbound_filters: None,
-            ..self.clone()
         })
     }
 
