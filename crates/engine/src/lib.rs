@@ -130,7 +130,7 @@ pub enum Durability {
     Sync,
     /// In the engine's log but not yet fsynced: survives a process crash only if a
     /// later `Sync` write or flush happened. Used for Raft log appends, which the
-    /// log flusher fsyncs before they are acknowledged.
+    /// log store fsyncs ([`Engine::sync`]) before it reports them flushed.
     Buffered,
     /// Not in the engine's log at all: in memory until the engine writes its
     /// memory out on its own or [`Engine::persist_unlogged`] runs, and lost by a

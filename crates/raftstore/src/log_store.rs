@@ -5,16 +5,17 @@
 //! committed log id, the last purged log id and the last log id live in
 //! `Keyspace::Meta` (see [`meta_key`]).
 //!
-//! Durability and group commit: [`LogStore::append`] writes all given
-//! entries (and the new last log id) in one `Buffered` engine batch, which
-//! makes them readable at once, and hands openraft's flush callback to the
-//! log flusher ([`flush_appends`]). The flusher fsyncs the engine's log once
-//! for every append queued while the previous fsync ran, then completes
-//! their callbacks in order: so the Raft core never waits for the disk, and
-//! one fsync covers as many appends as arrive during one fsync (openraft's
-//! contract for `append`: return once readable, call back once durable).
-//! Nothing is reported flushed, hence committed or acknowledged, before
-//! its fsync. `save_vote`, `truncate` and `purge` are `Sync` writes.
+//! Durability: [`LogStore::append`] writes all given entries (and the new
+//! last log id) in one `Buffered` engine batch, which makes them readable
+//! at once, then fsyncs the engine's log and only then calls openraft's
+//! flush callback: nothing is reported flushed, hence committed or
+//! acknowledged, before its fsync. The fsync runs on the calling worker
+//! thread under `block_in_place`, because openraft 0.9's core awaits that
+//! callback before it does anything else (`RaftCore::append_to_log`): a
+//! flusher thread of its own bought the core no concurrency and cost two
+//! thread wake-ups per commit, one to start the fsync and one to resume the
+//! core. Group commit happens a level up, in the node's proposal batcher.
+//! `save_vote`, `truncate` and `purge` are `Sync` writes.
 //! `purge` deletes no entry whose apply is not yet on disk (the state
 //! machine writes unlogged; see [`DurableApply`]): it purges up to the
 //! persisted apply, starts a persist in the background, and leaves the rest
@@ -30,7 +31,7 @@ use std::fmt::Debug;
 use std::io;
 use std::ops::{Bound, RangeBounds};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{ErrorSubject, ErrorVerb, LogState, OptionalSend, RaftLogReader};
@@ -40,8 +41,8 @@ use sluice_engine::{
 
 use crate::state_machine::DurableApply;
 use crate::types::{
-    blocking, decode, encode, log_key, meta_key, Entry, FatalSlot, LogId, RaftStorageError,
-    StorageUsers, TypeConfig, Vote,
+    blocking, decode, encode, in_place, log_key, meta_key, Entry, FatalSlot, LogId,
+    RaftStorageError, StorageUsers, TypeConfig, Vote,
 };
 
 /// Entries read per engine scan page.
@@ -167,9 +168,6 @@ pub(crate) struct LogStore {
     durable_vote: Arc<DurableVote>,
     durable_apply: Arc<DurableApply>,
     fatal: FatalSlot,
-    /// Flush callbacks of appends written but not yet fsynced, to the
-    /// flusher; dropping the store ends it.
-    flushes: mpsc::Sender<LogFlushed<TypeConfig>>,
 }
 
 impl LogStore {
@@ -188,14 +186,6 @@ impl LogStore {
         let last_purged = read_meta::<Option<LogId>>(&*engine, meta_key::LAST_PURGED)?.flatten();
         let committed = read_meta::<Option<LogId>>(&*engine, meta_key::COMMITTED)?.flatten();
         committed_index.store(committed.map_or(0, |c| c.index), Ordering::Relaxed);
-        let (flushes, queue) = mpsc::channel();
-        {
-            let (engine, fatal, users) = (engine.clone(), fatal.clone(), users.clone());
-            std::thread::Builder::new()
-                .name("raft-log-sync".into())
-                .spawn(move || flush_appends(engine, fatal, users, queue))
-                .map_err(|e| EngineError::Storage(format!("start the log flusher: {e}")))?;
-        }
         let reader = LogReader {
             engine: engine.clone(),
             fatal: fatal.clone(),
@@ -213,7 +203,6 @@ impl LogStore {
             durable_vote,
             durable_apply,
             fatal,
-            flushes,
         })
     }
 
@@ -432,20 +421,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Err(e);
         }
         self.last_log_id = Some(last);
-        if let Err(unsent) = self.flushes.send(callback) {
-            // The flusher only ends when the store is dropped; be safe anyway.
-            let synced = self.engine.sync().map_err(|e| {
-                self.fatal
-                    .fail(ErrorSubject::Log(last), ErrorVerb::Write, e)
-            });
-            let reported = synced
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| io::Error::other(e.to_string()));
-            unsent.0.log_io_completed(reported);
-            synced?;
-        }
-        Ok(())
+        let synced = in_place(|| self.engine.sync()).map_err(|e| {
+            self.fatal
+                .fail(ErrorSubject::Log(last), ErrorVerb::Write, e)
+        });
+        let reported = synced
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| io::Error::other(e.to_string()));
+        callback.log_io_completed(reported);
+        synced
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), RaftStorageError> {
@@ -504,39 +489,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.last_log_id = last_purged;
         }
         Ok(())
-    }
-}
-
-/// The log flusher, a thread of its own (an fsync blocks; a thread that
-/// only waits for appends and the disk costs one wake-up per fsync): one
-/// fsync for every append queued while the previous one ran, then their
-/// callbacks, in append order. A failed fsync is fatal (the node stops) and
-/// fails every callback waiting on it. Ends when the store is dropped.
-fn flush_appends(
-    engine: Arc<dyn Engine>,
-    fatal: FatalSlot,
-    _users: StorageUsers,
-    queue: mpsc::Receiver<LogFlushed<TypeConfig>>,
-) {
-    let mut waiting = Vec::new();
-    while let Ok(first) = queue.recv() {
-        waiting.push(first);
-        while let Ok(next) = queue.try_recv() {
-            waiting.push(next);
-        }
-        match engine.sync() {
-            Ok(()) => {
-                for callback in waiting.drain(..) {
-                    callback.log_io_completed(Ok(()));
-                }
-            }
-            Err(e) => {
-                let e = fatal.fail(ErrorSubject::Logs, ErrorVerb::Write, e);
-                for callback in waiting.drain(..) {
-                    callback.log_io_completed(Err(io::Error::other(e.to_string())));
-                }
-            }
-        }
     }
 }
 

@@ -930,14 +930,23 @@ impl Shared {
             })
             .unwrap_or_default();
         let counters = &self.counters;
+        let committed = counters.committed_index.load(Ordering::Relaxed);
         NodeStatus {
             node_id: self.node_id,
             role: role.to_string(),
             term: metrics.current_term,
             leader_id: metrics.current_leader,
-            last_log_index: metrics.last_log_index.unwrap_or(0),
-            committed_index: counters.committed_index.load(Ordering::Relaxed),
-            applied_index: metrics.last_applied.map_or(0, |id| id.index),
+            // openraft publishes its metrics after the proposers of the
+            // entries they cover may have heard back; the storage's own
+            // records (the committed id as saved, the applied index as
+            // written) never lag a proposer, and the log holds what is
+            // committed.
+            last_log_index: metrics.last_log_index.unwrap_or(0).max(committed),
+            committed_index: committed,
+            applied_index: metrics
+                .last_applied
+                .map_or(0, |id| id.index)
+                .max(*self.applied.borrow()),
             snapshot_index: metrics.snapshot.map_or(0, |id| id.index),
             purged_index: metrics.purged.map_or(0, |id| id.index),
             leader_changes: counters.leader_changes.load(Ordering::Relaxed),

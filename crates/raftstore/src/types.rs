@@ -177,6 +177,20 @@ where
     }
 }
 
+/// Runs a blocking engine call on the calling thread without stalling the
+/// other tasks of its worker: on a multi-thread runtime `block_in_place`
+/// first hands them to another thread. For a call its caller waits for
+/// anyway (the Raft core waiting for its log's fsync) this saves the two
+/// thread wake-ups of a trip through [`blocking`]. Elsewhere (a
+/// current-thread runtime, or none) there is nothing to hand over.
+pub(crate) fn in_place<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -200,5 +214,27 @@ mod tests {
         assert_eq!(encoded.capacity(), encoded.len());
         let decoded: Vec<Mutation> = decode(&encoded, "mutations").unwrap();
         assert_eq!(encode(&decoded).unwrap(), encoded);
+    }
+
+    /// A task woken by a worker waits in that worker's own queue; blocking
+    /// the worker in place must not strand it (with one worker, it would
+    /// never run and this call would wait forever).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn blocking_in_place_leaves_the_workers_other_tasks_running() {
+        let (ran_tx, ran_rx) = std::sync::mpsc::channel::<()>();
+        let seen = tokio::spawn(async move {
+            let other = tokio::spawn(async move {
+                let _ = ran_tx.send(());
+            });
+            let seen = in_place(|| ran_rx.recv_timeout(std::time::Duration::from_secs(10)));
+            other.await.expect("the other task");
+            seen
+        })
+        .await
+        .expect("the blocking task");
+        assert!(
+            seen.is_ok(),
+            "the other task did not run while the worker blocked"
+        );
     }
 }

@@ -473,10 +473,12 @@ async fn shutdown_then_propose_returns_shutting_down() {
     node.shutdown().await.unwrap();
 }
 
-/// An engine whose writes start failing on demand, like a full disk.
+/// An engine whose writes start failing on demand, like a full disk, or
+/// whose fsyncs do, like a failing device.
 struct FailingEngine {
     inner: Arc<MemoryEngine>,
     fail: AtomicBool,
+    fail_sync: AtomicBool,
 }
 
 impl Engine for FailingEngine {
@@ -501,6 +503,9 @@ impl Engine for FailingEngine {
         self.inner.snapshot()
     }
     fn sync(&self) -> Result<(), EngineError> {
+        if self.fail_sync.load(Ordering::SeqCst) {
+            return Err(EngineError::Storage("fsync: Input/output error".into()));
+        }
         self.inner.sync()
     }
     fn persist_unlogged(&self) -> Result<(), EngineError> {
@@ -511,17 +516,24 @@ impl Engine for FailingEngine {
     }
 }
 
+/// A node on a [`FailingEngine`] that has committed one write while healthy.
+async fn failing_node(dir: &TempDir) -> (Arc<FailingEngine>, Arc<RaftNode>) {
+    let engine = Arc::new(FailingEngine {
+        inner: MemoryEngine::new(),
+        fail: AtomicBool::new(false),
+        fail_sync: AtomicBool::new(false),
+    });
+    let node = RaftNode::start(engine.clone(), config(dir)).await.unwrap();
+    node.propose(command(vec![put("a", "1")])).await.unwrap();
+    (engine, node)
+}
+
 /// A storage failure stops the group: the pending proposal and every later
 /// one get `Error::Storage` with the engine's error, none hangs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_failure_surfaces_as_storage_error() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(FailingEngine {
-        inner: MemoryEngine::new(),
-        fail: AtomicBool::new(false),
-    });
-    let node = RaftNode::start(engine.clone(), config(&dir)).await.unwrap();
-    node.propose(command(vec![put("a", "1")])).await.unwrap();
+    let (engine, node) = failing_node(&dir).await;
 
     engine.fail.store(true, Ordering::SeqCst);
     let err = tokio::time::timeout(
@@ -548,6 +560,27 @@ async fn storage_failure_surfaces_as_storage_error() {
         .await
         .unwrap();
     assert!(matches!(read, Err(Error::Storage(_))));
+    node.shutdown().await.unwrap();
+}
+
+/// An entry whose fsync failed is never acknowledged: the proposal that
+/// waits on it fails with the storage error, and so does every later one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_log_fsync_acknowledges_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (engine, node) = failing_node(&dir).await;
+
+    engine.fail_sync.store(true, Ordering::SeqCst);
+    for key in ["b", "c"] {
+        let err = tokio::time::timeout(
+            Duration::from_secs(5),
+            node.propose(command(vec![put(key, "2")])),
+        )
+        .await
+        .expect("propose must not hang")
+        .unwrap_err();
+        assert!(matches!(err, Error::Storage(_)) && err.is_fatal(), "{err}");
+    }
     node.shutdown().await.unwrap();
 }
 
