@@ -20,6 +20,7 @@
 mod chart;
 mod http;
 mod nats;
+mod pgraw;
 mod procs;
 mod topics;
 
