@@ -36,7 +36,7 @@ use crate::command::{ApplyError, ApplyOutcome, Command, CommandResponse, Mutatio
 use crate::log_store::read_meta_snapshot;
 use crate::snapshot::{self, SnapshotDir, SnapshotReader, StoredSnapshot};
 use crate::types::{
-    blocking, encode, meta_key, Entry, FatalSlot, LogId, RaftStorageError, SnapshotMeta,
+    blocking, encode, in_place, meta_key, Entry, FatalSlot, LogId, RaftStorageError, SnapshotMeta,
     StorageUsers, StoredMembership, TypeConfig,
 };
 use crate::watch::LogWatchers;
@@ -46,9 +46,10 @@ use crate::write_set::{merged_scan, plan_mutations, WriteSet};
 /// burst of large commands does not build one unbounded batch.
 const APPLY_FLUSH_BYTES: usize = 32 << 20;
 /// An apply batch up to this size is written on the state machine's own
-/// task: an unlogged write this small costs less than the two thread
-/// hand-offs of the blocking pool, which every commit would otherwise pay.
-/// The log store's appends are written the same way.
+/// task as it is: an unlogged write this small costs less than handing the
+/// worker's other tasks to another thread first. Larger ones are written
+/// under `block_in_place` ([`in_place`]): the state machine waits for them
+/// anyway, and a trip through the blocking pool costs two thread wake-ups.
 const INLINE_APPLY_BYTES: usize = 256 << 10;
 /// Bounds of one engine batch while installing a snapshot.
 const INSTALL_BATCH_BYTES: usize = 4 << 20;
@@ -272,8 +273,7 @@ impl StateMachine {
         let written = if pending.bytes <= INLINE_APPLY_BYTES {
             self.engine.write(batch, Durability::Unlogged)
         } else {
-            let engine = self.engine.clone();
-            blocking(move || engine.write(batch, Durability::Unlogged)).await
+            in_place(|| self.engine.write(batch, Durability::Unlogged))
         };
         written.map_err(|e| self.fatal.fail(subject, ErrorVerb::Write, e))?;
         self.applied = Some(applied);
