@@ -89,6 +89,15 @@ fn put(key: &str, value: &str) -> Command {
     }
 }
 
+fn insert(key: &str) -> Command {
+    Command {
+        mutations: vec![Mutation::Insert {
+            key: key.into(),
+            value: b"v".to_vec(),
+        }],
+    }
+}
+
 fn local_data(node: &RaftNode) -> Vec<KvPair> {
     node.local_snapshot()
         .scan(Keyspace::Data, &KeyRange::all(), usize::MAX)
@@ -165,6 +174,44 @@ async fn writes_through_any_member_reach_every_replica() {
     assert_eq!(converge(&all).await.len(), 15);
     let statuses = members[1].node.cluster_status().await;
     assert!(statuses.iter().all(|s| s.status.is_some()));
+    shutdown(members).await;
+}
+
+/// Commands proposed through every member at once (two thirds of them
+/// forwarded to the leader in batches) are batched into fewer log entries
+/// than commands, and each proposer still gets its own outcome: the inserts
+/// of keys taken earlier fail, every other command succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_through_every_member_each_get_their_own_outcome() {
+    let members = cluster(3, 10_000).await;
+    let leader = leader_of(&members.iter().collect::<Vec<_>>()).await;
+    for k in (0..300).step_by(3) {
+        members[leader]
+            .node
+            .propose(insert(&format!("c{k}")))
+            .await
+            .unwrap();
+    }
+    let entries_before = members[leader].node.status().last_log_index;
+    let mut writers = Vec::new();
+    for k in 0..300u32 {
+        let node = members[k as usize % 3].node.clone();
+        writers.push(tokio::spawn(async move {
+            (k, node.propose(insert(&format!("c{k}"))).await)
+        }));
+    }
+    for writer in writers {
+        let (k, outcome) = writer.await.unwrap();
+        match outcome {
+            Ok(outcome) => assert!(k % 3 != 0 && outcome.inserted == 1, "c{k}: {outcome:?}"),
+            Err(Error::Apply(_)) => assert_eq!(k % 3, 0, "c{k} failed"),
+            Err(e) => panic!("c{k}: {e}"),
+        }
+    }
+    let entries = members[leader].node.status().last_log_index - entries_before;
+    assert!(entries < 300, "300 commands took {entries} log entries");
+    let all: Vec<&Member> = members.iter().collect();
+    assert_eq!(converge(&all).await.len(), 300);
     shutdown(members).await;
 }
 
