@@ -15,6 +15,9 @@
 //! flusher thread of its own bought the core no concurrency and cost two
 //! thread wake-ups per commit, one to start the fsync and one to resume the
 //! core. Group commit happens a level up, in the node's proposal batcher.
+//! Revisit this on an openraft upgrade: once the core stops waiting for the
+//! callback (later versions move log I/O off the core), an fsync off the
+//! core's thread lets it go on, and grouping appends pays again.
 //! `save_vote`, `truncate` and `purge` are `Sync` writes.
 //! `purge` deletes no entry whose apply is not yet on disk (the state
 //! machine writes unlogged; see [`DurableApply`]): it purges up to the
