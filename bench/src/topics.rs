@@ -726,19 +726,13 @@ pub async fn subscribe_latency(
         let n: usize = runs.iter().map(|l| which(l).len()).sum();
         (q(50.0), q(99.0), q(99.9), n)
     };
-    fn end_to_end(l: &Latencies) -> &Vec<Duration> {
-        &l.end_to_end
-    }
-    fn acknowledged(l: &Latencies) -> &Vec<Duration> {
-        &l.acknowledged
-    }
-    let (sp50, sp99, sp999, sn) = describe(&s, end_to_end);
+    let (sp50, sp99, sp999, sn) = describe(&s, |l| &l.end_to_end);
     let (stamped50, stamped99, _, _) = describe(&s, |l| &l.after_stamp);
-    let (rp50, rp99, rp999, rn) = describe(&r, end_to_end);
-    let (np50, np99, np999, nn) = describe(&n, end_to_end);
-    let (sack50, _, _, _) = describe(&s, acknowledged);
-    let (rack50, _, _, _) = describe(&r, acknowledged);
-    let (nack50, _, _, _) = describe(&n, acknowledged);
+    let (rp50, rp99, rp999, rn) = describe(&r, |l| &l.end_to_end);
+    let (np50, np99, np999, nn) = describe(&n, |l| &l.end_to_end);
+    let (sack50, _, _, _) = describe(&s, |l| &l.acknowledged);
+    let (rack50, _, _, _) = describe(&r, |l| &l.acknowledged);
+    let (nack50, _, _, _) = describe(&n, |l| &l.acknowledged);
     let workload = format!("{rate} rec/s, 1 consumer");
     for (system, p50, p99, p999) in [
         ("Sluice", sp50, sp99, sp999),

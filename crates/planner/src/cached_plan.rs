@@ -3,9 +3,10 @@
 //! A prepared statement is planned once; what each execution still pays is
 //! binding its `$n` values and, unless the physical plan is kept (below),
 //! building the physical plan. The logical optimizer (predicate pushdown
-//! into the key-range scan, projection pruning, decorrelation) runs at prepare time on the plan with its placeholders in
-//! place, so `SELECT … WHERE id = $1` reaches the scan as `id = $1` and binding
-//! turns it into `id = 42` without another optimizer pass.
+//! into the key-range scan, projection pruning, decorrelation) runs at
+//! prepare time on the plan with its placeholders in place, so
+//! `SELECT … WHERE id = $1` reaches the scan as `id = $1` and binding turns
+//! it into `id = 42` without another optimizer pass.
 //!
 //! Two kinds of plan are optimized per execution instead:
 //! - plans that call a non-immutable function: the optimizer folds `now()` and

@@ -162,8 +162,10 @@ impl StorageUsers {
     }
 }
 
-/// Runs a blocking engine call (fsync, large batch, file I/O) off the async
-/// workers, so that the Raft core and client tasks keep running meanwhile.
+/// Runs a blocking engine call (a `Sync` write, snapshot file I/O) off the
+/// async workers, so that the Raft core and client tasks keep running
+/// meanwhile. A call its caller awaits at once on a hot path is cheaper
+/// through [`in_place`].
 pub(crate) async fn blocking<T, F>(f: F) -> Result<T, EngineError>
 where
     F: FnOnce() -> Result<T, EngineError> + Send + 'static,
