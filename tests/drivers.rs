@@ -65,6 +65,11 @@ fn psycopg_default_mode_commits_and_rolls_back() {
 }
 
 #[test]
+fn psycopg_default_mode_gets_the_isolation_level_the_application_asks_for() {
+    run_psycopg("psycopg_isolation.py");
+}
+
+#[test]
 fn psycopg_consumes_a_topic_with_a_group_cursor() {
     run_psycopg("psycopg_topic.py");
 }

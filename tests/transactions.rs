@@ -583,6 +583,138 @@ async fn write_skew_is_prevented_under_serializable() {
     batch(&b, "COMMIT").await;
 }
 
+/// Write skew under SERIALIZABLE when the driver opened the block first: psycopg and pgJDBC
+/// send `BEGIN` before the application's own `BEGIN ISOLATION LEVEL SERIALIZABLE`.
+/// PostgreSQL warns about the second BEGIN and applies its level (no query has run yet); a
+/// database that kept READ COMMITTED here would commit both doctors' changes.
+#[tokio::test]
+async fn a_second_begin_still_sets_the_isolation_level_of_a_block_without_queries() {
+    let server = TestServer::start();
+    let a = accounts(&server, 2, 1).await;
+    let b = server.client().await;
+    for client in [&a, &b] {
+        batch(client, "BEGIN").await;
+        batch(client, "BEGIN ISOLATION LEVEL SERIALIZABLE").await;
+        let level = simple_rows(client, "SHOW transaction_isolation").await;
+        assert_eq!(level, vec![vec![s("serializable")]]);
+        assert_eq!(total(client).await, 2);
+    }
+    batch(&a, "UPDATE accounts SET balance = 0 WHERE id = 1").await;
+    batch(&b, "UPDATE accounts SET balance = 0 WHERE id = 2").await;
+    batch(&a, "COMMIT").await;
+    expect_sqlstate(b.simple_query("COMMIT").await, "40001");
+    assert_eq!(total(&a).await, 1);
+}
+
+/// When a transaction's isolation level and access mode can change, with PostgreSQL's
+/// answers (checked against PostgreSQL 15): the level only before the block's first query
+/// and outside savepoints (25001 otherwise; naming the current level is always fine),
+/// read-only at any time, read-write only before the first query; SET SESSION
+/// CHARACTERISTICS and default_transaction_read_only apply to later blocks and to
+/// statements outside any block.
+#[tokio::test]
+async fn transaction_modes_change_exactly_when_postgresql_allows() {
+    let server = TestServer::start();
+    let client = accounts(&server, 1, 100).await;
+
+    // After a query the level is fixed, whether by SET TRANSACTION or a second BEGIN.
+    batch(&client, "BEGIN").await;
+    assert_eq!(total(&client).await, 100);
+    expect_sqlstate(
+        client
+            .simple_query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            .await,
+        "25001",
+    );
+    batch(&client, "ROLLBACK").await;
+    batch(&client, "BEGIN").await;
+    assert_eq!(total(&client).await, 100);
+    batch(&client, "SET TRANSACTION ISOLATION LEVEL READ COMMITTED").await;
+    expect_sqlstate(
+        client
+            .simple_query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .await,
+        "25001",
+    );
+    batch(&client, "ROLLBACK").await;
+    let in_one_query = simple_rows(
+        &client,
+        "BEGIN ISOLATION LEVEL SERIALIZABLE; SHOW transaction_isolation; COMMIT",
+    )
+    .await;
+    assert_eq!(in_one_query, vec![vec![s("serializable")]]);
+    // Not inside a savepoint.
+    batch(&client, "BEGIN; SAVEPOINT a").await;
+    expect_sqlstate(
+        client
+            .simple_query("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE")
+            .await,
+        "25001",
+    );
+    batch(&client, "ROLLBACK").await;
+
+    // Read-only: on at any time, off only before the first query.
+    batch(&client, "BEGIN").await;
+    assert_eq!(total(&client).await, 100);
+    batch(&client, "SET TRANSACTION READ ONLY").await;
+    assert_eq!(
+        simple_rows(&client, "SHOW transaction_read_only").await,
+        vec![vec![s("on")]]
+    );
+    expect_sqlstate(client.simple_query("DELETE FROM accounts").await, "25006");
+    batch(&client, "ROLLBACK").await;
+    batch(&client, "BEGIN READ ONLY").await;
+    assert_eq!(total(&client).await, 100);
+    expect_sqlstate(
+        client.simple_query("SET TRANSACTION READ WRITE").await,
+        "25001",
+    );
+    batch(&client, "ROLLBACK").await;
+    batch(&client, "BEGIN READ ONLY; SET TRANSACTION READ WRITE").await;
+    batch(&client, "UPDATE accounts SET balance = 99 WHERE id = 1").await;
+    batch(&client, "COMMIT").await;
+    assert_eq!(total(&client).await, 99);
+
+    // Session defaults: later blocks and single statements are read-only.
+    batch(
+        &client,
+        "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+    )
+    .await;
+    assert_eq!(
+        simple_rows(&client, "SHOW default_transaction_read_only").await,
+        vec![vec![s("on")]]
+    );
+    expect_sqlstate(client.simple_query("DELETE FROM accounts").await, "25006");
+    expect_sqlstate(
+        client.simple_query("CREATE TABLE nope (a int)").await,
+        "25006",
+    );
+    batch(&client, "BEGIN").await;
+    assert_eq!(
+        simple_rows(&client, "SHOW transaction_isolation").await,
+        vec![vec![s("repeatable read")]]
+    );
+    expect_sqlstate(client.simple_query("DELETE FROM accounts").await, "25006");
+    batch(&client, "ROLLBACK").await;
+    expect_sqlstate(
+        client
+            .simple_query("SET default_transaction_read_only = 'maybe'")
+            .await,
+        "22023",
+    );
+    batch(&client, "SET default_transaction_read_only = 'false'").await;
+    assert_eq!(
+        simple_rows(&client, "SHOW default_transaction_read_only").await,
+        vec![vec![s("off")]]
+    );
+    batch(&client, "DELETE FROM accounts").await;
+    assert_eq!(
+        simple_counts(&client, "SELECT * FROM accounts").await,
+        vec![0]
+    );
+}
+
 /// Phantoms under SERIALIZABLE: a transaction that counted the rows in a key range and wrote
 /// on that basis fails if another transaction inserted into the range meanwhile. One that only
 /// read commits: it is serialized at its snapshot. Writes outside what it read never conflict.

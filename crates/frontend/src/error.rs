@@ -3,9 +3,11 @@
 //! Inside the crate errors are the planner's [`Error`] (a SQLSTATE, a
 //! message, an optional detail), which COPY parsing and interrupts create
 //! too; at the pgwire boundary they become [`PgWireError::UserError`].
+//! Which SQLSTATE a DataFusion, storage or Raft failure gets is the planner's
+//! to say (`sluice_planner::from_datafusion` and its siblings), so that an
+//! error reads the same whether it was raised while planning or while rows
+//! stream.
 
-use datafusion::arrow::error::ArrowError;
-use datafusion::error::DataFusionError;
 use pgwire::error::{ErrorInfo, PgWireError};
 use pgwire::messages::PgWireBackendMessage;
 use sluice_planner::{sqlstate, Error};
@@ -45,46 +47,6 @@ pub(crate) fn normalize(error: &mut PgWireError) -> (String, bool) {
     summary
 }
 
-/// A DataFusion error raised while streaming results. The planner's own
-/// errors travel inside `External` and keep their SQLSTATE.
-pub(crate) fn from_datafusion(error: DataFusionError) -> Error {
-    match error {
-        DataFusionError::Context(_, inner) | DataFusionError::Diagnostic(_, inner) => {
-            from_datafusion(*inner)
-        }
-        DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
-            Ok(inner) => from_datafusion(inner),
-            Err(shared) => Error::new(sqlstate::INTERNAL_ERROR, shared.strip_backtrace()),
-        },
-        DataFusionError::External(external) => match external.downcast::<Error>() {
-            Ok(ours) => *ours,
-            Err(other) => match other.downcast::<DataFusionError>() {
-                Ok(inner) => from_datafusion(*inner),
-                Err(other) => Error::new(sqlstate::INTERNAL_ERROR, other.to_string()),
-            },
-        },
-        DataFusionError::ArrowError(arrow, _) => {
-            let code = match arrow.as_ref() {
-                ArrowError::DivideByZero => sqlstate::DIVISION_BY_ZERO,
-                ArrowError::ArithmeticOverflow(_) => sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
-                ArrowError::CastError(_) | ArrowError::ParseError(_) => {
-                    sqlstate::INVALID_TEXT_REPRESENTATION
-                }
-                _ => sqlstate::INTERNAL_ERROR,
-            };
-            Error::new(code, arrow.to_string())
-        }
-        DataFusionError::ResourcesExhausted(message) => {
-            Error::new(sqlstate::INSUFFICIENT_RESOURCES, message)
-        }
-        DataFusionError::NotImplemented(message) => {
-            Error::new(sqlstate::FEATURE_NOT_SUPPORTED, message)
-        }
-        DataFusionError::Execution(message) => Error::new(sqlstate::DATA_EXCEPTION, message),
-        other => Error::new(sqlstate::INTERNAL_ERROR, other.strip_backtrace()),
-    }
-}
-
 /// The SQLSTATE class (its first two characters), the label of the error
 /// counter: `23` integrity, `42` syntax or access, `57` operator intervention.
 pub(crate) fn sqlstate_class(code: &str) -> &str {
@@ -103,26 +65,6 @@ pub(crate) fn internal(message: impl Into<String>) -> PgWireError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn planner_errors_keep_their_sqlstate_through_datafusion() {
-        let ours =
-            Error::new(sqlstate::UNIQUE_VIOLATION, "duplicate key").with_detail("Key (id)=(1)");
-        let wrapped = DataFusionError::Context(
-            "while streaming".into(),
-            Box::new(DataFusionError::External(Box::new(ours.clone()))),
-        );
-        assert_eq!(from_datafusion(wrapped), ours);
-    }
-
-    #[test]
-    fn arrow_errors_map_to_data_exceptions() {
-        let error = from_datafusion(DataFusionError::ArrowError(
-            Box::new(ArrowError::DivideByZero),
-            None,
-        ));
-        assert_eq!(error.code, sqlstate::DIVISION_BY_ZERO);
-    }
 
     #[test]
     fn normalize_gives_protocol_errors_their_sqlstate() {

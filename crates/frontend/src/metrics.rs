@@ -320,7 +320,9 @@ impl Metrics {
         gauges.applied_index.set(saturate(status.applied_index));
         gauges.committed_index.set(saturate(status.committed_index));
         gauges.last_log_index.set(saturate(status.last_log_index));
-        gauges.is_leader.set(i64::from(status.role == "leader"));
+        gauges
+            .is_leader
+            .set(i64::from(status.role == sluice_raftstore::Role::Leader));
         gauges.leader_changes.set(saturate(status.leader_changes));
         gauges.proposals.set(saturate(status.proposals));
         gauges

@@ -47,9 +47,10 @@ use sluice_planner::{
 
 use crate::connection::{Connection, SessionSlot};
 use crate::copy::{copy_out, start_copy_in};
-use crate::error::{from_datafusion, internal, protocol_violation, to_wire};
+use crate::error::{internal, protocol_violation, to_wire};
 use crate::interrupt::Interrupt;
 use crate::metrics::{leading_text, statement_kind};
+use sluice_planner::from_datafusion;
 
 /// Parse: plans the statement once with the planner; Bind/Execute reuse it.
 pub(crate) struct Parser {

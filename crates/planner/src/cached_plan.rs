@@ -43,8 +43,7 @@ use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::ExecutionPlan;
 
-use crate::api::{sqlstate, Error, Result};
-use crate::session::map_df_error;
+use crate::error::{from_datafusion, sqlstate, Error, Result};
 use crate::table::{has_placeholder, SluiceScanExec, SluiceTable};
 
 /// A logical plan, optimized once when that is safe.
@@ -66,7 +65,7 @@ impl CachedPlan {
     /// Keeps `plan` (as produced by the SQL planner), optimizing it now when
     /// the result cannot depend on the moment it runs.
     pub(crate) async fn new(state: &SessionState, plan: LogicalPlan) -> Result<Self> {
-        let inferred = plan.get_parameter_types().map_err(map_df_error)?;
+        let inferred = plan.get_parameter_types().map_err(from_datafusion)?;
         let count = inferred
             .keys()
             .filter_map(|name| name.strip_prefix('$')?.parse::<usize>().ok())
@@ -133,12 +132,12 @@ impl CachedPlan {
         let (plan, physical) = match &self.kept_physical {
             Some(kept) => (
                 self.plan.clone(),
-                Some(instantiate(kept, &values).map_err(map_df_error)?),
+                Some(instantiate(kept, &values).map_err(from_datafusion)?),
             ),
             None => {
                 let plan = LogicalPlan::clone(&self.plan)
                     .with_param_values(values)
-                    .map_err(map_df_error)?;
+                    .map_err(from_datafusion)?;
                 (Arc::new(plan), None)
             }
         };
@@ -247,7 +246,7 @@ pub(crate) fn bind_value(
     }
     value
         .cast_to(target)
-        .map_err(|e| map_df_error(e).with_detail(format!("parameter ${}", index + 1)))
+        .map_err(|e| from_datafusion(e).with_detail(format!("parameter ${}", index + 1)))
 }
 
 /// Fails when a Bind supplies another number of parameters than the statement has.

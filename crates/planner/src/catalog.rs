@@ -1,5 +1,7 @@
 //! The SQL catalog: schemas and tables, stored in the replicated `Data`
-//! keyspace and cached in memory, and its DataFusion face.
+//! keyspace and cached in memory ([`SharedCatalog`]), and the built-in
+//! tables of `sluice_catalog`. Its DataFusion face, which turns definitions
+//! into table providers, is [`crate::provider`].
 //!
 //! Layout of the `Data` keyspace (all integers big-endian):
 //!
@@ -18,20 +20,14 @@
 //! so two concurrent DDL statements cannot both apply on a stale view.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use async_trait::async_trait;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{CatalogProvider, SchemaProvider, TableProvider};
-use datafusion::common::DataFusionError;
 use datafusion::logical_expr::Expr;
 use serde::{Deserialize, Serialize};
 use sluice_engine::{keycode, row, KeyRange, Keyspace, Snapshot, Value, ValueKind};
 
-use crate::api::{sqlstate, Error, Result};
-use crate::index::IndexDef;
-use crate::table::SluiceTable;
+use crate::error::{sqlstate, storage_error, Error, Result};
 use crate::types::{arrow_schema, SqlType};
 
 pub const CATALOG_NAME: &str = "sluice";
@@ -88,16 +84,6 @@ pub fn read_counter(snapshot: &dyn Snapshot, key: &[u8]) -> Result<(u64, Option<
     }
 }
 
-pub fn storage_error(e: sluice_engine::Error) -> Error {
-    if e.is_disk_full() {
-        return Error::new(sqlstate::DISK_FULL, format!("could not write: {e}"));
-    }
-    match e {
-        sluice_engine::Error::Corrupt(_) => Error::new(sqlstate::DATA_CORRUPTED, e.to_string()),
-        _ => Error::new(sqlstate::INTERNAL_ERROR, e.to_string()),
-    }
-}
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SchemaDef {
     pub name: String,
@@ -151,7 +137,7 @@ impl TableDef {
     /// A table Sluice defines itself (`sluice_catalog.consumer_offsets`):
     /// its definition is not stored and DDL cannot change it.
     pub fn is_builtin(&self) -> bool {
-        self.id >= crate::offsets::BUILTIN_ID_BASE
+        self.id >= BUILTIN_ID_BASE
     }
 
     pub fn is_topic(&self) -> bool {
@@ -351,7 +337,7 @@ impl CatalogState {
                 .tables
                 .insert((table.schema.clone(), table.name.clone()), Arc::new(table));
         }
-        for builtin in crate::offsets::builtin_tables() {
+        for builtin in builtin_tables() {
             state.tables.insert(
                 (builtin.schema.clone(), builtin.name.clone()),
                 Arc::new(builtin),
@@ -459,218 +445,169 @@ impl SharedCatalog {
     }
 }
 
-/// A session's DataFusion catalog: the shared Sluice tables plus the
-/// per-session system schemas (pg_catalog, information_schema).
-pub struct SessionCatalog {
-    shared: Arc<SharedCatalog>,
-    defaults: DefaultsFn,
-    system_schemas: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
-    /// While DML is planned: the target table, and whether its scans expose the key column.
-    dml_target: Mutex<Option<DmlTarget>>,
-}
+// ---------------------------------------------------------------------------
+// Built-in tables: `sluice_catalog`'s writable tables, defined in code.
 
-impl fmt::Debug for SessionCatalog {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionCatalog").finish_non_exhaustive()
+/// The schema of Sluice's own system tables and views.
+pub const SLUICE_SCHEMA: &str = "sluice_catalog";
+
+/// Ids at or above this are built-in tables; allocated ids count up from 1.
+pub const BUILTIN_ID_BASE: u64 = 1 << 62;
+
+pub const OFFSETS_TABLE_ID: u64 = BUILTIN_ID_BASE;
+
+pub const OFFSETS_TABLE: &str = "consumer_offsets";
+
+pub const MEMBERS_TABLE_ID: u64 = BUILTIN_ID_BASE + 1;
+
+pub const MEMBERS_TABLE: &str = "consumer_members";
+
+fn column(name: &str, ty: SqlType, nullable: bool) -> ColumnDef {
+    ColumnDef {
+        name: name.into(),
+        ty,
+        nullable,
+        default: None,
+        missing_value: None,
     }
 }
 
-impl SessionCatalog {
-    pub fn new(shared: Arc<SharedCatalog>, defaults: DefaultsFn) -> Self {
-        Self {
-            shared,
-            defaults,
-            system_schemas: RwLock::default(),
-            dml_target: Mutex::new(None),
+/// The definition of `sluice_catalog.consumer_members`.
+pub fn members_table() -> TableDef {
+    TableDef {
+        id: MEMBERS_TABLE_ID,
+        schema: SLUICE_SCHEMA.into(),
+        name: MEMBERS_TABLE.into(),
+        columns: vec![
+            column("group_name", SqlType::Text, false),
+            column("topic", SqlType::Text, false),
+            column("member_id", SqlType::Text, false),
+            column("node_id", SqlType::Int8, false),
+            column("heartbeat_at", SqlType::TimestampTz, false),
+        ],
+        primary_key: vec![0, 1, 2],
+        indexes: Vec::new(),
+        topic: None,
+    }
+}
+
+/// Every built-in table.
+pub fn builtin_tables() -> Vec<TableDef> {
+    vec![offsets_table(), members_table()]
+}
+
+/// The definition of `sluice_catalog.consumer_offsets`.
+pub fn offsets_table() -> TableDef {
+    TableDef {
+        id: OFFSETS_TABLE_ID,
+        schema: SLUICE_SCHEMA.into(),
+        name: OFFSETS_TABLE.into(),
+        columns: vec![
+            column("group_name", SqlType::Text, false),
+            column("topic", SqlType::Text, false),
+            column("partition", SqlType::Int4, false),
+            column("next_offset", SqlType::Int8, false),
+            column("committed_at", SqlType::TimestampTz, true),
+        ],
+        primary_key: vec![0, 1, 2],
+        indexes: Vec::new(),
+        topic: None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Secondary index definitions (their upkeep and build are crate::index's).
+
+const INDEX_PREFIX: u8 = 0x03;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IndexState {
+    /// Maintained by writes, not yet complete: never read.
+    WriteOnly,
+    /// Complete: scans may read it.
+    Public,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexColumn {
+    /// Position in the table's columns.
+    pub column: usize,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexDef {
+    /// Allocated from the same counter as table ids.
+    pub id: u64,
+    pub name: String,
+    pub columns: Vec<IndexColumn>,
+    pub state: IndexState,
+}
+
+impl IndexDef {
+    pub fn prefix(&self) -> Vec<u8> {
+        index_prefix(self.id)
+    }
+
+    /// The entry of the row stored at `row_key` with `values`.
+    pub fn entry_key(&self, table: &TableDef, values: &[Value], row_key: &[u8]) -> Result<Vec<u8>> {
+        let mut key = self.prefix();
+        for column in &self.columns {
+            encode_indexed(&mut key, &values[column.column], column.descending)?;
+        }
+        let suffix = row_key
+            .get(table.rows_prefix().len()..)
+            .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "row key outside its table"))?;
+        key.extend_from_slice(suffix);
+        Ok(key)
+    }
+}
+
+pub fn index_prefix(id: u64) -> Vec<u8> {
+    let mut key = vec![INDEX_PREFIX];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+/// Appends one indexed value, inverted for a descending column.
+pub fn encode_indexed(buf: &mut Vec<u8>, value: &Value, descending: bool) -> Result<()> {
+    let start = buf.len();
+    keycode::encode_value(buf, value)
+        .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, format!("encode index key: {e}")))?;
+    if descending {
+        for byte in &mut buf[start..] {
+            *byte = !*byte;
         }
     }
-
-    /// Plans table `id` as the target of a DML statement until the guard
-    /// drops: all its columns read as nullable (NOT NULL is checked by the
-    /// DML executor, which names the column as PostgreSQL does), and with
-    /// `with_key` its scans carry [`KEY_COLUMN`].
-    pub fn dml_target(self: &Arc<Self>, id: u64, with_key: bool) -> DmlTargetGuard {
-        *self.dml_target.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(DmlTarget { id, with_key });
-        DmlTargetGuard {
-            catalog: self.clone(),
-        }
-    }
-
-    fn current_dml_target(&self) -> Option<DmlTarget> {
-        *self.dml_target.lock().unwrap_or_else(|e| e.into_inner())
-    }
+    Ok(())
 }
 
-#[derive(Debug, Clone, Copy)]
-struct DmlTarget {
-    id: u64,
-    with_key: bool,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-pub struct DmlTargetGuard {
-    catalog: Arc<SessionCatalog>,
-}
-
-impl Drop for DmlTargetGuard {
-    fn drop(&mut self) {
-        *self
-            .catalog
-            .dml_target
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
-    }
-}
-
-impl SessionCatalog {
-    /// Puts in `other`'s system schemas (built once per node and shared).
-    pub(crate) fn share_system_schemas(&self, other: &SessionCatalog) {
-        let theirs = other
-            .system_schemas
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        self.system_schemas
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(theirs);
-    }
-}
-
-impl CatalogProvider for SessionCatalog {
-    fn schema_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.shared.current().schemas.keys().cloned().collect();
-        names.extend(
-            self.system_schemas
-                .read()
-                .unwrap_or_else(|e| e.into_inner())
-                .keys()
-                .cloned(),
-        );
-        names
-    }
-
-    fn schema(&self, name: &str) -> Option<Arc<dyn SchemaProvider>> {
-        let system = self
-            .system_schemas
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(name)
-            .cloned();
-        let state = self.shared.current();
-        match system {
-            // sluice_catalog: its built-in tables, then the computed views.
-            Some(views) if name == crate::system_views::SCHEMA_NAME => {
-                Some(Arc::new(SluiceSchema {
-                    name: name.to_string(),
-                    state,
-                    defaults: self.defaults.clone(),
-                    dml_target: self.current_dml_target(),
-                    fallback: Some(views),
-                }))
-            }
-            Some(system) => Some(system),
-            None => {
-                state.schemas.get(name)?;
-                Some(Arc::new(SluiceSchema {
-                    name: name.to_string(),
-                    state,
-                    defaults: self.defaults.clone(),
-                    dml_target: self.current_dml_target(),
-                    fallback: None,
-                }))
-            }
-        }
-    }
-
-    fn register_schema(
-        &self,
-        name: &str,
-        schema: Arc<dyn SchemaProvider>,
-    ) -> datafusion::common::Result<Option<Arc<dyn SchemaProvider>>> {
-        // Only system schemas are registered through DataFusion; user schemas
-        // are created with CREATE SCHEMA through Raft.
-        if !SYSTEM_SCHEMAS.contains(&name) {
-            return Err(DataFusionError::Plan(format!(
-                "schema {name} must be created with CREATE SCHEMA"
-            )));
-        }
-        let schema: Arc<dyn SchemaProvider> = if name == "pg_catalog" {
-            Arc::new(crate::pg_overlay::PgCatalogOverlay::new(
-                schema,
-                self.shared.clone(),
-            ))
-        } else {
-            schema
+    #[test]
+    fn descending_columns_reverse_the_order_of_values() {
+        let encode = |value: &Value, descending| {
+            let mut buf = Vec::new();
+            encode_indexed(&mut buf, value, descending).unwrap();
+            buf
         };
-        Ok(self
-            .system_schemas
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(name.to_string(), schema))
-    }
-}
-
-/// One Sluice schema as DataFusion sees it, bound to one catalog state.
-#[derive(Clone)]
-struct SluiceSchema {
-    name: String,
-    state: Arc<CatalogState>,
-    defaults: DefaultsFn,
-    dml_target: Option<DmlTarget>,
-    /// Tables to look in after this schema's own (sluice_catalog's views).
-    fallback: Option<Arc<dyn SchemaProvider>>,
-}
-
-impl fmt::Debug for SluiceSchema {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SluiceSchema")
-            .field("name", &self.name)
-            .finish()
-    }
-}
-
-#[async_trait]
-impl SchemaProvider for SluiceSchema {
-    fn table_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .state
-            .tables_in(&self.name)
-            .map(|t| t.name.clone())
-            .collect();
-        if let Some(fallback) = &self.fallback {
-            names.extend(fallback.table_names());
+        let values = [
+            Value::Text("a".into()),
+            Value::Text("ab".into()),
+            Value::Text("b".into()),
+            Value::Null,
+        ];
+        for pair in values.windows(2) {
+            assert!(encode(&pair[0], false) < encode(&pair[1], false));
+            assert!(encode(&pair[0], true) > encode(&pair[1], true));
         }
-        names
-    }
-
-    async fn table(
-        &self,
-        name: &str,
-    ) -> datafusion::common::Result<Option<Arc<dyn TableProvider>>> {
-        let Some(def) = self.state.table(&self.name, name) else {
-            return match &self.fallback {
-                Some(fallback) => fallback.table(name).await,
-                None => Ok(None),
-            };
-        };
-        let target = self.dml_target.filter(|target| target.id == def.id);
-        if def.is_topic() {
-            return Ok(Some(Arc::new(crate::topic::TopicTable::new(
-                def.clone(),
-                target.is_some(),
-            ))));
-        }
-        let defaults = (self.defaults)(def);
-        let table = match target {
-            Some(target) => SluiceTable::dml_target(def.clone(), defaults, target.with_key),
-            None => SluiceTable::new(def.clone(), defaults),
-        };
-        Ok(Some(Arc::new(table)))
-    }
-
-    fn table_exist(&self, name: &str) -> bool {
-        self.state.table(&self.name, name).is_some()
-            || self.fallback.as_ref().is_some_and(|f| f.table_exist(name))
+        // A descending text value followed by more key bytes still sorts by the value.
+        let mut shorter = encode(&Value::Text("a".into()), true);
+        shorter.push(0x00);
+        let mut longer = encode(&Value::Text("ab".into()), true);
+        longer.push(0xFF);
+        assert!(longer < shorter);
     }
 }

@@ -11,7 +11,8 @@
 
 use datafusion::sql::sqlparser::ast;
 
-use crate::api::{sqlstate, CommandTag, Error, Output, Result};
+use crate::api::{CommandTag, Output};
+use crate::error::{sqlstate, Error, Result};
 use crate::session::Session;
 
 /// A membership change requested with `CALL`.
@@ -86,7 +87,7 @@ pub(crate) async fn execute(session: &Session, change: &ClusterChange) -> Result
         ClusterChange::AddNode { node_id, addr } => raft.add_node(*node_id, addr.clone()).await,
         ClusterChange::RemoveNode { node_id } => raft.remove_node(*node_id).await,
     };
-    result.map_err(crate::dml::raft_error)?;
+    result.map_err(crate::error::raft_error)?;
     Ok(Output::Command(CommandTag::new("CALL")))
 }
 

@@ -16,11 +16,13 @@ use datafusion::sql::sqlparser::ast;
 use sluice_engine::Value;
 use sluice_raftstore::Mutation;
 
-use crate::api::{sqlstate, CopyIn, CopyOptions, Error, Result};
+use crate::api::{CopyIn, CopyOptions};
 use crate::catalog::TableDef;
 use crate::ddl::evaluate_constant;
-use crate::dml::{keyed_rows, lookup_table, not_null_violation, propose, quote_ident};
-use crate::session::{map_df_error, PreparedKind, Session};
+use crate::dml::{keyed_rows, not_null_violation, propose, quote_ident};
+use crate::error::{from_datafusion, sqlstate, Error, Result};
+use crate::resolve::{self, Access};
+use crate::session::{PreparedKind, Session};
 use crate::types::{decode_bytea, text_value, value_at, SqlType};
 
 pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<PreparedKind> {
@@ -41,14 +43,14 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Pr
             let ast::CopySource::Table { table_name, columns } = source else {
                 return Err(Error::new(sqlstate::SYNTAX_ERROR, "COPY FROM needs a table"));
             };
-            let table = lookup_table(session, table_name)?;
+            let table = resolve::require(&session.db.catalog.current(), table_name, Access::Data)?;
             let columns = column_list(&table, columns)?;
             Ok(PreparedKind::CopyIn(CopyIn { table: table.qualified_name(), columns, options }))
         }
         (true, ast::CopyTarget::Stdout) => {
             let query = match source {
                 ast::CopySource::Table { table_name, columns } => {
-                    let table = lookup_table(session, table_name)?;
+                    let table = resolve::require(&session.db.catalog.current(), table_name, Access::Data)?;
                     let columns = column_list(&table, columns)?;
                     let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
                     let sql = format!(
@@ -423,7 +425,7 @@ fn parse_column(
                 format_options: FormatOptions::default(),
             };
             cast_with_options(&texts, &target, &options).map_err(|e| {
-                let mut error = map_df_error(e.into());
+                let mut error = from_datafusion(e.into());
                 if error.code == sqlstate::INTERNAL_ERROR {
                     error.code = sqlstate::INVALID_TEXT_REPRESENTATION;
                 }

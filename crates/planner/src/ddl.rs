@@ -14,15 +14,16 @@ use futures::StreamExt;
 use sluice_engine::{row, KeyRange, Snapshot, Value};
 use sluice_raftstore::{Command, Mutation};
 
-use crate::api::{sqlstate, CommandTag, Error, Output, Result};
+use crate::api::{CommandTag, Output};
 use crate::catalog::{
     encode_json, next_table_id_key, read_counter, schema_key, table_key, version_key, CatalogState,
     ColumnDef, SchemaDef, TableDef, KEY_COLUMN, ROWID_COLUMN, SYSTEM_SCHEMAS,
 };
-use crate::dml::{raft_error, resolve_name};
+use crate::error::{from_datafusion, raft_error, sqlstate, Error, Result};
 use crate::index::{self, IndexColumn, IndexDef, IndexState};
 use crate::names::identifier;
-use crate::session::{map_df_error, Session};
+use crate::resolve::{self, Access};
+use crate::session::Session;
 use crate::types::{value_at, SqlType};
 
 pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Result<Output> {
@@ -39,7 +40,7 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
             ..
         } => {
             let name = match schema_name {
-                ast::SchemaName::Simple(name) => resolve_single_object(name)?,
+                ast::SchemaName::Simple(name) => resolve::schema_name(name)?,
                 _ => {
                     return Err(Error::new(
                         sqlstate::FEATURE_NOT_SUPPORTED,
@@ -78,17 +79,17 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
         } => match object_type {
             ast::ObjectType::Table => {
                 for name in names {
-                    match lookup(&catalog, name)? {
+                    match resolve::find(&catalog, name, Access::Ddl)? {
                         Some(def) => change.drop_table(&def, snapshot.as_ref())?,
                         None if *if_exists => {}
-                        None => return Err(undefined_table(name)),
+                        None => return Err(resolve::missing(name, Access::Ddl)),
                     }
                 }
                 "DROP TABLE"
             }
             ast::ObjectType::Schema => {
                 for name in names {
-                    let schema = resolve_single_object(name)?;
+                    let schema = resolve::schema_name(name)?;
                     if !catalog.schemas.contains_key(&schema) {
                         if *if_exists {
                             continue;
@@ -120,7 +121,7 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
             ast::ObjectType::Index => {
                 let mut changed: Vec<TableDef> = Vec::new();
                 for name in names {
-                    let (schema, index_name) = resolve_name(name)?;
+                    let (schema, index_name) = resolve::qualified_name(name)?;
                     let owner = changed
                         .iter()
                         .position(|t| t.schema == schema && t.index(&index_name).is_some());
@@ -163,7 +164,7 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
         },
         ast::Statement::Truncate(truncate) => {
             for target in &truncate.table_names {
-                match lookup(&catalog, &target.name)? {
+                match resolve::find(&catalog, &target.name, Access::Ddl)? {
                     Some(def) if def.is_topic() => {
                         // Offsets continue after a TRUNCATE, as after retention:
                         // each partition keeps its state and newest batch key range.
@@ -179,18 +180,18 @@ pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Resul
                         change.mutations.push(Mutation::DeleteRange { start, end });
                         change.mutations.extend(index::drop_entries(&def));
                     }
-                    None => return Err(undefined_table(&target.name)),
+                    None => return Err(resolve::missing(&target.name, Access::Ddl)),
                 }
             }
             // No definition changes; the version bump still orders TRUNCATE against concurrent DDL.
             "TRUNCATE TABLE"
         }
         ast::Statement::AlterTable(alter) => {
-            let Some(def) = lookup(&catalog, &alter.name)? else {
+            let Some(def) = resolve::find(&catalog, &alter.name, Access::Ddl)? else {
                 if alter.if_exists {
                     return Ok(Output::Command(CommandTag::new("ALTER TABLE")));
                 }
-                return Err(undefined_table(&alter.name));
+                return Err(resolve::missing(&alter.name, Access::Ddl));
             };
             let mut def = def.as_ref().clone();
             for operation in &alter.operations {
@@ -301,41 +302,6 @@ fn range_bounds(range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
-fn undefined_table(name: &ast::ObjectName) -> Error {
-    Error::new(
-        sqlstate::UNDEFINED_TABLE,
-        format!("table \"{name}\" does not exist"),
-    )
-}
-
-fn lookup(catalog: &CatalogState, name: &ast::ObjectName) -> Result<Option<Arc<TableDef>>> {
-    let (schema, table) = resolve_name(name)?;
-    match catalog.table(&schema, &table) {
-        Some(def) if def.is_builtin() => Err(Error::new(
-            sqlstate::INSUFFICIENT_PRIVILEGE,
-            format!(
-                "permission denied: \"{}\" is a system table",
-                def.qualified_name()
-            ),
-        )),
-        other => Ok(other.cloned()),
-    }
-}
-
-fn resolve_single_object(name: &ast::ObjectName) -> Result<String> {
-    match name.0.as_slice() {
-        [part] => {
-            Ok(identifier(part.as_ident().ok_or_else(|| {
-                Error::new(sqlstate::SYNTAX_ERROR, "bad name")
-            })?))
-        }
-        _ => Err(Error::new(
-            sqlstate::SYNTAX_ERROR,
-            format!("improper name: {name}"),
-        )),
-    }
-}
-
 /// The definition CREATE TABLE asks for (id filled in later), or `None` when
 /// IF NOT EXISTS found the table already there.
 fn table_definition(
@@ -343,7 +309,7 @@ fn table_definition(
     catalog: &CatalogState,
     create: &ast::CreateTable,
 ) -> Result<Option<TableDef>> {
-    let (schema, name) = resolve_name(&create.name)?;
+    let (schema, name) = resolve::qualified_name(&create.name)?;
     if create.query.is_some() {
         return Err(Error::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -497,7 +463,8 @@ fn column_definition(column: &ast::ColumnDef) -> Result<(ColumnDef, bool)> {
 
 /// Plans every DEFAULT once so a bad one fails CREATE TABLE, not the first INSERT.
 fn validate_defaults(session: &Session, def: &TableDef) -> Result<()> {
-    let schema = DFSchema::try_from(def.arrow_schema().as_ref().clone()).map_err(map_df_error)?;
+    let schema =
+        DFSchema::try_from(def.arrow_schema().as_ref().clone()).map_err(from_datafusion)?;
     for column in &def.columns {
         if let Some(sql) = &column.default {
             let expr = session.db.compile_default(sql, &schema)?;
@@ -511,7 +478,7 @@ fn validate_defaults(session: &Session, def: &TableDef) -> Result<()> {
                 ));
             }
             expr.cast_to(&column.ty.arrow_type(), &schema)
-                .map_err(map_df_error)?;
+                .map_err(from_datafusion)?;
         }
     }
     Ok(())
@@ -571,7 +538,7 @@ async fn alter_table(
             if !column.nullable && existing.is_none() {
                 let any_row = snapshot
                     .scan(sluice_engine::Keyspace::Data, &def.rows_range(), 1)
-                    .map_err(crate::catalog::storage_error)?;
+                    .map_err(crate::error::storage_error)?;
                 if !any_row.is_empty() {
                     return Err(Error::new(
                         sqlstate::NOT_NULL_VIOLATION,
@@ -600,20 +567,21 @@ pub async fn evaluate_constant(
     sql: &str,
     ty: SqlType,
 ) -> Result<Value> {
-    let schema = DFSchema::try_from(def.arrow_schema().as_ref().clone()).map_err(map_df_error)?;
+    let schema =
+        DFSchema::try_from(def.arrow_schema().as_ref().clone()).map_err(from_datafusion)?;
     let expr = session
         .db
         .compile_default(sql, &schema)?
         .cast_to(&ty.arrow_type(), &schema)
-        .map_err(map_df_error)?;
+        .map_err(from_datafusion)?;
     let plan = LogicalPlanBuilder::empty(true)
         .project(vec![expr.alias("value")])
         .and_then(|b| b.build())
-        .map_err(map_df_error)?;
+        .map_err(from_datafusion)?;
     let snapshot = session.db.raft().local_snapshot();
     let mut stream = session.run(&plan, snapshot).await?;
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(map_df_error)?;
+        let batch = batch.map_err(from_datafusion)?;
         if batch.num_rows() > 0 {
             let array: ArrayRef = batch.column(0).clone();
             return value_at(&array, 0, ty, "default");
@@ -652,8 +620,8 @@ async fn create_index(session: &mut Session, create: &ast::CreateIndex) -> Resul
     }
     let snapshot = session.db.read_view().await?;
     let catalog = session.db.catalog.current();
-    let table =
-        lookup(&catalog, &create.table_name)?.ok_or_else(|| undefined_table(&create.table_name))?;
+    let table = resolve::find(&catalog, &create.table_name, Access::Ddl)?
+        .ok_or_else(|| resolve::missing(&create.table_name, Access::Ddl))?;
     let mut columns = Vec::with_capacity(create.columns.len());
     for indexed in &create.columns {
         let name = match &indexed.column.expr {
@@ -679,7 +647,7 @@ async fn create_index(session: &mut Session, create: &ast::CreateIndex) -> Resul
     };
     let name = match &create.name {
         Some(name) => {
-            let (_, name) = resolve_name(name)?;
+            let (_, name) = resolve::qualified_name(name)?;
             if taken(&name) {
                 if create.if_not_exists {
                     return Ok(Output::Command(CommandTag::new("CREATE INDEX")));
@@ -842,7 +810,7 @@ pub(crate) async fn create_topic(
         let (name, value) = option_text(option)?;
         options
             .set(&name, &value)
-            .map_err(crate::topic::stream_error)?;
+            .map_err(crate::error::stream_error)?;
     }
     validate_topic_options(&def, &mut options)?;
     for (name, ty) in TOPIC_COLUMNS {
@@ -902,17 +870,6 @@ fn option_text(option: &ast::SqlOption) -> Result<(String, String)> {
     Ok((key.value.to_ascii_lowercase(), text))
 }
 
-fn lookup_topic(catalog: &CatalogState, name: &ast::ObjectName) -> Result<Option<Arc<TableDef>>> {
-    match lookup(catalog, name)? {
-        Some(def) if def.is_topic() => Ok(Some(def)),
-        Some(_) => Err(Error::new(
-            sqlstate::WRONG_OBJECT_TYPE,
-            format!("\"{name}\" is a table, not a topic"),
-        )),
-        None => Ok(None),
-    }
-}
-
 /// `ALTER TOPIC name SET (…)`: retention, compression (for new batches) and
 /// more partitions (never fewer: records would lose their partition).
 pub(crate) async fn alter_topic(
@@ -923,12 +880,13 @@ pub(crate) async fn alter_topic(
     let snapshot = session.db.read_view().await?;
     let catalog = session.db.catalog.current();
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
-    let def = lookup_topic(&catalog, name)?.ok_or_else(|| undefined_topic(name))?;
+    let def = resolve::find(&catalog, name, Access::TopicDdl)?
+        .ok_or_else(|| resolve::missing(name, Access::TopicDdl))?;
     let mut options = def.topic.clone().unwrap_or_default();
     for (option, value) in given {
         options
             .set(option, value)
-            .map_err(crate::topic::stream_error)?;
+            .map_err(crate::error::stream_error)?;
     }
     let before = def.topic.as_ref().map_or(1, |t| t.partitions);
     if options.partitions < before {
@@ -955,19 +913,12 @@ pub(crate) async fn drop_topics(
     let catalog = session.db.catalog.current();
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     for name in names {
-        match lookup_topic(&catalog, name)? {
+        match resolve::find(&catalog, name, Access::TopicDdl)? {
             Some(def) => change.drop_table(&def, snapshot.as_ref())?,
             None if if_exists => {}
-            None => return Err(undefined_topic(name)),
+            None => return Err(resolve::missing(name, Access::TopicDdl)),
         }
     }
     change.commit(session).await?;
     Ok(Output::Command(CommandTag::new("DROP TOPIC")))
-}
-
-fn undefined_topic(name: &ast::ObjectName) -> Error {
-    Error::new(
-        sqlstate::UNDEFINED_TABLE,
-        format!("topic \"{name}\" does not exist"),
-    )
 }

@@ -33,10 +33,12 @@ use futures::StreamExt;
 use sluice_engine::{Keyspace, Snapshot, Value};
 use sluice_raftstore::{ApplyError, Command, Mutation};
 
-use crate::api::{sqlstate, CommandTag, Error, Output, Result};
+use crate::api::{CommandTag, Output};
 use crate::cached_plan::CachedPlan;
-use crate::catalog::{storage_error, TableDef, KEY_COLUMN};
-use crate::session::{map_df_error, parameter_types, Session};
+use crate::catalog::{TableDef, KEY_COLUMN};
+use crate::error::{from_datafusion, raft_error, sqlstate, storage_error, Error, Result};
+use crate::resolve::{self, Access};
+use crate::session::{parameter_types, Session};
 use crate::types::{rows_to_batch, value_at};
 
 /// Row ids for tables without a primary key: unique per node and increasing,
@@ -110,43 +112,6 @@ impl DmlPlan {
     }
 }
 
-/// Resolves an object name the way PostgreSQL does: unquoted parts fold to lower case.
-pub fn resolve_name(name: &ast::ObjectName) -> Result<(String, String)> {
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .map(|part| match part.as_ident() {
-            Some(ident) => crate::names::identifier(ident),
-            None => part.to_string(),
-        })
-        .collect();
-    match parts.as_slice() {
-        [table] => Ok((crate::catalog::DEFAULT_SCHEMA.to_string(), table.clone())),
-        [schema, table] => Ok((schema.clone(), table.clone())),
-        [_, schema, table] => Ok((schema.clone(), table.clone())),
-        _ => Err(Error::new(
-            sqlstate::SYNTAX_ERROR,
-            format!("improper qualified name: {name}"),
-        )),
-    }
-}
-
-pub fn lookup_table(session: &Session, name: &ast::ObjectName) -> Result<Arc<TableDef>> {
-    let (schema, table) = resolve_name(name)?;
-    session
-        .db
-        .catalog
-        .current()
-        .table(&schema, &table)
-        .cloned()
-        .ok_or_else(|| {
-            Error::new(
-                sqlstate::UNDEFINED_TABLE,
-                format!("relation \"{table}\" does not exist"),
-            )
-        })
-}
-
 fn table_factor_name(table: &ast::TableWithJoins) -> Result<&ast::ObjectName> {
     match &table.relation {
         ast::TableFactor::Table { name, .. } => Ok(name),
@@ -175,7 +140,7 @@ pub async fn prepare(
                     ))
                 }
             };
-            let table = lookup_table(session, &name)?;
+            let table = resolve::require(&session.db.catalog.current(), &name, Access::Data)?;
             if table.is_topic() && insert.columns.is_empty() {
                 // A topic's system columns are assigned, not given: a
                 // column-less INSERT lists the topic's own columns.
@@ -223,7 +188,11 @@ pub async fn prepare(
             (DmlOp::Insert, table, on_conflict, insert.returning.take())
         }
         ast::Statement::Update(update) => {
-            let table = lookup_table(session, table_factor_name(&update.table)?)?;
+            let table = resolve::require(
+                &session.db.catalog.current(),
+                table_factor_name(&update.table)?,
+                Access::Data,
+            )?;
             for assignment in &update.assignments {
                 if assignment
                     .target
@@ -253,7 +222,11 @@ pub async fn prepare(
                     "DELETE from several tables is not supported",
                 ));
             };
-            let table = lookup_table(session, table_factor_name(target)?)?;
+            let table = resolve::require(
+                &session.db.catalog.current(),
+                table_factor_name(target)?,
+                Access::Data,
+            )?;
             (
                 DmlOp::Delete,
                 table,
@@ -348,17 +321,17 @@ async fn returning_plan(
     ctx.state()
         .create_logical_plan(&sql)
         .await
-        .map_err(map_df_error)
+        .map_err(from_datafusion)
 }
 
 /// A throwaway DataFusion context holding only in-memory tables.
 fn scratch_context(tables: &[(&str, RecordBatch)]) -> Result<SessionContext> {
     let ctx = SessionContext::new();
     for (name, batch) in tables {
-        let table =
-            MemTable::try_new(batch.schema(), vec![vec![batch.clone()]]).map_err(map_df_error)?;
+        let table = MemTable::try_new(batch.schema(), vec![vec![batch.clone()]])
+            .map_err(from_datafusion)?;
         ctx.register_table(*name, Arc::new(table))
-            .map_err(map_df_error)?;
+            .map_err(from_datafusion)?;
     }
     Ok(ctx)
 }
@@ -411,8 +384,8 @@ pub async fn execute(
             let frame = ctx
                 .execute_logical_plan(plan_r)
                 .await
-                .map_err(map_df_error)?;
-            let stream = frame.execute_stream().await.map_err(map_df_error)?;
+                .map_err(from_datafusion)?;
+            let stream = frame.execute_stream().await.map_err(from_datafusion)?;
             Ok(Output::Rows {
                 schema: returning.schema.clone(),
                 stream,
@@ -441,8 +414,11 @@ async fn append(
     let batch = rows_to_batch(&table.dml_schema(false), &table.types(), &values)?;
     let plan = returning_plan(table, &returning.items, batch).await?;
     let ctx = scratch_context(&[])?;
-    let frame = ctx.execute_logical_plan(plan).await.map_err(map_df_error)?;
-    let stream = frame.execute_stream().await.map_err(map_df_error)?;
+    let frame = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(from_datafusion)?;
+    let stream = frame.execute_stream().await.map_err(from_datafusion)?;
     Ok(Output::Rows {
         schema: returning.schema.clone(),
         stream,
@@ -455,7 +431,7 @@ async fn collect(
 ) -> Result<Vec<RecordBatch>> {
     let mut out = Vec::new();
     while let Some(batch) = stream.next().await {
-        out.push(batch.map_err(map_df_error)?);
+        out.push(batch.map_err(from_datafusion)?);
     }
     Ok(out)
 }
@@ -494,7 +470,7 @@ pub fn batch_rows(table: &TableDef, batch: &RecordBatch, with_key: bool) -> Resu
             array.clone()
         } else {
             cast_with_options(array, &target, &cast_options).map_err(|e| {
-                map_df_error(e.into()).with_detail(format!(
+                from_datafusion(e.into()).with_detail(format!(
                     "column \"{}\" of type {}",
                     column.name,
                     column.ty.pg_name()
@@ -793,8 +769,8 @@ async fn evaluate_conflict_updates(
     if let Some(selection) = selection {
         sql.push_str(&format!(" WHERE {selection}"));
     }
-    let frame = ctx.sql(&sql).await.map_err(map_df_error)?;
-    let batches = frame.collect().await.map_err(map_df_error)?;
+    let frame = ctx.sql(&sql).await.map_err(from_datafusion)?;
+    let batches = frame.collect().await.map_err(from_datafusion)?;
     let mut out = Vec::new();
     for batch in batches {
         let ordinals = batch
@@ -943,43 +919,5 @@ pub async fn propose(
         )
         .with_detail(format!("Key {} already exists.", table.describe_key(&key)))),
         Err(e) => Err(raft_error(e)),
-    }
-}
-
-/// Maps a Raft-layer failure to a SQLSTATE.
-pub fn raft_error(error: sluice_raftstore::Error) -> Error {
-    use sluice_raftstore::Error as R;
-    match error {
-        R::Apply(ApplyError::DuplicateKey { .. }) => Error::new(sqlstate::UNIQUE_VIOLATION, "duplicate key value violates unique constraint"),
-        R::Apply(ApplyError::Conflict { .. }) => Error::new(
-            sqlstate::SERIALIZATION_FAILURE,
-            "could not serialize access due to concurrent update",
-        )
-        .with_detail("A row this statement read was changed by another statement before it committed; retry."),
-        R::Apply(ApplyError::ReadConflict { .. }) => Error::new(
-            sqlstate::SERIALIZATION_FAILURE,
-            "could not serialize access due to read/write dependencies among transactions",
-        ),
-        R::Apply(ApplyError::CorruptLog { .. }) => Error::new(
-            sqlstate::DATA_CORRUPTED,
-            "the state of a topic partition does not decode; the append was refused on every replica",
-        ),
-        R::CommandTooLarge { bytes, limit } => Error::new(
-            sqlstate::PROGRAM_LIMIT_EXCEEDED,
-            format!("statement writes {bytes} bytes, more than the limit of {limit} bytes for one command"),
-        ),
-        R::NotLeader { .. } | R::Unavailable(_) => Error::new(
-            sqlstate::CANNOT_CONNECT_NOW,
-            format!("no Raft leader is available to accept the statement; retry: {error}"),
-        ),
-        R::Ambiguous(why) => Error::new(
-            sqlstate::STATEMENT_COMPLETION_UNKNOWN,
-            "the statement may or may not have been committed",
-        )
-        .with_detail(format!("{why}. The leader changed or lost its quorum while the statement was being committed; check its effect before retrying.")),
-        R::Membership(why) => Error::new(sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE, why),
-        R::Storage(e) => storage_error(e),
-        R::ShuttingDown => Error::new(sqlstate::ADMIN_SHUTDOWN, "the node is shutting down"),
-        other => Error::new(sqlstate::INTERNAL_ERROR, other.to_string()),
     }
 }

@@ -16,7 +16,7 @@ use datafusion::logical_expr::{
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
 
-use crate::session::SERVER_VERSION;
+use crate::settings::SERVER_VERSION;
 use crate::types::decode_bytea;
 
 pub fn register(ctx: &SessionContext) {

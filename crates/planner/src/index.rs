@@ -29,76 +29,12 @@
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
-use sluice_engine::{keycode, prefix_successor, KeyRange, Keyspace, Snapshot, Value};
+use sluice_engine::{prefix_successor, KeyRange, Keyspace, Snapshot};
 use sluice_raftstore::Mutation;
 
-use crate::api::{sqlstate, Error, Result};
+pub use crate::catalog::{encode_indexed, index_prefix, IndexColumn, IndexDef, IndexState};
 use crate::catalog::{encode_json, table_key, TableDef};
-
-const INDEX_PREFIX: u8 = 0x03;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum IndexState {
-    /// Maintained by writes, not yet complete: never read.
-    WriteOnly,
-    /// Complete: scans may read it.
-    Public,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexColumn {
-    /// Position in the table's columns.
-    pub column: usize,
-    pub descending: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct IndexDef {
-    /// Allocated from the same counter as table ids.
-    pub id: u64,
-    pub name: String,
-    pub columns: Vec<IndexColumn>,
-    pub state: IndexState,
-}
-
-impl IndexDef {
-    pub fn prefix(&self) -> Vec<u8> {
-        index_prefix(self.id)
-    }
-
-    /// The entry of the row stored at `row_key` with `values`.
-    pub fn entry_key(&self, table: &TableDef, values: &[Value], row_key: &[u8]) -> Result<Vec<u8>> {
-        let mut key = self.prefix();
-        for column in &self.columns {
-            encode_indexed(&mut key, &values[column.column], column.descending)?;
-        }
-        let suffix = row_key
-            .get(table.rows_prefix().len()..)
-            .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "row key outside its table"))?;
-        key.extend_from_slice(suffix);
-        Ok(key)
-    }
-}
-
-pub fn index_prefix(id: u64) -> Vec<u8> {
-    let mut key = vec![INDEX_PREFIX];
-    key.extend_from_slice(&id.to_be_bytes());
-    key
-}
-
-/// Appends one indexed value, inverted for a descending column.
-pub fn encode_indexed(buf: &mut Vec<u8>, value: &Value, descending: bool) -> Result<()> {
-    let start = buf.len();
-    keycode::encode_value(buf, value)
-        .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, format!("encode index key: {e}")))?;
-    if descending {
-        for byte in &mut buf[start..] {
-            *byte = !*byte;
-        }
-    }
-    Ok(())
-}
+use crate::error::{sqlstate, Error, Result};
 
 /// The `Check` that pins a statement to the table definition it was planned with.
 pub fn definition_check(table: &TableDef) -> Mutation {
@@ -219,7 +155,7 @@ pub fn backfill_page(
 ) -> Result<(Vec<Mutation>, Option<KeyRange>)> {
     let page = snapshot
         .scan(Keyspace::Data, range, limit)
-        .map_err(crate::catalog::storage_error)?;
+        .map_err(crate::error::storage_error)?;
     let kinds = table.kinds();
     let mut mutations = Vec::with_capacity(page.len() * 2 + 1);
     mutations.push(definition_check(table));
@@ -239,34 +175,4 @@ pub fn backfill_page(
         _ => None,
     };
     Ok((mutations, rest))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn descending_columns_reverse_the_order_of_values() {
-        let encode = |value: &Value, descending| {
-            let mut buf = Vec::new();
-            encode_indexed(&mut buf, value, descending).unwrap();
-            buf
-        };
-        let values = [
-            Value::Text("a".into()),
-            Value::Text("ab".into()),
-            Value::Text("b".into()),
-            Value::Null,
-        ];
-        for pair in values.windows(2) {
-            assert!(encode(&pair[0], false) < encode(&pair[1], false));
-            assert!(encode(&pair[0], true) > encode(&pair[1], true));
-        }
-        // A descending text value followed by more key bytes still sorts by the value.
-        let mut shorter = encode(&Value::Text("a".into()), true);
-        shorter.push(0x00);
-        let mut longer = encode(&Value::Text("ab".into()), true);
-        longer.push(0xFF);
-        assert!(longer < shorter);
-    }
 }

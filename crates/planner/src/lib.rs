@@ -31,13 +31,32 @@
 //!      under SERIALIZABLE, the key ranges read ([`transaction`]).
 //! 4. The result is an [`Output`] that the frontend encodes for the wire.
 //!
+//! The modules, in layers: a module uses its own layer and those above it,
+//! except for the circle `scripts/module-cycles.allow` still lists.
+//!
+//! | layer | module | what |
+//! |---|---|---|
+//! | leaves | [`api`] | what the frontend sees: outputs, command tags, COPY descriptions |
+//! | | [`error`] | every failure's SQLSTATE and PostgreSQL wording (the frontend's too) |
+//! | | [`settings`] | setting defaults and names; durations, sizes, booleans |
+//! | | [`types`], [`names`] | SQL types and their Arrow and storage faces; result column names |
+//! | | [`dialect`], [`values_scan`], [`stream_sql`] | parsing: the dialect, literal VALUES rows, the topic statements' grammar |
+//! | definitions | [`catalog`] | schema, table, index and built-in table definitions, their keys, the cached catalog |
+//! | | [`resolve`] | names to catalog objects: the one resolver, with PostgreSQL's messages |
+//! | | [`index`] | secondary index upkeep on every write, and the online build |
+//! | DataFusion face | [`table`] | a table as a `TableProvider`, and its key-range scan |
+//! | | [`system_views`], [`pg_overlay`] | `sluice_catalog`'s views; `pg_catalog` corrected from the catalog |
+//! | | [`provider`] | the `CatalogProvider` over tables, topics and the system schemas |
+//! | | [`functions`], [`subplan`] | functions DataFusion lacks; the correlated-subquery operator |
+//! | | [`cached_plan`], [`transaction`] | plans kept by prepared statements; transaction blocks |
+//! | sessions | [`session`] | `Database` and `Session`: parse, classify, prepare, execute |
+//! | statements | [`dml`], [`literal_insert`], [`copy`], [`ddl`], [`cluster`] | INSERT/UPDATE/DELETE, literal inserts, COPY, DDL, membership calls |
+//! | topics | [`topic`], [`offsets`] | appends, the topic table, SUBSCRIBE and cursors, retention; consumer offsets and groups |
+//!
 //! [`Mutation`]: sluice_raftstore::Mutation
 //! [`Command`]: sluice_raftstore::Command
 
 mod api;
-
-pub use api::{sqlstate, CommandTag, CopyFormat, CopyIn, CopyOptions, Error, Output, Result};
-mod apply;
 mod cached_plan;
 mod catalog;
 mod cluster;
@@ -45,14 +64,19 @@ mod copy;
 mod ddl;
 mod dialect;
 mod dml;
+mod error;
 mod functions;
 mod index;
 mod literal_insert;
 mod names;
 mod offsets;
 mod pg_overlay;
+mod provider;
+mod resolve;
 mod session;
+mod settings;
 mod stream_sql;
+mod subplan;
 mod system_views;
 mod table;
 mod topic;
@@ -60,8 +84,11 @@ mod transaction;
 mod types;
 mod values_scan;
 
-pub use offsets::ConsumerLag;
-pub use session::{Database, Prepared, Session, Statement, SERVER_VERSION};
+pub use api::{CommandTag, CopyFormat, CopyIn, CopyOptions, Output};
+pub use error::{from_datafusion, sqlstate, Error, Result};
+pub use session::{Database, Prepared, Session, Statement};
+pub use settings::SERVER_VERSION;
+pub use system_views::ConsumerLag;
 pub use topic::TopicStats;
 pub use transaction::{IsolationLevel, TransactionState, TransactionStats};
 pub use types::SqlType;

@@ -37,10 +37,11 @@ use datafusion::common::ScalarValue;
 use datafusion::sql::sqlparser::ast;
 use sluice_engine::Value;
 
-use crate::api::{CommandTag, Output, Result};
+use crate::api::{CommandTag, Output};
 use crate::catalog::TableDef;
-use crate::dml::lookup_table;
-use crate::session::{map_df_error, Session};
+use crate::error::{from_datafusion, Result};
+use crate::resolve::{self, Access};
+use crate::session::Session;
 use crate::types::{value_at, SqlType};
 use crate::values_scan::{Literal as ScannedLiteral, ScannedRows};
 
@@ -122,7 +123,7 @@ pub(crate) fn plan(
     if !simple_query || values.explicit_row || values.value_keyword {
         return None;
     }
-    let table = lookup_table(session, name).ok()?;
+    let table = resolve::require(&session.db.catalog.current(), name, Access::Data).ok()?;
     let columns = listed_columns(&table, &insert.columns)?;
     let parsed_rows = values.rows.iter().map(|row| {
         let literals = row.content.iter().map(parsed_literal);
@@ -380,7 +381,7 @@ pub(crate) async fn execute(
 /// read as the column's value with its checks ([`value_at`]: lengths, padding). The
 /// parameter was already cast to its own type ([`crate::cached_plan::bind_value`]).
 fn bound_value(value: &ScalarValue, ty: SqlType, column: &str) -> Result<Value> {
-    let array = value.to_array().map_err(map_df_error)?;
+    let array = value.to_array().map_err(from_datafusion)?;
     value_at(&array, 0, ty, column)
 }
 

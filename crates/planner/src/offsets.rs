@@ -33,76 +33,18 @@ use std::time::{Duration, Instant};
 use sluice_engine::{keycode, KeyRange, Keyspace, Value};
 use sluice_raftstore::{Command, Mutation};
 
-use crate::api::{sqlstate, CommandTag, Error, Output, Result};
-use crate::catalog::{storage_error, ColumnDef, TableDef};
+use crate::api::{CommandTag, Output};
+use crate::catalog::{
+    members_table, offsets_table, TableDef, OFFSETS_TABLE, SLUICE_SCHEMA as SCHEMA_NAME,
+};
+use crate::error::{sqlstate, storage_error, Error, Result};
 use crate::session::Session;
-use crate::system_views::SCHEMA_NAME;
 use crate::topic::now_micros;
-use crate::types::SqlType;
 
-/// Ids at or above this are built-in tables; allocated ids count up from 1.
-pub const BUILTIN_ID_BASE: u64 = 1 << 62;
-pub const OFFSETS_TABLE_ID: u64 = BUILTIN_ID_BASE;
-pub const OFFSETS_TABLE: &str = "consumer_offsets";
-pub const MEMBERS_TABLE_ID: u64 = BUILTIN_ID_BASE + 1;
-pub const MEMBERS_TABLE: &str = "consumer_members";
 /// A group cursor heartbeats at most this often (at a FETCH).
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 /// A member without a heartbeat for this long has left its group.
 pub const SESSION_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn column(name: &str, ty: SqlType, nullable: bool) -> ColumnDef {
-    ColumnDef {
-        name: name.into(),
-        ty,
-        nullable,
-        default: None,
-        missing_value: None,
-    }
-}
-
-/// The definition of `sluice_catalog.consumer_members`.
-pub fn members_table() -> TableDef {
-    TableDef {
-        id: MEMBERS_TABLE_ID,
-        schema: SCHEMA_NAME.into(),
-        name: MEMBERS_TABLE.into(),
-        columns: vec![
-            column("group_name", SqlType::Text, false),
-            column("topic", SqlType::Text, false),
-            column("member_id", SqlType::Text, false),
-            column("node_id", SqlType::Int8, false),
-            column("heartbeat_at", SqlType::TimestampTz, false),
-        ],
-        primary_key: vec![0, 1, 2],
-        indexes: Vec::new(),
-        topic: None,
-    }
-}
-
-/// Every built-in table.
-pub fn builtin_tables() -> Vec<TableDef> {
-    vec![offsets_table(), members_table()]
-}
-
-/// The definition of `sluice_catalog.consumer_offsets`.
-pub fn offsets_table() -> TableDef {
-    TableDef {
-        id: OFFSETS_TABLE_ID,
-        schema: SCHEMA_NAME.into(),
-        name: OFFSETS_TABLE.into(),
-        columns: vec![
-            column("group_name", SqlType::Text, false),
-            column("topic", SqlType::Text, false),
-            column("partition", SqlType::Int4, false),
-            column("next_offset", SqlType::Int8, false),
-            column("committed_at", SqlType::TimestampTz, true),
-        ],
-        primary_key: vec![0, 1, 2],
-        indexes: Vec::new(),
-        topic: None,
-    }
-}
 
 /// Distinguishes the cursors of one node: with the node id and its start
 /// time, a member id is unique across the cluster and restarts.
@@ -176,7 +118,7 @@ impl GroupMember {
                 }],
             })
             .await
-            .map_err(crate::dml::raft_error)?;
+            .map_err(crate::error::raft_error)?;
         self.last_heartbeat = Some(Instant::now());
         let prefix = keycode::encode_key(
             &def.rows_prefix(),
@@ -368,63 +310,4 @@ pub(crate) fn rows_of_topic(
         }
     }
     Ok(keys)
-}
-
-/// One row of `sluice_catalog.consumer_lag`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConsumerLag {
-    pub group: String,
-    pub topic: String,
-    pub partition: u32,
-    /// The partition's next offset (one past its last record).
-    pub end_offset: u64,
-    pub committed_offset: u64,
-    /// Records appended and not yet committed by the group.
-    pub lag: u64,
-}
-
-/// Lag of every committed (group, topic, partition) in `snapshot`. Offsets
-/// of topics that no longer exist are left out.
-pub(crate) fn consumer_lag(
-    snapshot: &dyn sluice_engine::Snapshot,
-    catalog: &crate::catalog::CatalogState,
-) -> Result<Vec<ConsumerLag>> {
-    let def = offsets_table();
-    let kinds = def.kinds();
-    let mut out = Vec::new();
-    for (_, bytes) in crate::catalog::scan_all(snapshot, &def.rows_range())? {
-        let row = def.decode_row(&kinds, &bytes)?;
-        let (
-            Some(Value::Text(group)),
-            Some(Value::Text(topic)),
-            Some(Value::Int32(partition)),
-            Some(Value::Int64(next)),
-        ) = (row.first(), row.get(1), row.get(2), row.get(3))
-        else {
-            continue;
-        };
-        let (schema, name) = match topic.split_once('.') {
-            Some((schema, name)) => (schema, name),
-            None => (crate::catalog::DEFAULT_SCHEMA, topic.as_str()),
-        };
-        let Some(table) = catalog.table(schema, name).filter(|t| t.is_topic()) else {
-            continue;
-        };
-        let Ok(partition) = u32::try_from(*partition) else {
-            continue;
-        };
-        let end = sluice_stream::topic::bounds(snapshot, table.id, partition)
-            .map_err(crate::topic::stream_error)?
-            .end;
-        let committed = u64::try_from(*next).unwrap_or(0);
-        out.push(ConsumerLag {
-            group: group.clone(),
-            topic: topic.clone(),
-            partition,
-            end_offset: end,
-            committed_offset: committed,
-            lag: end.saturating_sub(committed),
-        });
-    }
-    Ok(out)
 }

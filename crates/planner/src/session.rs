@@ -10,7 +10,7 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
 use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
-use datafusion::common::{DFSchema, DataFusionError, ScalarValue};
+use datafusion::common::{DFSchema, ScalarValue};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::SessionStateBuilder;
@@ -29,47 +29,27 @@ use futures::StreamExt;
 use sluice_engine::Snapshot;
 use sluice_raftstore::RaftNode;
 
-use crate::api::{sqlstate, CommandTag, Error, Output, Result};
-use crate::apply::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
+use crate::api::{CommandTag, Output};
 use crate::cached_plan::CachedPlan;
-use crate::catalog::{SessionCatalog, SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
+use crate::catalog::{SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
+use crate::error::{from_datafusion, sqlstate, Error, Result};
 use crate::names::identifier;
+use crate::provider::SessionCatalog;
+use crate::settings::{
+    canonical_setting, default_settings, on_off, parse_bool_setting, parse_bytes,
+    parse_duration_ms, parse_set, startup_options, unknown_setting, ReadConsistency, REPORTED,
+};
+use crate::subplan::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
 use crate::table::{ReadView, SluiceScanExec};
 use crate::transaction::{
     IsolationLevel, Transaction, TransactionRegistry, TransactionState, TransactionStats,
 };
+use crate::values_scan::MAX_PARAMETER_NUMBER;
 use crate::{copy, ddl, dml, literal_insert};
 use sluice_raftstore::{ApplyError, Command};
 
-/// The version clients see; drivers parse the leading number.
-pub const SERVER_VERSION: &str = "15.8 (Sluice 0.1.0)";
-
 /// Compiled DEFAULT expressions per table id, with the definition they were compiled from.
 type DefaultsCache = HashMap<u64, (Arc<TableDef>, HashMap<String, Expr>)>;
-
-/// `sluice.read_consistency`: how fresh a statement's snapshot must be.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum ReadConsistency {
-    /// Reflects every write acknowledged before the statement (the default).
-    Linearizable,
-    /// This replica's applied state, served without asking the leader;
-    /// `sluice_catalog.nodes` shows how far behind it is.
-    Stale,
-}
-
-impl ReadConsistency {
-    fn parse(value: &str) -> Result<Self> {
-        match value.trim().to_ascii_lowercase().as_str() {
-            "linearizable" | "strong" => Ok(Self::Linearizable),
-            "stale" | "local" => Ok(Self::Stale),
-            _ => Err(Error::new(
-                sqlstate::INVALID_PARAMETER_VALUE,
-                format!("invalid value for parameter \"sluice.read_consistency\": \"{value}\""),
-            )
-            .with_detail("Available values: linearizable, stale.")),
-        }
-    }
-}
 
 /// State shared by every session of a node.
 pub struct Database {
@@ -96,7 +76,10 @@ impl Database {
     /// Loads the catalog through a linearizable read and returns the database.
     pub async fn open(raft: Arc<RaftNode>) -> Result<Arc<Database>> {
         let catalog = Arc::new(SharedCatalog::default());
-        let snapshot = raft.read_snapshot().await.map_err(dml::raft_error)?;
+        let snapshot = raft
+            .read_snapshot()
+            .await
+            .map_err(crate::error::raft_error)?;
         catalog.refresh(snapshot.as_ref())?;
         let db = Arc::new_cyclic(|db: &std::sync::Weak<Database>| Database {
             template: SessionTemplate::new(db.clone(), &raft, &catalog),
@@ -115,10 +98,10 @@ impl Database {
 
     /// Every consumer group's lag per committed partition, from the local
     /// replica (for metrics).
-    pub fn consumer_lag(&self) -> Result<Vec<crate::offsets::ConsumerLag>> {
+    pub fn consumer_lag(&self) -> Result<Vec<crate::system_views::ConsumerLag>> {
         let snapshot = self.raft.local_snapshot();
         let catalog = self.catalog.refresh(snapshot.as_ref())?;
-        crate::offsets::consumer_lag(snapshot.as_ref(), &catalog)
+        crate::system_views::consumer_lag(snapshot.as_ref(), &catalog)
     }
 
     /// Appends, subscriptions and retention (for metrics).
@@ -177,7 +160,7 @@ impl Database {
         self.expr_context
             .state()
             .create_logical_expr(sql, schema)
-            .map_err(map_df_error)
+            .map_err(from_datafusion)
     }
 
     /// A linearizable snapshot and the catalog as of that snapshot.
@@ -194,9 +177,11 @@ impl Database {
         consistency: ReadConsistency,
     ) -> Result<Arc<dyn Snapshot>> {
         let snapshot = match consistency {
-            ReadConsistency::Linearizable => {
-                self.raft.read_snapshot().await.map_err(dml::raft_error)?
-            }
+            ReadConsistency::Linearizable => self
+                .raft
+                .read_snapshot()
+                .await
+                .map_err(crate::error::raft_error)?,
             ReadConsistency::Stale => self.raft.local_snapshot(),
         };
         self.catalog.refresh(snapshot.as_ref())?;
@@ -396,17 +381,14 @@ pub(crate) enum PreparedKind {
         value: Option<String>,
     },
     Show(String),
-    Begin {
-        isolation: Option<IsolationLevel>,
-        read_only: bool,
-    },
+    Begin(TransactionModes),
     Commit,
     Rollback,
     Savepoint(String),
     ReleaseSavepoint(String),
     RollbackToSavepoint(String),
     SetTransaction {
-        isolation: Option<IsolationLevel>,
+        modes: TransactionModes,
         session: bool,
     },
     CopyIn(crate::api::CopyIn),
@@ -437,6 +419,19 @@ impl PreparedKind {
     fn is_ddl(&self) -> bool {
         match self {
             PreparedKind::Ddl => true,
+            PreparedKind::Stream(plan) => plan.is_ddl(),
+            _ => false,
+        }
+    }
+
+    /// Whether the statement writes, which a read-only transaction refuses.
+    fn writes(&self) -> bool {
+        match self {
+            PreparedKind::Dml(_)
+            | PreparedKind::LiteralInsert(_)
+            | PreparedKind::Ddl
+            | PreparedKind::CopyIn(_)
+            | PreparedKind::Cluster(_) => true,
             PreparedKind::Stream(plan) => plan.is_ddl(),
             _ => false,
         }
@@ -478,69 +473,6 @@ pub struct Session {
     /// DISCARD ALL or the session ends. (The protocol's named statements
     /// live in the frontend's portal store.)
     sql_prepared: HashMap<String, Arc<Prepared>>,
-}
-
-/// Settings reported to the client at startup and whenever they change.
-const REPORTED: [&str; 11] = [
-    "server_version",
-    "server_encoding",
-    "client_encoding",
-    "DateStyle",
-    "IntervalStyle",
-    "integer_datetimes",
-    "standard_conforming_strings",
-    "TimeZone",
-    "application_name",
-    "is_superuser",
-    "session_authorization",
-];
-
-fn default_settings() -> BTreeMap<String, String> {
-    [
-        ("server_version", SERVER_VERSION),
-        ("server_version_num", "150008"),
-        ("server_encoding", "UTF8"),
-        ("client_encoding", "UTF8"),
-        ("DateStyle", "ISO, MDY"),
-        ("IntervalStyle", "postgres"),
-        ("integer_datetimes", "on"),
-        ("standard_conforming_strings", "on"),
-        ("TimeZone", "UTC"),
-        ("application_name", ""),
-        ("is_superuser", "on"),
-        ("session_authorization", "sluice"),
-        ("search_path", "\"$user\", public"),
-        ("statement_timeout", "0"),
-        ("lock_timeout", "0"),
-        ("idle_in_transaction_session_timeout", "0"),
-        ("sluice.max_transaction_bytes", "24MB"),
-        ("sluice.read_consistency", "linearizable"),
-        ("sluice.fetch_timeout", crate::topic::DEFAULT_FETCH_TIMEOUT),
-        ("extra_float_digits", "1"),
-        ("max_identifier_length", "63"),
-        ("default_transaction_isolation", "read committed"),
-        ("transaction_isolation", "read committed"),
-        ("default_transaction_read_only", "off"),
-        ("transaction_read_only", "off"),
-        ("bytea_output", "hex"),
-        ("client_min_messages", "notice"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect()
-}
-
-/// The canonical spelling of a setting name (PostgreSQL names are case-insensitive).
-fn canonical_setting(name: &str) -> Option<String> {
-    let lower = name.to_ascii_lowercase();
-    if let Some(reported) = REPORTED.iter().find(|r| r.eq_ignore_ascii_case(&lower)) {
-        return Some(reported.to_string());
-    }
-    if default_settings().contains_key(&lower) {
-        return Some(lower);
-    }
-    // Custom settings with a dotted prefix are accepted, as in PostgreSQL.
-    lower.contains('.').then_some(lower)
 }
 
 impl Session {
@@ -657,7 +589,7 @@ impl Session {
     /// How long a FETCH from a subscription waits for its first record.
     pub(crate) fn fetch_timeout(&self) -> Duration {
         parse_duration_ms(&self.setting("sluice.fetch_timeout"))
-            .or_else(|| parse_duration_ms(crate::topic::DEFAULT_FETCH_TIMEOUT))
+            .or_else(|| parse_duration_ms(crate::settings::DEFAULT_FETCH_TIMEOUT))
             .unwrap_or(Duration::from_millis(500))
     }
 
@@ -682,6 +614,12 @@ impl Session {
                 return txn.isolation.name().to_string();
             }
             return self.setting("default_transaction_isolation");
+        }
+        if name == "transaction_read_only" {
+            if let Some(txn) = &*self.txn.lock().expect("transaction lock") {
+                return on_off(txn.read_only).to_string();
+            }
+            return self.setting("default_transaction_read_only");
         }
         self.settings.get(name).cloned().unwrap_or_default()
     }
@@ -778,7 +716,7 @@ impl Session {
                     self.db.transactions.conflict();
                     return Err(self.commit_conflict(&conflict));
                 }
-                Err(e) => return Err(dml::raft_error(e)),
+                Err(e) => return Err(crate::error::raft_error(e)),
             }
         }
         txn.committed();
@@ -824,24 +762,49 @@ impl Session {
         }
     }
 
-    fn set_transaction_isolation(&mut self, level: IsolationLevel) -> Result<()> {
-        match &mut *self.txn.lock().expect("transaction lock") {
-            Some(txn) if txn.needs_snapshot() || txn.isolation == level => {
-                txn.isolation = level;
-                Ok(())
-            }
-            Some(_) => Err(Error::new(
-                sqlstate::ACTIVE_SQL_TRANSACTION,
-                "SET TRANSACTION ISOLATION LEVEL must be called before any query",
-            )),
-            None => {
-                self.notices.push(Error::new(
-                    sqlstate::NO_ACTIVE_SQL_TRANSACTION,
-                    "SET TRANSACTION can only be used in transaction blocks",
+    /// Sets the open block's isolation level and access mode, with the checks
+    /// of PostgreSQL's `transaction_isolation` and `transaction_read_only`:
+    /// the level may change only before the block's first query and outside
+    /// a savepoint; read-only may be turned on at any time, off only before
+    /// the first query. Used by SET TRANSACTION, `SET transaction_*` and a
+    /// BEGIN inside an open block (which PostgreSQL warns about and then
+    /// applies). Outside a block it only warns, as PostgreSQL does.
+    fn set_transaction_modes(&mut self, modes: TransactionModes) -> Result<()> {
+        let mut guard = self.txn.lock().expect("transaction lock");
+        let Some(txn) = guard.as_mut() else {
+            drop(guard);
+            self.notices.push(Error::new(
+                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                "SET TRANSACTION can only be used in transaction blocks",
+            ));
+            return Ok(());
+        };
+        if let Some(level) = modes.isolation.filter(|level| *level != txn.isolation) {
+            if txn.in_subtransaction() {
+                return Err(Error::new(
+                    sqlstate::ACTIVE_SQL_TRANSACTION,
+                    "SET TRANSACTION ISOLATION LEVEL must not be called in a subtransaction",
                 ));
-                Ok(())
             }
+            if txn.has_snapshot() {
+                return Err(Error::new(
+                    sqlstate::ACTIVE_SQL_TRANSACTION,
+                    "SET TRANSACTION ISOLATION LEVEL must be called before any query",
+                ));
+            }
+            txn.isolation = level;
         }
+        match modes.read_only {
+            Some(false) if txn.read_only && txn.has_snapshot() => {
+                return Err(Error::new(
+                    sqlstate::ACTIVE_SQL_TRANSACTION,
+                    "transaction read-write mode must be set before any query",
+                ));
+            }
+            Some(read_only) => txn.read_only = read_only,
+            None => {}
+        }
+        Ok(())
     }
 
     /// Plans `statement`. `param_types` are the client-declared types of `$n`.
@@ -945,17 +908,14 @@ impl Session {
                 modes,
                 snapshot: None,
                 session,
-            }) => {
-                let (isolation, _) = transaction_modes(modes)?;
-                (
-                    PreparedKind::SetTransaction {
-                        isolation,
-                        session: *session,
-                    },
-                    None,
-                    Vec::new(),
-                )
-            }
+            }) => (
+                PreparedKind::SetTransaction {
+                    modes: transaction_modes(modes),
+                    session: *session,
+                },
+                None,
+                Vec::new(),
+            ),
             ast::Statement::Set(set) => {
                 let (name, value) = parse_set(set)?;
                 (PreparedKind::Set { name, value }, None, Vec::new())
@@ -975,17 +935,11 @@ impl Session {
             }
             ast::Statement::StartTransaction {
                 modes, statements, ..
-            } if statements.is_empty() => {
-                let (isolation, read_only) = transaction_modes(modes)?;
-                (
-                    PreparedKind::Begin {
-                        isolation,
-                        read_only,
-                    },
-                    None,
-                    Vec::new(),
-                )
-            }
+            } if statements.is_empty() => (
+                PreparedKind::Begin(transaction_modes(modes)),
+                None,
+                Vec::new(),
+            ),
             ast::Statement::Savepoint { name } => {
                 (PreparedKind::Savepoint(identifier(name)), None, Vec::new())
             }
@@ -1130,7 +1084,7 @@ impl Session {
         self.planning_state
             .statement_to_plan(DfStatement::Statement(Box::new(statement)))
             .await
-            .map_err(map_df_error)
+            .map_err(from_datafusion)
     }
 
     /// Executes a prepared statement with bound parameters. An error inside
@@ -1146,8 +1100,17 @@ impl Session {
         prepared: &Prepared,
         params: Vec<ScalarValue>,
     ) -> Result<Output> {
+        let idle = self.transaction_state() == TransactionState::Idle;
+        if idle && prepared.kind.writes() && self.default_read_only()? {
+            // A statement outside a block is a transaction of its own, and
+            // default_transaction_read_only makes it read-only too.
+            return Err(Error::new(
+                sqlstate::READ_ONLY_SQL_TRANSACTION,
+                "cannot write in a read-only transaction",
+            ));
+        }
         let implicit = matches!(prepared.kind, PreparedKind::Dml(_))
-            && self.transaction_state() == TransactionState::Idle
+            && idle
             && self.default_isolation()? == IsolationLevel::Serializable;
         if implicit {
             self.begin_implicit()?;
@@ -1190,16 +1153,24 @@ impl Session {
         IsolationLevel::parse(&self.setting("default_transaction_isolation"))
     }
 
+    fn default_read_only(&self) -> Result<bool> {
+        parse_bool_setting(
+            "default_transaction_read_only",
+            &self.setting("default_transaction_read_only"),
+        )
+    }
+
     /// Opens an implicit transaction block unless a block is open: the
     /// statements of one multi-statement query run in it, as in PostgreSQL,
     /// and it ends with [`Self::finish_implicit`].
     pub fn begin_implicit(&mut self) -> Result<()> {
         let isolation = self.default_isolation()?;
+        let read_only = self.default_read_only()?;
         let limit = self.transaction_limit()?;
         let mut txn = self.txn.lock().expect("transaction lock");
         if txn.is_none() {
             let mut implicit =
-                Transaction::new(self.db.transactions.clone(), isolation, false, limit);
+                Transaction::new(self.db.transactions.clone(), isolation, read_only, limit);
             implicit.implicit = true;
             *txn = Some(implicit);
         }
@@ -1335,38 +1306,50 @@ impl Session {
                     schema.clone(),
                     None,
                 )
-                .map_err(map_df_error)?;
+                .map_err(from_datafusion)?;
                 Ok(Output::Rows {
                     schema,
                     stream: Box::pin(stream),
                     verb: "SHOW",
                 })
             }
-            PreparedKind::Begin {
-                isolation,
-                read_only,
-            } => {
+            PreparedKind::Begin(modes) => {
                 let limit = self.transaction_limit()?;
                 let mut txn = self.txn.lock().expect("transaction lock");
-                if let Some(implicit) = txn.as_mut().filter(|txn| txn.implicit) {
-                    // BEGIN inside an implicit block makes it explicit, as in PostgreSQL.
-                    implicit.implicit = false;
-                } else if txn.is_some() {
-                    self.notices.push(Error::new(
-                        sqlstate::ACTIVE_SQL_TRANSACTION,
-                        "there is already a transaction in progress",
-                    ));
-                } else {
-                    let isolation = match isolation {
-                        Some(level) => *level,
-                        None => self.default_isolation()?,
-                    };
-                    *txn = Some(Transaction::new(
-                        self.db.transactions.clone(),
-                        isolation,
-                        *read_only,
-                        limit,
-                    ));
+                match txn.as_mut() {
+                    Some(open) => {
+                        if open.implicit {
+                            // BEGIN inside an implicit block makes it explicit, as in PostgreSQL.
+                            open.implicit = false;
+                        } else {
+                            self.notices.push(Error::new(
+                                sqlstate::ACTIVE_SQL_TRANSACTION,
+                                "there is already a transaction in progress",
+                            ));
+                        }
+                        // Either way PostgreSQL applies BEGIN's modes to the
+                        // open block, under SET TRANSACTION's rules: a client
+                        // that opened a block itself (psycopg, pgJDBC) still
+                        // gets the level its application's BEGIN asks for.
+                        drop(txn);
+                        self.set_transaction_modes(*modes)?;
+                    }
+                    None => {
+                        let isolation = match modes.isolation {
+                            Some(level) => level,
+                            None => self.default_isolation()?,
+                        };
+                        let read_only = match modes.read_only {
+                            Some(read_only) => read_only,
+                            None => self.default_read_only()?,
+                        };
+                        *txn = Some(Transaction::new(
+                            self.db.transactions.clone(),
+                            isolation,
+                            read_only,
+                            limit,
+                        ));
+                    }
                 }
                 Ok(Output::Command(CommandTag::new("BEGIN")))
             }
@@ -1392,13 +1375,19 @@ impl Session {
                 self.in_block("ROLLBACK TO SAVEPOINT", |txn| txn.rollback_to(name))?;
                 Ok(Output::Command(CommandTag::new("ROLLBACK")))
             }
-            PreparedKind::SetTransaction { isolation, session } => {
-                if let Some(level) = isolation {
-                    if *session {
+            PreparedKind::SetTransaction { modes, session } => {
+                if *session {
+                    if let Some(level) = modes.isolation {
                         self.apply_set("default_transaction_isolation", Some(level.name().into()))?;
-                    } else {
-                        self.set_transaction_isolation(*level)?;
                     }
+                    if let Some(read_only) = modes.read_only {
+                        self.apply_set(
+                            "default_transaction_read_only",
+                            Some(on_off(read_only).into()),
+                        )?;
+                    }
+                } else {
+                    self.set_transaction_modes(*modes)?;
                 }
                 Ok(Output::Command(CommandTag::new("SET")))
             }
@@ -1529,7 +1518,7 @@ impl Session {
             state.mark_start_execution();
             state.create_physical_plan(plan).await
         }
-        .map_err(map_df_error)?;
+        .map_err(from_datafusion)?;
         self.run_physical(physical, snapshot)
     }
 
@@ -1557,7 +1546,7 @@ impl Session {
             // A point lookup or an INSERT's VALUES computes for microseconds:
             // the two thread hand-offs to the query runtime and back would cost
             // more than the plan itself (see [`is_point_sized`]).
-            return execute_stream(physical, Arc::new(task)).map_err(map_df_error);
+            return execute_stream(physical, Arc::new(task)).map_err(from_datafusion);
         }
         // The plan runs on the query runtime (see [`query_runtime`]): one
         // batch of a join can compute for seconds without yielding, and the
@@ -1593,13 +1582,25 @@ impl Session {
     }
 
     fn apply_set(&mut self, name: &str, value: Option<String>) -> Result<()> {
-        let value = match value {
+        let mut value = match value {
             Some(v) => v,
             None => default_settings().get(name).cloned().unwrap_or_default(),
         };
         match name {
             "transaction_isolation" => {
-                return self.set_transaction_isolation(IsolationLevel::parse(&value)?);
+                return self.set_transaction_modes(TransactionModes {
+                    isolation: Some(IsolationLevel::parse(&value)?),
+                    read_only: None,
+                });
+            }
+            "transaction_read_only" => {
+                return self.set_transaction_modes(TransactionModes {
+                    isolation: None,
+                    read_only: Some(parse_bool_setting(name, &value)?),
+                });
+            }
+            "default_transaction_read_only" => {
+                value = on_off(parse_bool_setting(name, &value)?).to_string();
             }
             "default_transaction_isolation" => {
                 IsolationLevel::parse(&value)?;
@@ -1778,9 +1779,6 @@ fn reads_system_catalog(statement: &ast::Statement) -> bool {
     found
 }
 
-/// The largest `$n` a statement may use: Bind counts its parameters in 16 bits.
-pub(crate) const MAX_PARAMETER_NUMBER: usize = u16::MAX as usize;
-
 /// Refuses a `$n` that no Bind could supply (`$0`, or beyond
 /// [`MAX_PARAMETER_NUMBER`]) before anything is sized by it: the parameter list
 /// of a statement is as long as its largest `$n`.
@@ -1818,138 +1816,13 @@ fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
 
-/// A size in PostgreSQL's memory units: `65536`, `64kB`, `24MB`, `1GB`.
-fn parse_bytes(text: &str) -> Option<usize> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: usize = number.parse().ok()?;
-    let scale: usize = match unit.trim() {
-        "" | "B" => 1,
-        "kB" => 1 << 10,
-        "MB" => 1 << 20,
-        "GB" => 1 << 30,
-        _ => return None,
-    };
-    number.checked_mul(scale)
-}
-
-/// The settings in a startup `options` string: `-c name=value`,
-/// `-cname=value` or `--name=value`, separated by spaces; a backslash
-/// escapes the next character (a space inside a value), as in PostgreSQL.
-fn startup_options(options: &str) -> Vec<(String, String)> {
-    let mut words: Vec<String> = Vec::new();
-    let mut word = String::new();
-    let mut chars = options.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => word.extend(chars.next()),
-            c if c.is_ascii_whitespace() => {
-                if !word.is_empty() {
-                    words.push(std::mem::take(&mut word));
-                }
-            }
-            c => word.push(c),
-        }
-    }
-    if !word.is_empty() {
-        words.push(word);
-    }
-    let mut settings = Vec::new();
-    let mut words = words.into_iter();
-    while let Some(word) = words.next() {
-        let assignment = if word == "-c" {
-            words.next()
-        } else {
-            word.strip_prefix("--")
-                .or_else(|| word.strip_prefix("-c"))
-                .map(str::to_string)
-        };
-        if let Some((name, value)) = assignment.as_deref().and_then(|a| a.split_once('=')) {
-            settings.push((name.replace('-', "_"), value.to_string()));
-        }
-    }
-    settings
-}
-
-fn unknown_setting(name: &str) -> Error {
-    Error::new(
-        sqlstate::UNDEFINED_OBJECT,
-        format!("unrecognized configuration parameter \"{name}\""),
-    )
-}
-
-fn parse_set(set: &ast::Set) -> Result<(String, Option<String>)> {
-    match set {
-        ast::Set::SingleAssignment {
-            variable, values, ..
-        } => {
-            let raw = variable.to_string();
-            let canonical = canonical_setting(&raw).ok_or_else(|| unknown_setting(&raw))?;
-            let value = set_value(values);
-            Ok((canonical, value))
-        }
-        ast::Set::SetTimeZone { value, .. } => {
-            Ok(("TimeZone".into(), set_value(std::slice::from_ref(value))))
-        }
-        ast::Set::SetNames { charset_name, .. } => {
-            Ok(("client_encoding".into(), Some(charset_name.to_string())))
-        }
-        other => Err(Error::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!("{other} is not supported"),
-        )),
-    }
-}
-
-/// The text of a SET value list; `None` for DEFAULT.
-fn set_value(values: &[ast::Expr]) -> Option<String> {
-    let parts: Vec<String> = values
-        .iter()
-        .map(|v| match v {
-            ast::Expr::Value(value) => match &value.value {
-                ast::Value::SingleQuotedString(s) | ast::Value::DoubleQuotedString(s) => s.clone(),
-                other => other.to_string(),
-            },
-            ast::Expr::Identifier(ident) => ident.value.clone(),
-            other => other.to_string(),
-        })
-        .collect();
-    if parts.len() == 1 && parts[0].eq_ignore_ascii_case("default") {
-        return None;
-    }
-    Some(parts.join(", "))
-}
-
-/// Parses a PostgreSQL duration setting: bare numbers are milliseconds.
-pub fn parse_duration_ms(text: &str) -> Option<Duration> {
-    let text = text.trim().trim_matches('\'').trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let millis = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "ms" => number,
-        "us" => number / 1000.0,
-        "s" => number * 1000.0,
-        "min" => number * 60_000.0,
-        "h" => number * 3_600_000.0,
-        "d" => number * 86_400_000.0,
-        _ => return None,
-    };
-    (millis >= 0.0).then(|| Duration::from_micros((millis * 1000.0) as u64))
-}
-
 /// One type per `$n`, ordered by n: the client's where given, else DataFusion's
 /// inference, else text (the client may send any literal as text).
 pub(crate) fn parameter_types(
     plan: &LogicalPlan,
     declared: &[Option<DataType>],
 ) -> Result<Vec<DataType>> {
-    let inferred = plan.get_parameter_types().map_err(map_df_error)?;
+    let inferred = plan.get_parameter_types().map_err(from_datafusion)?;
     let cast = cast_parameter_types(plan);
     let mut max = declared.len();
     for name in inferred.keys() {
@@ -2015,14 +1888,20 @@ fn aborted_block() -> Error {
     )
 }
 
-/// The isolation level and read-only flag of BEGIN / SET TRANSACTION modes.
-fn transaction_modes(modes: &[ast::TransactionMode]) -> Result<(Option<IsolationLevel>, bool)> {
-    let mut isolation = None;
-    let mut read_only = false;
+/// The modes of BEGIN and SET TRANSACTION; `None` where the statement does
+/// not name one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TransactionModes {
+    pub isolation: Option<IsolationLevel>,
+    pub read_only: Option<bool>,
+}
+
+fn transaction_modes(modes: &[ast::TransactionMode]) -> TransactionModes {
+    let mut parsed = TransactionModes::default();
     for mode in modes {
         match mode {
             ast::TransactionMode::IsolationLevel(level) => {
-                isolation = Some(match level {
+                parsed.isolation = Some(match level {
                     ast::TransactionIsolationLevel::ReadUncommitted
                     | ast::TransactionIsolationLevel::ReadCommitted => {
                         IsolationLevel::ReadCommitted
@@ -2033,11 +1912,11 @@ fn transaction_modes(modes: &[ast::TransactionMode]) -> Result<(Option<Isolation
                 });
             }
             ast::TransactionMode::AccessMode(mode) => {
-                read_only = matches!(mode, ast::TransactionAccessMode::ReadOnly);
+                parsed.read_only = Some(matches!(mode, ast::TransactionAccessMode::ReadOnly));
             }
         }
     }
-    Ok((isolation, read_only))
+    parsed
 }
 
 /// Whether two result descriptions agree on the column count and types.
@@ -2066,12 +1945,12 @@ fn unknown_prepared(name: &str) -> Error {
 /// The values of a one-row result (EXECUTE's arguments).
 async fn first_row(mut stream: SendableRecordBatchStream) -> Result<Vec<ScalarValue>> {
     while let Some(batch) = stream.next().await {
-        let batch = batch.map_err(map_df_error)?;
+        let batch = batch.map_err(from_datafusion)?;
         if batch.num_rows() > 0 {
             return batch
                 .columns()
                 .iter()
-                .map(|column| ScalarValue::try_from_array(column, 0).map_err(map_df_error))
+                .map(|column| ScalarValue::try_from_array(column, 0).map_err(from_datafusion))
                 .collect();
         }
     }
@@ -2085,7 +1964,7 @@ async fn first_row(mut stream: SendableRecordBatchStream) -> Result<Vec<ScalarVa
 /// PostgreSQL, an untyped literal (text here) is read as that type.
 fn cast_argument(value: ScalarValue, ty: &DataType) -> Result<ScalarValue> {
     if value.data_type() == *ty || value.is_null() {
-        return value.cast_to(ty).map_err(map_df_error);
+        return value.cast_to(ty).map_err(from_datafusion);
     }
     value.cast_to(ty).map_err(|_| match &value {
         ScalarValue::Utf8(Some(text)) | ScalarValue::Utf8View(Some(text)) => Error::new(
@@ -2097,145 +1976,6 @@ fn cast_argument(value: ScalarValue, ty: &DataType) -> Result<ScalarValue> {
             format!("a parameter of type {ty} cannot take the value {value}"),
         ),
     })
-}
-
-pub fn map_df_error(error: DataFusionError) -> Error {
-    let error = match error {
-        DataFusionError::Context(_, inner) => return map_df_error(*inner),
-        DataFusionError::Diagnostic(_, inner) => return map_df_error(*inner),
-        DataFusionError::Collection(mut errors) if !errors.is_empty() => {
-            return map_df_error(errors.remove(0))
-        }
-        DataFusionError::Shared(shared) => match std::sync::Arc::try_unwrap(shared) {
-            Ok(inner) => return map_df_error(inner),
-            Err(shared) => DataFusionError::Execution(shared.to_string()),
-        },
-        DataFusionError::External(external) => match external.downcast::<Error>() {
-            Ok(ours) => return *ours,
-            Err(other) => match other.downcast::<DataFusionError>() {
-                Ok(inner) => return map_df_error(*inner),
-                Err(other) => DataFusionError::Execution(other.to_string()),
-            },
-        },
-        other => other,
-    };
-    let message = error.to_string();
-    let code = match &error {
-        DataFusionError::SQL(..) => sqlstate::SYNTAX_ERROR,
-        DataFusionError::NotImplemented(_) => sqlstate::FEATURE_NOT_SUPPORTED,
-        DataFusionError::ResourcesExhausted(_) => sqlstate::INSUFFICIENT_RESOURCES,
-        DataFusionError::SchemaError(e, _) => match e.as_ref() {
-            datafusion::common::SchemaError::FieldNotFound { .. } => sqlstate::UNDEFINED_COLUMN,
-            datafusion::common::SchemaError::AmbiguousReference { .. } => {
-                sqlstate::AMBIGUOUS_COLUMN
-            }
-            datafusion::common::SchemaError::DuplicateQualifiedField { .. }
-            | datafusion::common::SchemaError::DuplicateUnqualifiedField { .. } => {
-                sqlstate::DUPLICATE_COLUMN
-            }
-        },
-        DataFusionError::ArrowError(e, _) => arrow_error_code(e, &message),
-        DataFusionError::Plan(m) => plan_error_code(m),
-        DataFusionError::Execution(m) => message_code(m).unwrap_or(sqlstate::DATA_EXCEPTION),
-        _ => message_code(&message).unwrap_or(sqlstate::INTERNAL_ERROR),
-    };
-    let message = match code {
-        // PostgreSQL's wording; DataFusion says "Divide by zero error".
-        sqlstate::DIVISION_BY_ZERO => "division by zero".to_string(),
-        _ => clean_message(&message),
-    };
-    Error::new(code, message)
-}
-
-fn arrow_error_code(error: &datafusion::arrow::error::ArrowError, message: &str) -> &'static str {
-    use datafusion::arrow::error::ArrowError as A;
-    match error {
-        A::DivideByZero => sqlstate::DIVISION_BY_ZERO,
-        A::ArithmeticOverflow(_) => sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
-        A::CastError(_) | A::ParseError(_) | A::InvalidArgumentError(_) | A::ComputeError(_) => {
-            message_code(message).unwrap_or(sqlstate::INVALID_TEXT_REPRESENTATION)
-        }
-        _ => message_code(message).unwrap_or(sqlstate::INTERNAL_ERROR),
-    }
-}
-
-fn plan_error_code(message: &str) -> &'static str {
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("table") && (lower.contains("not found") || lower.contains("doesn't exist")) {
-        sqlstate::UNDEFINED_TABLE
-    } else if lower.contains("no field named")
-        || lower.contains("column") && lower.contains("not found")
-    {
-        sqlstate::UNDEFINED_COLUMN
-    } else if lower.contains("invalid function") || lower.contains("no function matches") {
-        sqlstate::UNDEFINED_FUNCTION
-    } else if lower.contains("placeholder") || lower.contains("parameter") {
-        sqlstate::PROTOCOL_VIOLATION
-    } else if let Some(code) = message_code(message) {
-        code
-    } else if lower.contains("cannot") && lower.contains("coerce") || lower.contains("type") {
-        sqlstate::DATATYPE_MISMATCH
-    } else {
-        sqlstate::SYNTAX_ERROR
-    }
-}
-
-/// SQLSTATEs recognisable from the text of arithmetic and cast errors.
-fn message_code(message: &str) -> Option<&'static str> {
-    let lower = message.to_ascii_lowercase();
-    if lower.contains("divide by zero") || lower.contains("division by zero") {
-        Some(sqlstate::DIVISION_BY_ZERO)
-    } else if let Some(text) = uncastable_string(message) {
-        // A well-formed number that does not fit the type is out of range;
-        // anything else is not a number at all.
-        if text.trim().parse::<f64>().is_ok() {
-            Some(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE)
-        } else {
-            Some(sqlstate::INVALID_TEXT_REPRESENTATION)
-        }
-    } else if lower.contains("overflow")
-        || lower.contains("too large to store")
-        || lower.contains("out of range")
-        || lower.contains("can't cast value")
-        || lower.contains("is too large")
-        || lower.contains("precision")
-    {
-        Some(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE)
-    } else if lower.contains("error parsing") || lower.contains("invalid") && lower.contains("cast")
-    {
-        Some(sqlstate::INVALID_TEXT_REPRESENTATION)
-    } else {
-        None
-    }
-}
-
-/// The string in Arrow's "Cannot cast string 'X' to value of T type".
-fn uncastable_string(message: &str) -> Option<&str> {
-    let rest = &message[message.find("Cannot cast string '")? + "Cannot cast string '".len()..];
-    Some(&rest[..rest.rfind("' to value of")?])
-}
-
-/// Strips DataFusion's layer prefixes so clients see one sentence.
-fn clean_message(message: &str) -> String {
-    let mut text = message;
-    for prefix in [
-        "Error during planning: ",
-        "Arrow error: ",
-        "Execution error: ",
-        "Schema error: ",
-        "This feature is not implemented: ",
-        "Optimizer rule 'simplify_expressions' failed\ncaused by\n",
-        "SQL error: ",
-        "Cast error: ",
-        "Parser error: ",
-        "Invalid argument error: ",
-        "Compute error: ",
-    ] {
-        while let Some(rest) = text.strip_prefix(prefix) {
-            text = rest;
-        }
-    }
-    text.to_string()
 }
 
 /// Most rows a plan may run inline on the connection's task: see [`is_point_sized`].
@@ -2363,74 +2103,5 @@ mod tests {
         ] {
             assert!(!is_point_sized(physical_plan_of(offloaded).as_ref()), "{offloaded}");
         }
-    }
-
-    #[test]
-    fn durations_parse_like_postgres() {
-        assert_eq!(parse_duration_ms("50"), Some(Duration::from_millis(50)));
-        assert_eq!(parse_duration_ms("50ms"), Some(Duration::from_millis(50)));
-        assert_eq!(parse_duration_ms("'5s'"), Some(Duration::from_secs(5)));
-        assert_eq!(parse_duration_ms("1min"), Some(Duration::from_secs(60)));
-        assert_eq!(parse_duration_ms("soon"), None);
-    }
-
-    #[test]
-    fn cast_failures_distinguish_range_from_syntax() {
-        let range = "Cannot cast string '99999999999' to value of Int32 type";
-        assert_eq!(
-            message_code(range),
-            Some(sqlstate::NUMERIC_VALUE_OUT_OF_RANGE)
-        );
-        let syntax = "Cannot cast string 'abc' to value of Int32 type";
-        assert_eq!(
-            message_code(syntax),
-            Some(sqlstate::INVALID_TEXT_REPRESENTATION)
-        );
-    }
-
-    #[test]
-    fn division_by_zero_reads_as_in_postgres() {
-        let error = DataFusionError::ArrowError(
-            Box::new(datafusion::arrow::error::ArrowError::DivideByZero),
-            None,
-        );
-        let mapped = map_df_error(error);
-        assert_eq!(
-            (mapped.code, mapped.message.as_str()),
-            (sqlstate::DIVISION_BY_ZERO, "division by zero")
-        );
-    }
-
-    #[test]
-    fn startup_options_read_like_postgres() {
-        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
-            v.iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect()
-        };
-        assert_eq!(
-            startup_options(
-                "-c default_transaction_isolation=serializable  -cstatement_timeout=5s \
-                 --application-name=my\\ app -x ignored"
-            ),
-            pairs(&[
-                ("default_transaction_isolation", "serializable"),
-                ("statement_timeout", "5s"),
-                ("application_name", "my app"),
-            ])
-        );
-        assert_eq!(startup_options(""), pairs(&[]));
-        assert_eq!(startup_options("-c"), pairs(&[]));
-    }
-
-    #[test]
-    fn setting_names_are_case_insensitive() {
-        assert_eq!(canonical_setting("timezone").as_deref(), Some("TimeZone"));
-        assert_eq!(canonical_setting("DATESTYLE").as_deref(), Some("DateStyle"));
-        assert_eq!(
-            canonical_setting("sluice.read_consistency").as_deref(),
-            Some("sluice.read_consistency")
-        );
-        assert_eq!(canonical_setting("no_such_thing"), None);
     }
 }

@@ -260,7 +260,7 @@ pub(crate) fn parse(parser: &mut Parser) -> Result<Option<StreamStatement>, Pars
                 match name.as_str() {
                     "timeout" => {
                         timeout =
-                            Some(crate::session::parse_duration_ms(&value).ok_or_else(|| {
+                            Some(crate::settings::parse_duration_ms(&value).ok_or_else(|| {
                                 ParserError::ParserError(format!(
                                     "invalid FETCH timeout \"{value}\""
                                 ))

@@ -20,9 +20,13 @@ use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
+use sluice_engine::Value;
 use sluice_raftstore::{MemberStatus, RaftNode};
 
-pub const SCHEMA_NAME: &str = "sluice_catalog";
+use crate::catalog::offsets_table;
+use crate::error::Result;
+
+pub const SCHEMA_NAME: &str = crate::catalog::SLUICE_SCHEMA;
 
 /// The `sluice_catalog` schema of one node.
 pub struct SystemViews {
@@ -238,10 +242,10 @@ impl TableProvider for LagView {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::common::Result<Arc<dyn ExecutionPlan>> {
-        let failed = |e: crate::api::Error| DataFusionError::External(Box::new(e));
+        let failed = |e: crate::error::Error| DataFusionError::External(Box::new(e));
         let snapshot = self.raft.local_snapshot();
         let catalog = self.catalog.refresh(snapshot.as_ref()).map_err(failed)?;
-        let rows = crate::offsets::consumer_lag(snapshot.as_ref(), &catalog).map_err(failed)?;
+        let rows = consumer_lag(snapshot.as_ref(), &catalog).map_err(failed)?;
         let columns: Vec<ArrayRef> = vec![
             Arc::new(
                 rows.iter()
@@ -278,4 +282,63 @@ impl TableProvider for LagView {
         let table = MemTable::try_new(lag_schema(), vec![vec![batch]])?;
         table.scan(state, projection, filters, limit).await
     }
+}
+
+/// One row of `sluice_catalog.consumer_lag`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerLag {
+    pub group: String,
+    pub topic: String,
+    pub partition: u32,
+    /// The partition's next offset (one past its last record).
+    pub end_offset: u64,
+    pub committed_offset: u64,
+    /// Records appended and not yet committed by the group.
+    pub lag: u64,
+}
+
+/// Lag of every committed (group, topic, partition) in `snapshot`. Offsets
+/// of topics that no longer exist are left out.
+pub(crate) fn consumer_lag(
+    snapshot: &dyn sluice_engine::Snapshot,
+    catalog: &crate::catalog::CatalogState,
+) -> Result<Vec<ConsumerLag>> {
+    let def = offsets_table();
+    let kinds = def.kinds();
+    let mut out = Vec::new();
+    for (_, bytes) in crate::catalog::scan_all(snapshot, &def.rows_range())? {
+        let row = def.decode_row(&kinds, &bytes)?;
+        let (
+            Some(Value::Text(group)),
+            Some(Value::Text(topic)),
+            Some(Value::Int32(partition)),
+            Some(Value::Int64(next)),
+        ) = (row.first(), row.get(1), row.get(2), row.get(3))
+        else {
+            continue;
+        };
+        let (schema, name) = match topic.split_once('.') {
+            Some((schema, name)) => (schema, name),
+            None => (crate::catalog::DEFAULT_SCHEMA, topic.as_str()),
+        };
+        let Some(table) = catalog.table(schema, name).filter(|t| t.is_topic()) else {
+            continue;
+        };
+        let Ok(partition) = u32::try_from(*partition) else {
+            continue;
+        };
+        let end = sluice_stream::topic::bounds(snapshot, table.id, partition)
+            .map_err(crate::error::stream_error)?
+            .end;
+        let committed = u64::try_from(*next).unwrap_or(0);
+        out.push(ConsumerLag {
+            group: group.clone(),
+            topic: topic.clone(),
+            partition,
+            end_offset: end,
+            committed_offset: committed,
+            lag: end.saturating_sub(committed),
+        });
+    }
+    Ok(out)
 }

@@ -34,8 +34,8 @@ use datafusion::physical_plan::{
 };
 use sluice_engine::{prefix_successor, KeyRange, Keyspace, Snapshot, Value};
 
-use crate::api::{sqlstate, Error};
 use crate::catalog::TableDef;
+use crate::error::{sqlstate, Error};
 use crate::index::{encode_indexed, IndexDef, IndexState};
 use crate::types::{rows_to_batch_projected, SqlType};
 
@@ -696,7 +696,7 @@ impl ScanReader {
         let page = self
             .snapshot
             .scan(Keyspace::Data, &range, want)
-            .map_err(|e| DataFusionError::External(Box::new(crate::catalog::storage_error(e))))?;
+            .map_err(|e| DataFusionError::External(Box::new(crate::error::storage_error(e))))?;
         if page.len() == want {
             if let Some((last, _)) = page.last() {
                 self.range = Some(range.resume_after(last));
@@ -722,9 +722,10 @@ impl ScanReader {
     ) -> datafusion::common::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut rows = Vec::with_capacity(entries.len());
         for (_, row_key) in entries {
-            let row = self.snapshot.get(Keyspace::Data, &row_key).map_err(|e| {
-                DataFusionError::External(Box::new(crate::catalog::storage_error(e)))
-            })?;
+            let row = self
+                .snapshot
+                .get(Keyspace::Data, &row_key)
+                .map_err(|e| DataFusionError::External(Box::new(crate::error::storage_error(e))))?;
             // Entries and rows change in one command, so a snapshot never
             // holds an entry without its row; skipping is only defensive.
             if let Some(bytes) = row {

@@ -43,34 +43,20 @@ use sluice_engine::{keycode, row, Snapshot, Value, ValueKind};
 use sluice_raftstore::Mutation;
 use sluice_stream::{topic as log, BatchBuilder, Cursor, Record};
 
-use crate::api::{sqlstate, CommandTag, CopyOptions, Error, Output, Result};
+use crate::api::{CommandTag, CopyOptions, Output};
 use crate::catalog::TableDef;
+use crate::error::{sqlstate, stream_error, Error, Result};
+use crate::resolve::{self, Access};
 use crate::session::{PreparedKind, Session};
 use crate::stream_sql::{Start, StreamStatement, Subscribe, UpTo};
 use crate::table::ReadView;
 use crate::types::{arrow_schema, rows_to_batch_projected, SqlType};
 
-/// The default wait of a FETCH for its first record (`FETCH … WITH
-/// (timeout = …)` or the `sluice.fetch_timeout` setting override it).
-pub const DEFAULT_FETCH_TIMEOUT: &str = "500ms";
 /// Records a streaming SUBSCRIBE reads per batch it sends.
 const STREAM_BATCH: usize = 1024;
 /// How often a streaming SUBSCRIBE looks for partitions added by ALTER
 /// TOPIC while it waits (records themselves wake it at once).
 const PARTITION_CHECK: Duration = Duration::from_secs(1);
-
-pub(crate) fn stream_error(e: sluice_stream::Error) -> Error {
-    use sluice_stream::Error as E;
-    match e {
-        E::Corrupt(_) => Error::new(sqlstate::DATA_CORRUPTED, e.to_string()),
-        E::InvalidOption(message) => Error::new(sqlstate::INVALID_PARAMETER_VALUE, message),
-        E::BelowRetention { .. } => Error::new(sqlstate::INVALID_PARAMETER_VALUE, e.to_string())
-            .with_detail("Subscribe FROM BEGINNING, or add WITH (earliest) to start such partitions at their first retained record."),
-        E::TooLarge(_) => Error::new(sqlstate::PROGRAM_LIMIT_EXCEEDED, e.to_string()),
-        E::Closed => Error::new(sqlstate::ADMIN_SHUTDOWN, "the node is shutting down"),
-        E::Storage(e) => crate::catalog::storage_error(e),
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Counters
@@ -174,7 +160,7 @@ pub(crate) fn spawn_retention(db: std::sync::Weak<crate::Database>) {
             interval.tick().await;
             let Some(db) = db.upgrade() else { return };
             round += 1;
-            if db.raft().status().role != "leader" {
+            if db.raft().status().role != sluice_raftstore::Role::Leader {
                 continue;
             }
             if let Err(e) = apply_retention(&db, round.is_multiple_of(SIZE_RETENTION_ROUNDS)).await
@@ -202,7 +188,7 @@ async fn apply_retention(db: &crate::Database, check_size: bool) -> Result<()> {
                 db.raft()
                     .propose(sluice_raftstore::Command { mutations })
                     .await
-                    .map_err(crate::dml::raft_error)?;
+                    .map_err(crate::error::raft_error)?;
                 db.topics.retention_deletes.fetch_add(1, Ordering::Relaxed);
             }
         }
@@ -846,20 +832,6 @@ pub(crate) struct TopicCursor {
 
 pub(crate) type Cursors = HashMap<String, TopicCursor>;
 
-fn lookup_topic(session: &Session, name: &ast::ObjectName) -> Result<Arc<TableDef>> {
-    let table = crate::dml::lookup_table(session, name)?;
-    if !table.is_topic() {
-        return Err(Error::new(
-            sqlstate::WRONG_OBJECT_TYPE,
-            format!(
-                "\"{}\" is a table, not a topic: only topics can be subscribed to",
-                table.name
-            ),
-        ));
-    }
-    Ok(table)
-}
-
 pub(crate) async fn prepare(
     session: &mut Session,
     statement: &StreamStatement,
@@ -875,7 +847,11 @@ pub(crate) async fn prepare(
             if_exists: *if_exists,
         },
         StreamStatement::Subscribe(spec) => {
-            let table = lookup_topic(session, &spec.topic)?;
+            let table = resolve::require(
+                &session.db.catalog.current(),
+                &spec.topic,
+                Access::Subscribe,
+            )?;
             let schema = record_schema(&table);
             return Ok((
                 PreparedKind::Stream(StreamPlan::Subscribe {
@@ -887,7 +863,11 @@ pub(crate) async fn prepare(
             ));
         }
         StreamStatement::CopySubscribe { subscribe, options } => {
-            let table = lookup_topic(session, &subscribe.topic)?;
+            let table = resolve::require(
+                &session.db.catalog.current(),
+                &subscribe.topic,
+                Access::Subscribe,
+            )?;
             StreamPlan::Subscribe {
                 table,
                 spec: subscribe.clone(),
@@ -896,7 +876,11 @@ pub(crate) async fn prepare(
         }
         StreamStatement::Declare { cursor, subscribe } => StreamPlan::Declare {
             cursor: cursor.clone(),
-            table: lookup_topic(session, &subscribe.topic)?,
+            table: resolve::require(
+                &session.db.catalog.current(),
+                &subscribe.topic,
+                Access::Subscribe,
+            )?,
             spec: subscribe.clone(),
         },
         StreamStatement::Fetch {
@@ -1037,7 +1021,7 @@ pub(crate) async fn execute(session: &mut Session, plan: &StreamPlan) -> Result<
                 schema.clone(),
                 None,
             )
-            .map_err(crate::session::map_df_error)?;
+            .map_err(crate::error::from_datafusion)?;
             Ok(Output::Rows {
                 schema,
                 stream: Box::pin(stream),

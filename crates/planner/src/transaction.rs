@@ -46,8 +46,7 @@ use sluice_raftstore::{
     plan_mutations, ApplyError, ApplyOutcome, Mutation, Overlaid, ReadRecorder, WriteSet,
 };
 
-use crate::api::{sqlstate, Error, Result};
-use crate::catalog::storage_error;
+use crate::error::{sqlstate, storage_error, Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IsolationLevel {
@@ -245,6 +244,17 @@ impl Transaction {
             failed: false,
             implicit: false,
         }
+    }
+
+    /// Whether a statement of the block has taken a snapshot (PostgreSQL's
+    /// "first snapshot set"): from then on the isolation level is fixed.
+    pub(crate) fn has_snapshot(&self) -> bool {
+        self.base.is_some()
+    }
+
+    /// Whether a savepoint is open: PostgreSQL's subtransaction.
+    pub(crate) fn in_subtransaction(&self) -> bool {
+        !self.savepoints.is_empty()
     }
 
     /// Whether a statement needs a new base snapshot before it reads.

@@ -20,7 +20,7 @@ use datafusion::sql::sqlparser::ast::{self, ExactNumberInfo};
 use serde::{Deserialize, Serialize};
 use sluice_engine::{Value, ValueKind};
 
-use crate::api::{sqlstate, Error, Result};
+use crate::error::{sqlstate, Error, Result};
 
 /// The time zone Arrow timestamps with a zone carry: stored instants are UTC.
 pub const UTC: &str = "+00:00";

@@ -31,6 +31,9 @@ use std::sync::OnceLock;
 
 use datafusion::sql::sqlparser::ast::{self, Expr, Value};
 
+/// The largest `$n` a statement may use: Bind counts its parameters in 16 bits.
+pub(crate) const MAX_PARAMETER_NUMBER: usize = u16::MAX as usize;
+
 /// A statement [`split`] could take apart.
 #[derive(Debug)]
 pub(crate) struct Split {
@@ -70,7 +73,7 @@ pub(crate) enum Literal {
     },
     Null,
     Boolean(bool),
-    /// `$n`, from 1 to [`crate::session::MAX_PARAMETER_NUMBER`].
+    /// `$n`, from 1 to [`MAX_PARAMETER_NUMBER`].
     Parameter(u16),
 }
 
@@ -381,7 +384,7 @@ impl<'a> Scanner<'a> {
                 }
                 // One no Bind could supply is left to the whole parse, which refuses it.
                 let number: usize = digits.parse().ok()?;
-                if !(1..=crate::session::MAX_PARAMETER_NUMBER).contains(&number) {
+                if !(1..=MAX_PARAMETER_NUMBER).contains(&number) {
                     return None;
                 }
                 Some(Literal::Parameter(u16::try_from(number).ok()?))

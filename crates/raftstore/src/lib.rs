@@ -79,6 +79,7 @@ pub use error::{Error, Result};
 pub use network::FaultFilter;
 pub use node::{
     Bootstrap, FollowerProgress, Member, MemberStatus, NodeStatus, PeerSetup, RaftConfig, RaftNode,
+    Role,
 };
 pub use types::TypeConfig;
 pub use watch::LogWatchers;

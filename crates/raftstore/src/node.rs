@@ -182,13 +182,46 @@ pub struct FollowerProgress {
     pub matched_index: u64,
 }
 
+/// What a node is in its Raft group, as `sluice_catalog.nodes` and the logs
+/// name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    /// A non-voting member (a joining node catching up).
+    Learner,
+    /// No longer a member: removed from the group's membership.
+    Removed,
+    /// Shutting down or shut down.
+    Shutdown,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Leader => "leader",
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::Learner => "learner",
+            Role::Removed => "removed",
+            Role::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A point-in-time view of the node, for `/metrics`, `/ready` and
 /// `sluice_catalog.nodes`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct NodeStatus {
     pub node_id: u64,
-    /// "leader", "follower", "candidate", "learner", "removed" or "shutdown".
-    pub role: String,
+    pub role: Role,
     pub term: u64,
     pub leader_id: Option<u64>,
     pub last_log_index: u64,
@@ -228,14 +261,14 @@ impl NodeStatus {
     /// True when the node can serve: a voter (leader or follower) with a
     /// known leader, or a learner that has caught up with what is committed.
     pub fn readiness(&self) -> std::result::Result<(), String> {
-        match (self.role.as_str(), self.leader_id) {
-            ("leader" | "follower", Some(_)) => Ok(()),
-            ("learner", Some(_)) if self.applied_index >= self.committed_index => Ok(()),
-            ("learner", Some(_)) => Err(format!(
+        match (self.role, self.leader_id) {
+            (Role::Leader | Role::Follower, Some(_)) => Ok(()),
+            (Role::Learner, Some(_)) if self.applied_index >= self.committed_index => Ok(()),
+            (Role::Learner, Some(_)) => Err(format!(
                 "learner catching up (applied {} of {})",
                 self.applied_index, self.committed_index
             )),
-            (role @ ("leader" | "follower" | "learner"), None) => {
+            (role @ (Role::Leader | Role::Follower | Role::Learner), None) => {
                 Err(format!("no known leader (role {role}, term {})", self.term))
             }
             (role, _) => Err(format!("node is {role} (term {})", self.term)),
@@ -902,17 +935,17 @@ impl Shared {
             .get_node(&self.node_id)
             .is_some();
         let role = if self.shutting_down() {
-            "shutdown"
+            Role::Shutdown
         } else {
             match metrics.state {
-                ServerState::Leader => "leader",
-                ServerState::Follower => "follower",
-                ServerState::Candidate => "candidate",
+                ServerState::Leader => Role::Leader,
+                ServerState::Follower => Role::Follower,
+                ServerState::Candidate => Role::Candidate,
                 ServerState::Learner if !in_membership && metrics.last_applied.is_some() => {
-                    "removed"
+                    Role::Removed
                 }
-                ServerState::Learner => "learner",
-                ServerState::Shutdown => "shutdown",
+                ServerState::Learner => Role::Learner,
+                ServerState::Shutdown => Role::Shutdown,
             }
         };
         let followers = metrics
@@ -933,7 +966,7 @@ impl Shared {
         let committed = counters.committed_index.load(Ordering::Relaxed);
         NodeStatus {
             node_id: self.node_id,
-            role: role.to_string(),
+            role,
             term: metrics.current_term,
             leader_id: metrics.current_leader,
             // openraft publishes its metrics after the proposers of the
@@ -1494,10 +1527,10 @@ async fn submit(shared: &Shared, batch: Vec<Proposal>) {
 mod tests {
     use super::*;
 
-    fn status(role: &str, leader_id: Option<u64>, applied: u64, committed: u64) -> NodeStatus {
+    fn status(role: Role, leader_id: Option<u64>, applied: u64, committed: u64) -> NodeStatus {
         NodeStatus {
             node_id: 1,
-            role: role.into(),
+            role,
             term: 3,
             leader_id,
             last_log_index: committed,
@@ -1520,22 +1553,24 @@ mod tests {
 
     #[test]
     fn ready_only_as_a_voter_with_a_leader_or_a_caught_up_learner() {
-        assert!(status("leader", Some(1), 5, 5).readiness().is_ok());
-        assert!(status("follower", Some(2), 4, 5).readiness().is_ok());
+        assert!(status(Role::Leader, Some(1), 5, 5).readiness().is_ok());
+        assert!(status(Role::Follower, Some(2), 4, 5).readiness().is_ok());
         assert_eq!(
-            status("follower", None, 5, 5).readiness().unwrap_err(),
+            status(Role::Follower, None, 5, 5).readiness().unwrap_err(),
             "no known leader (role follower, term 3)"
         );
         assert_eq!(
-            status("candidate", None, 5, 5).readiness().unwrap_err(),
+            status(Role::Candidate, None, 5, 5).readiness().unwrap_err(),
             "node is candidate (term 3)"
         );
-        assert!(status("learner", Some(2), 5, 5).readiness().is_ok());
+        assert!(status(Role::Learner, Some(2), 5, 5).readiness().is_ok());
         assert_eq!(
-            status("learner", Some(2), 3, 5).readiness().unwrap_err(),
+            status(Role::Learner, Some(2), 3, 5)
+                .readiness()
+                .unwrap_err(),
             "learner catching up (applied 3 of 5)"
         );
-        assert!(status("removed", Some(2), 5, 5).readiness().is_err());
-        assert!(status("shutdown", Some(1), 5, 5).readiness().is_err());
+        assert!(status(Role::Removed, Some(2), 5, 5).readiness().is_err());
+        assert!(status(Role::Shutdown, Some(1), 5, 5).readiness().is_err());
     }
 }

@@ -109,7 +109,7 @@ async fn leader_of(members: &[&Member]) -> usize {
     loop {
         for (i, m) in members.iter().enumerate() {
             let status = m.node.status();
-            if status.role == "leader"
+            if status.role == sluice_raftstore::Role::Leader
                 && members
                     .iter()
                     .all(|o| o.node.status().leader_id == Some(status.node_id))
@@ -370,11 +370,13 @@ async fn elections_go_on_while_the_callers_runtime_is_blocked() {
     std::thread::sleep(Duration::from_secs(2));
     let statuses: Vec<_> = members.iter().map(|m| m.node.status()).collect();
     assert!(
-        statuses.iter().any(|s| s.role == "leader" && s.term > term),
+        statuses
+            .iter()
+            .any(|s| s.role == sluice_raftstore::Role::Leader && s.term > term),
         "no new leader while the caller's runtime was blocked: {:?}",
         statuses
             .iter()
-            .map(|s| (s.node_id, s.role.clone(), s.term))
+            .map(|s| (s.node_id, s.role, s.term))
             .collect::<Vec<_>>()
     );
     shutdown(members).await;

@@ -112,7 +112,7 @@ async fn propose_applies_and_reports_outcome(node: &Arc<RaftNode>) {
     assert!(*node.applied_watch().borrow() >= outcome.applied_index);
 
     let status = node.status();
-    assert_eq!(status.role, "leader");
+    assert_eq!(status.role, sluice_raftstore::Role::Leader);
     assert_eq!(status.leader_id, Some(1));
     assert!(status.applied_index >= outcome.applied_index);
     assert!(status.committed_index >= outcome.applied_index);
@@ -376,7 +376,7 @@ async fn restart_recovers_acknowledged_writes_and_continues_log() {
 
     let node = rocks_node(&dir).await;
     let status = node.status();
-    assert_eq!(status.role, "leader");
+    assert_eq!(status.role, sluice_raftstore::Role::Leader);
     assert!(status.applied_index > last, "{status:?}");
     let snapshot = node.read_snapshot().await.unwrap();
     for i in 0..50 {
@@ -469,7 +469,7 @@ async fn shutdown_then_propose_returns_shutting_down() {
         node.read_snapshot().await,
         Err(Error::ShuttingDown)
     ));
-    assert_eq!(node.status().role, "shutdown");
+    assert_eq!(node.status().role, sluice_raftstore::Role::Shutdown);
     node.shutdown().await.unwrap();
 }
 

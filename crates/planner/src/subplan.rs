@@ -61,7 +61,7 @@ use datafusion::physical_plan::{
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 use futures::TryStreamExt;
 
-use crate::api::{sqlstate, Error};
+use crate::error::{sqlstate, Error};
 
 /// Distinct outer tuples remembered per execution before the memo starts over.
 const MEMO_CAPACITY: usize = 4096;

@@ -1,0 +1,191 @@
+//! Names to catalog objects: the one resolver for tables, topics, indexes and
+//! schemas, so that every statement folds names and reports a missing or
+//! wrong object the way PostgreSQL does.
+//!
+//! A statement says what it does with the name ([`Access`]); that decides
+//! which objects it may name (DDL may not touch system tables, topic DDL and
+//! SUBSCRIBE only topics) and how a miss reads: DML and queries say
+//! `relation "x" does not exist`, DROP/ALTER say `table "x" does not exist`,
+//! as PostgreSQL does.
+
+use std::sync::Arc;
+
+use datafusion::sql::sqlparser::ast;
+
+use crate::catalog::{CatalogState, TableDef, DEFAULT_SCHEMA};
+use crate::error::{sqlstate, Error, Result};
+use crate::names::identifier;
+
+/// What a statement does with the relation it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Reads and writes rows (DML, COPY): tables, topics and the writable
+    /// system tables.
+    Data,
+    /// Changes a table's definition or drops it (DROP, ALTER, TRUNCATE,
+    /// CREATE INDEX): anything but a system table.
+    Ddl,
+    /// ALTER TOPIC and DROP TOPIC: only topics.
+    TopicDdl,
+    /// SUBSCRIBE and cursors over it: only topics.
+    Subscribe,
+}
+
+/// `schema.name` (or `catalog.schema.name`) as stored: unquoted parts fold
+/// to lower case, and an unqualified name is in the default schema.
+pub fn qualified_name(name: &ast::ObjectName) -> Result<(String, String)> {
+    let parts: Vec<String> = name
+        .0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) => identifier(ident),
+            None => part.to_string(),
+        })
+        .collect();
+    match parts.as_slice() {
+        [table] => Ok((DEFAULT_SCHEMA.to_string(), table.clone())),
+        [schema, table] | [_, schema, table] => Ok((schema.clone(), table.clone())),
+        _ => Err(Error::new(
+            sqlstate::SYNTAX_ERROR,
+            format!("improper qualified name: {name}"),
+        )),
+    }
+}
+
+/// A name that must have one part: a schema's.
+pub fn schema_name(name: &ast::ObjectName) -> Result<String> {
+    match name.0.as_slice() {
+        [part] => {
+            Ok(identifier(part.as_ident().ok_or_else(|| {
+                Error::new(sqlstate::SYNTAX_ERROR, "bad name")
+            })?))
+        }
+        _ => Err(Error::new(
+            sqlstate::SYNTAX_ERROR,
+            format!("improper name: {name}"),
+        )),
+    }
+}
+
+/// The relation `name` denotes for `access`; `None` when there is none, an
+/// error when there is one that `access` may not use.
+pub fn find(
+    catalog: &CatalogState,
+    name: &ast::ObjectName,
+    access: Access,
+) -> Result<Option<Arc<TableDef>>> {
+    let (schema, table) = qualified_name(name)?;
+    let Some(def) = catalog.table(&schema, &table) else {
+        return Ok(None);
+    };
+    match access {
+        Access::Data => {}
+        Access::Ddl | Access::TopicDdl if def.is_builtin() => {
+            return Err(Error::new(
+                sqlstate::INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "permission denied: \"{}\" is a system table",
+                    def.qualified_name()
+                ),
+            ))
+        }
+        Access::Ddl => {}
+        Access::TopicDdl if !def.is_topic() => {
+            return Err(Error::new(
+                sqlstate::WRONG_OBJECT_TYPE,
+                format!("\"{name}\" is a table, not a topic"),
+            ))
+        }
+        Access::TopicDdl => {}
+        Access::Subscribe if !def.is_topic() => {
+            return Err(Error::new(
+                sqlstate::WRONG_OBJECT_TYPE,
+                format!(
+                    "\"{}\" is a table, not a topic: only topics can be subscribed to",
+                    def.name
+                ),
+            ))
+        }
+        Access::Subscribe => {}
+    }
+    Ok(Some(def.clone()))
+}
+
+/// Like [`find`], with a miss as an error.
+pub fn require(
+    catalog: &CatalogState,
+    name: &ast::ObjectName,
+    access: Access,
+) -> Result<Arc<TableDef>> {
+    find(catalog, name, access)?.ok_or_else(|| missing(name, access))
+}
+
+/// The error for a relation that does not exist, worded for `access`.
+pub fn missing(name: &ast::ObjectName, access: Access) -> Error {
+    let message = match access {
+        Access::Data | Access::Subscribe => match qualified_name(name) {
+            Ok((_, table)) => format!("relation \"{table}\" does not exist"),
+            Err(_) => format!("relation \"{name}\" does not exist"),
+        },
+        Access::Ddl => format!("table \"{name}\" does not exist"),
+        Access::TopicDdl => format!("topic \"{name}\" does not exist"),
+    };
+    Error::new(sqlstate::UNDEFINED_TABLE, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;
+    use datafusion::sql::sqlparser::parser::Parser;
+
+    use super::*;
+
+    fn object_name(text: &str) -> ast::ObjectName {
+        Parser::new(&PostgreSqlDialect {})
+            .try_with_sql(text)
+            .unwrap()
+            .parse_object_name(false)
+            .unwrap()
+    }
+
+    #[test]
+    fn unquoted_names_fold_and_default_to_public() {
+        assert_eq!(
+            qualified_name(&object_name("Orders")).unwrap(),
+            (DEFAULT_SCHEMA.to_string(), "orders".to_string())
+        );
+        assert_eq!(
+            qualified_name(&object_name("\"Sales\".\"Q1\"")).unwrap(),
+            ("Sales".to_string(), "Q1".to_string())
+        );
+        assert_eq!(
+            qualified_name(&object_name("db.s.t")).unwrap(),
+            ("s".to_string(), "t".to_string())
+        );
+        let four = qualified_name(&object_name("a.b.c.d")).unwrap_err();
+        assert_eq!(four.code, sqlstate::SYNTAX_ERROR);
+        assert_eq!(schema_name(&object_name("Ops")).unwrap(), "ops");
+        assert!(schema_name(&object_name("a.b")).is_err());
+    }
+
+    #[test]
+    fn a_miss_reads_as_postgresql_words_it_for_the_statement() {
+        let name = object_name("Nope");
+        assert_eq!(
+            missing(&name, Access::Data).message,
+            "relation \"nope\" does not exist"
+        );
+        assert_eq!(
+            missing(&name, Access::Ddl).message,
+            "table \"Nope\" does not exist"
+        );
+        for access in [
+            Access::Data,
+            Access::Ddl,
+            Access::TopicDdl,
+            Access::Subscribe,
+        ] {
+            assert_eq!(missing(&name, access).code, sqlstate::UNDEFINED_TABLE);
+        }
+    }
+}
