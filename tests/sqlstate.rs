@@ -252,3 +252,113 @@ async fn integer_literals_are_int4() {
         .unwrap();
     assert_eq!(row.get::<_, i32>(0), 42);
 }
+
+/// The wording of the errors every application meets first, and built-in functions under
+/// their `pg_catalog.` names, as PostgreSQL 15 answers (checked against it): SQLAlchemy's
+/// first query is `SELECT pg_catalog.version()`, ORMs show these messages to their users.
+#[tokio::test]
+async fn common_errors_are_worded_and_builtins_named_as_in_postgresql() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    setup(&client).await;
+    let message = |e: tokio_postgres::Error| {
+        let db = e.as_db_error().expect("a server error").clone();
+        (db.code().code().to_string(), db.message().to_string())
+    };
+    for (sql, code, text) in [
+        (
+            "SELECT * FROM nosuch",
+            "42P01",
+            "relation \"nosuch\" does not exist",
+        ),
+        (
+            "SELECT no_such_column FROM t",
+            "42703",
+            "column \"no_such_column\" does not exist",
+        ),
+        ("SELECT 1/0", "22012", "division by zero"),
+    ] {
+        let simple = client.simple_query(sql).await.unwrap_err();
+        assert_eq!(
+            message(simple),
+            (code.to_string(), text.to_string()),
+            "{sql}"
+        );
+        let extended = client.query(sql, &[]).await.unwrap_err();
+        assert_eq!(
+            message(extended),
+            (code.to_string(), text.to_string()),
+            "{sql} (extended)"
+        );
+    }
+    // An error raised while rows stream reads the same as one raised at planning.
+    let streamed = client
+        .query("SELECT 10 / (id - id) FROM t", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(message(streamed).1, "division by zero");
+
+    let version = client
+        .query_one("SELECT pg_catalog.version()", &[])
+        .await
+        .unwrap();
+    assert_eq!(version.columns()[0].name(), "version");
+    assert!(version.get::<_, String>(0).starts_with("PostgreSQL 15"));
+    let types = simple_rows(
+        &client,
+        "SELECT pg_typeof(1.5::float8), pg_catalog.pg_typeof('a'::text), pg_typeof(now()), \
+         pg_typeof(true), pg_typeof(NULL::date)",
+    )
+    .await;
+    let expected = [
+        "double precision",
+        "text",
+        "timestamp with time zone",
+        "boolean",
+        "date",
+    ];
+    assert_eq!(
+        types,
+        vec![expected
+            .iter()
+            .map(|t| Some(t.to_string()))
+            .collect::<Vec<_>>()]
+    );
+    // Only pg_catalog is the built-ins' schema.
+    let elsewhere = client
+        .simple_query("SELECT public.version()")
+        .await
+        .unwrap_err();
+    assert_eq!(message(elsewhere).0, "42883");
+}
+
+/// Generated SQL repeats output names (PostgreSQL allows it) and must not assign a column
+/// twice (PostgreSQL refuses it with 42601), both checked against PostgreSQL 15.
+#[tokio::test]
+async fn repeated_output_names_are_allowed_and_repeated_assignments_refused() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    setup(&client).await;
+    let row = client
+        .query_one("SELECT 1 AS a, 2 AS a, 'x' AS b", &[])
+        .await
+        .unwrap();
+    let names: Vec<&str> = row.columns().iter().map(|c| c.name()).collect();
+    assert_eq!(names, ["a", "a", "b"]);
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (1, 2));
+
+    let mut m = Mismatches::default();
+    m.simple(&client, "UPDATE t SET n = 1, n = 2", "42601")
+        .await;
+    m.simple(&client, "UPDATE t SET (n, name) = (1, 'a'), n = 3", "42601")
+        .await;
+    m.assert_none();
+    let error = client
+        .simple_query("UPDATE t SET n = 1, N = 2")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.as_db_error().unwrap().message(),
+        "multiple assignments to same column \"n\""
+    );
+}

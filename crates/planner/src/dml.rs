@@ -193,6 +193,7 @@ pub async fn prepare(
                 table_factor_name(&update.table)?,
                 Access::Data,
             )?;
+            let mut assigned = Vec::with_capacity(update.assignments.len());
             for assignment in &update.assignments {
                 if assignment
                     .target
@@ -203,6 +204,25 @@ pub async fn prepare(
                         sqlstate::UNDEFINED_COLUMN,
                         format!("column \"{KEY_COLUMN}\" does not exist"),
                     ));
+                }
+                let columns = match &assignment.target {
+                    ast::AssignmentTarget::ColumnName(name) => std::slice::from_ref(name),
+                    ast::AssignmentTarget::Tuple(names) => names.as_slice(),
+                };
+                for name in columns {
+                    let column = name
+                        .0
+                        .last()
+                        .and_then(|part| part.as_ident())
+                        .map(crate::names::identifier)
+                        .unwrap_or_else(|| name.to_string());
+                    if assigned.contains(&column) {
+                        return Err(Error::new(
+                            sqlstate::SYNTAX_ERROR,
+                            format!("multiple assignments to same column \"{column}\""),
+                        ));
+                    }
+                    assigned.push(column);
                 }
             }
             (

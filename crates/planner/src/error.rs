@@ -147,10 +147,51 @@ pub fn from_datafusion(error: DataFusionError) -> Error {
     };
     let message = match code {
         // PostgreSQL's wording; DataFusion says "Divide by zero error".
-        sqlstate::DIVISION_BY_ZERO => "division by zero".to_string(),
-        _ => clean_message(&message),
-    };
+        sqlstate::DIVISION_BY_ZERO => Some("division by zero".to_string()),
+        sqlstate::UNDEFINED_TABLE => undefined_relation(&message),
+        sqlstate::UNDEFINED_COLUMN => undefined_column(&message),
+        _ => None,
+    }
+    .unwrap_or_else(|| clean_message(&message));
     Error::new(code, message)
+}
+
+/// PostgreSQL's `relation "t" does not exist` for DataFusion's
+/// `table 'sluice.public.t' not found`: the schema is named unless it is the
+/// default one (DataFusion has already qualified what the query wrote).
+fn undefined_relation(message: &str) -> Option<String> {
+    let start = message.find("table '")? + "table '".len();
+    let rest = &message[start..];
+    let name = &rest[..rest.find("' not found")?];
+    let parts: Vec<&str> = name.split('.').collect();
+    let shown = match parts.as_slice() {
+        [_, schema, table] | [schema, table] if *schema != "public" => {
+            format!("{schema}.{table}")
+        }
+        [.., table] => table.to_string(),
+        [] => return None,
+    };
+    Some(format!("relation \"{shown}\" does not exist"))
+}
+
+/// PostgreSQL's `column "x" does not exist` (`column t.x does not exist` for
+/// a qualified reference) for DataFusion's `No field named x. Valid fields …`.
+fn undefined_column(message: &str) -> Option<String> {
+    let start = message.find("No field named ")? + "No field named ".len();
+    let rest = &message[start..];
+    let name = rest
+        .split("Valid fields")
+        .next()?
+        .trim_end()
+        .trim_end_matches('.');
+    let unquoted: Vec<String> = name
+        .split('.')
+        .map(|part| part.trim_matches('"').to_string())
+        .collect();
+    Some(match unquoted.as_slice() {
+        [column] => format!("column \"{column}\" does not exist"),
+        qualified => format!("column {} does not exist", qualified.join(".")),
+    })
 }
 
 fn arrow_error_code(error: &datafusion::arrow::error::ArrowError, message: &str) -> &'static str {
@@ -352,6 +393,40 @@ mod tests {
             None,
         ));
         assert_eq!(big.code, sqlstate::NUMERIC_VALUE_OUT_OF_RANGE);
+    }
+
+    #[test]
+    fn missing_relations_and_columns_read_as_in_postgresql() {
+        let table = from_datafusion(DataFusionError::Plan(
+            "table 'sluice.public.nosuch' not found".into(),
+        ));
+        assert_eq!(table.code, sqlstate::UNDEFINED_TABLE);
+        assert_eq!(table.message, "relation \"nosuch\" does not exist");
+        let other_schema = from_datafusion(DataFusionError::Plan(
+            "table 'sluice.ops.nosuch' not found".into(),
+        ));
+        assert_eq!(
+            other_schema.message,
+            "relation \"ops.nosuch\" does not exist"
+        );
+        let column = from_datafusion(DataFusionError::SchemaError(
+            Box::new(datafusion::common::SchemaError::FieldNotFound {
+                field: Box::new(datafusion::common::Column::from_name("nosuchcol")),
+                valid_fields: vec![datafusion::common::Column::from_qualified_name("t.a")],
+            }),
+            Box::new(None),
+        ));
+        assert_eq!(column.code, sqlstate::UNDEFINED_COLUMN);
+        assert_eq!(column.message, "column \"nosuchcol\" does not exist");
+        // The planner's own wording of the same, with the list on a new line.
+        let planned = from_datafusion(DataFusionError::Plan(
+            "No field named nosuchcol.\nValid fields are t.id, t.name.".into(),
+        ));
+        assert_eq!(planned.message, "column \"nosuchcol\" does not exist");
+        let qualified = from_datafusion(DataFusionError::Plan(
+            "No field named t.nosuchcol. Valid fields are t.id.".into(),
+        ));
+        assert_eq!(qualified.message, "column t.nosuchcol does not exist");
     }
 
     #[test]

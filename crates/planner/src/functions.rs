@@ -11,7 +11,8 @@ use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, DataFusionError, ScalarValue};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
 use datafusion::logical_expr::{
-    create_udf, Cast, ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarUDF, Volatility,
+    create_udf, Cast, ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarFunctionArgs,
+    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
@@ -27,6 +28,7 @@ pub fn register(ctx: &SessionContext) {
         "PostgreSQL {SERVER_VERSION} on {}-linux",
         std::env::consts::ARCH
     );
+    ctx.register_udf(ScalarUDF::new_from_impl(PgTypeof::default()));
     ctx.register_udf(create_udf(
         "version",
         Vec::new(),
@@ -38,6 +40,83 @@ pub fn register(ctx: &SessionContext) {
             ))))
         }),
     ));
+}
+
+/// `pg_typeof(any) -> text`: the PostgreSQL name of the argument's type, as
+/// `regtype` prints it. The type is the one DataFusion computes, so an
+/// integer literal is `bigint` here where PostgreSQL says `integer`
+/// (docs/architecture.md, known gaps).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgTypeof {
+    signature: Signature,
+}
+
+impl Default for PgTypeof {
+    fn default() -> Self {
+        Self {
+            signature: Signature::any(1, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for PgTypeof {
+    fn name(&self) -> &str {
+        "pg_typeof"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        let name = args
+            .arg_fields
+            .first()
+            .map_or_else(|| "unknown".to_string(), |f| pg_type_name(f.data_type()));
+        Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
+    }
+}
+
+/// PostgreSQL's name for the type a value of `data_type` has on the wire.
+fn pg_type_name(data_type: &DataType) -> String {
+    use datafusion::arrow::datatypes::TimeUnit;
+    let name = match data_type {
+        DataType::Null => "unknown",
+        DataType::Boolean => "boolean",
+        DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint",
+        DataType::Int32 | DataType::UInt16 => "integer",
+        DataType::Int64 | DataType::UInt32 => "bigint",
+        DataType::UInt64 | DataType::Decimal32(..) | DataType::Decimal64(..) => "numeric",
+        DataType::Decimal128(..) | DataType::Decimal256(..) => "numeric",
+        DataType::Float16 | DataType::Float32 => "real",
+        DataType::Float64 => "double precision",
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text",
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => "bytea",
+        DataType::Date32 | DataType::Date64 => "date",
+        DataType::Time32(_) | DataType::Time64(_) => "time without time zone",
+        DataType::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, None)
+        | DataType::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, None) => {
+            "timestamp without time zone"
+        }
+        DataType::Timestamp(_, Some(_)) => "timestamp with time zone",
+        DataType::Interval(_) | DataType::Duration(_) => "interval",
+        DataType::List(field) | DataType::LargeList(field) | DataType::FixedSizeList(field, _) => {
+            return format!("{}[]", pg_type_name(field.data_type()));
+        }
+        DataType::Dictionary(_, value) => return pg_type_name(value),
+        _ => "unknown",
+    };
+    name.to_string()
 }
 
 /// `pg_bytea_in(text) -> bytea`: PostgreSQL's bytea input function.

@@ -39,10 +39,35 @@ pub fn postgres_column_names(statement: &ast::Statement, schema: &Schema) -> Sch
             ast::SelectItem::UnnamedExpr(expr) => {
                 field.as_ref().clone().with_name(expression_name(expr))
             }
+            // The alias as written, even where the plan had to make it unique.
+            ast::SelectItem::ExprWithAlias { alias, .. } => {
+                field.as_ref().clone().with_name(identifier(alias))
+            }
             _ => field.as_ref().clone(),
         })
         .collect();
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// Drops the `pg_catalog.` of a function name: PostgreSQL's built-in
+/// functions live in that schema, and clients call them by either name
+/// (SQLAlchemy's first query is `SELECT pg_catalog.version()`), while
+/// DataFusion looks functions up by their bare name. Other qualifiers stay,
+/// so a function of a schema that has none is still not found.
+pub fn unqualify_builtin_functions(statement: &mut ast::Statement) {
+    let _ = ast::visit_expressions_mut(statement, |expr| {
+        if let ast::Expr::Function(function) = expr {
+            let parts = &mut function.name.0;
+            let in_pg_catalog = parts.len() == 2
+                && parts[0]
+                    .as_ident()
+                    .is_some_and(|schema| identifier(schema) == "pg_catalog");
+            if in_pg_catalog {
+                parts.remove(0);
+            }
+        }
+        ControlFlow::<()>::Continue(())
+    });
 }
 
 /// Gives DataFusion distinct names for select items it would name alike.
@@ -118,6 +143,16 @@ fn alias_ambiguous_items(items: &mut [ast::SelectItem]) {
         })
         .collect();
     for (position, item) in items.iter_mut().enumerate() {
+        if let ast::SelectItem::ExprWithAlias { alias, .. } = item {
+            // PostgreSQL allows `SELECT 1 AS a, 2 AS a`; DataFusion's plans
+            // need unique names, so a repeated alias gets its position
+            // inside the plan (clients still see `a` twice).
+            let name = identifier(alias);
+            if names[..position].contains(&Some(name.clone())) {
+                *alias = ast::Ident::with_quote('"', format!("{name}_{}", position + 1));
+            }
+            continue;
+        }
         let ast::SelectItem::UnnamedExpr(expr) = item else {
             continue;
         };

@@ -563,8 +563,9 @@ impl Session {
                 })
                 .collect();
         }
-        for statement in &statements {
-            if let StatementKind::Sql(ast) = statement.kind.as_ref() {
+        for statement in &mut statements {
+            if let Some(StatementKind::Sql(ast)) = Arc::get_mut(&mut statement.kind) {
+                crate::names::unqualify_builtin_functions(ast);
                 check_parameter_numbers(ast)?;
             }
         }
