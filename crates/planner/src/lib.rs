@@ -40,7 +40,7 @@
 //! | | [`error`] | every failure's SQLSTATE and PostgreSQL wording (the frontend's too) |
 //! | | [`settings`] | setting defaults and names; durations, sizes, booleans |
 //! | | [`types`], [`names`] | SQL types and their Arrow and storage faces; result column names |
-//! | | [`dialect`], [`values_scan`], [`stream_sql`] | parsing: the dialect, literal VALUES rows, the topic statements' grammar |
+//! | | [`parse`], [`dialect`], [`values_scan`], [`stream_sql`] | SQL text to statements: the dialect, literal VALUES rows, the topic statements' grammar |
 //! | definitions | [`catalog`] | schema, table, index and built-in table definitions, their keys, the cached catalog |
 //! | | [`resolve`] | names to catalog objects: the one resolver, with PostgreSQL's messages |
 //! | | [`index`] | secondary index upkeep on every write, and the online build |
@@ -48,7 +48,7 @@
 //! | | [`system_views`], [`pg_overlay`] | `sluice_catalog`'s views; `pg_catalog` corrected from the catalog |
 //! | | [`provider`] | the `CatalogProvider` over tables, topics and the system schemas |
 //! | | [`functions`], [`subplan`] | functions DataFusion lacks; the correlated-subquery operator |
-//! | | [`cached_plan`], [`transaction`] | plans kept by prepared statements; transaction blocks |
+//! | | [`cached_plan`], [`transaction`], [`runtime`] | plans kept by prepared statements; transaction blocks; where plans run |
 //! | sessions | [`session`] | `Database` and `Session`: parse, classify, prepare, execute |
 //! | statements | [`dml`], [`literal_insert`], [`copy`], [`ddl`], [`cluster`] | INSERT/UPDATE/DELETE, literal inserts, COPY, DDL, membership calls |
 //! | topics | [`topic`], [`offsets`] | appends, the topic table, SUBSCRIBE and cursors, retention; consumer offsets and groups |
@@ -70,9 +70,11 @@ mod index;
 mod literal_insert;
 mod names;
 mod offsets;
+mod parse;
 mod pg_overlay;
 mod provider;
 mod resolve;
+mod runtime;
 mod session;
 mod settings;
 mod stream_sql;
@@ -86,7 +88,8 @@ mod values_scan;
 
 pub use api::{CommandTag, CopyFormat, CopyIn, CopyOptions, Output};
 pub use error::{from_datafusion, sqlstate, Error, Result};
-pub use session::{Database, Prepared, Session, Statement};
+pub use parse::Statement;
+pub use session::{Database, Prepared, Session};
 pub use settings::SERVER_VERSION;
 pub use system_views::ConsumerLag;
 pub use topic::TopicStats;

@@ -8,16 +8,12 @@ use std::time::Duration;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::record_batch::RecordBatch;
-use datafusion::catalog::memory::MemorySourceConfig;
 use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
 use datafusion::common::{DFSchema, ScalarValue};
-use datafusion::datasource::source::DataSourceExec;
 use datafusion::execution::session_state::SessionState;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::{Expr, LogicalPlan};
-use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::placeholder_row::PlaceholderRowExec;
 use datafusion::physical_plan::stream::RecordBatchReceiverStream;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::prelude::{SessionConfig, SessionContext};
@@ -34,13 +30,15 @@ use crate::cached_plan::CachedPlan;
 use crate::catalog::{SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
 use crate::error::{from_datafusion, sqlstate, Error, Result};
 use crate::names::identifier;
+use crate::parse::{Statement, StatementKind};
 use crate::provider::SessionCatalog;
+use crate::runtime::{is_point_sized, query_runtime};
 use crate::settings::{
     canonical_setting, default_settings, on_off, parse_bool_setting, parse_bytes,
     parse_duration_ms, parse_set, startup_options, unknown_setting, ReadConsistency, REPORTED,
 };
 use crate::subplan::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
-use crate::table::{ReadView, SluiceScanExec};
+use crate::table::ReadView;
 use crate::transaction::{
     IsolationLevel, Transaction, TransactionRegistry, TransactionState, TransactionStats,
 };
@@ -284,75 +282,6 @@ fn base_config() -> SessionConfig {
     config
 }
 
-/// One parsed SQL statement; cloning it shares the parse (a prepared
-/// statement keeps it for re-planning, and a 10k-row INSERT's tree is large).
-#[derive(Clone, Debug)]
-pub struct Statement {
-    pub(crate) kind: Arc<StatementKind>,
-}
-
-/// PostgreSQL's grammar as sqlparser knows it, or one of the topic
-/// statements ([`crate::stream_sql`]).
-// sqlparser's statement is large and always was held by value here; boxing
-// it would cost an allocation per statement for no gain.
-#[allow(clippy::large_enum_variant)]
-#[derive(Clone, Debug)]
-pub(crate) enum StatementKind {
-    Sql(ast::Statement),
-    /// A multi-row INSERT of literals whose later rows were scanned, not parsed.
-    ScannedInsert(Box<crate::values_scan::ScannedInsert>),
-    Stream(Box<crate::stream_sql::StreamStatement>),
-}
-
-impl Statement {
-    /// Whether the statement reads or writes rows and nothing else, so that
-    /// it can share an implicit transaction block with others like it.
-    /// DDL (not yet possible inside a block), COPY, settings and
-    /// transaction control keep a multi-statement query statement by
-    /// statement.
-    pub fn reads_or_writes_rows_only(&self) -> bool {
-        matches!(
-            *self.kind,
-            StatementKind::Sql(
-                ast::Statement::Query(_)
-                    | ast::Statement::Insert(_)
-                    | ast::Statement::Update(_)
-                    | ast::Statement::Delete(_)
-            ) | StatementKind::ScannedInsert(_)
-        )
-    }
-
-    /// The sqlparser statement, if this is one.
-    pub(crate) fn sql(&self) -> Option<&ast::Statement> {
-        match self.kind.as_ref() {
-            StatementKind::Sql(ast) => Some(ast),
-            StatementKind::ScannedInsert(scanned) => Some(scanned.whole()),
-            StatementKind::Stream(_) => None,
-        }
-    }
-
-    pub(crate) fn into_sql(self) -> Result<ast::Statement> {
-        match Arc::unwrap_or_clone(self.kind) {
-            StatementKind::Sql(ast) => Ok(ast),
-            StatementKind::ScannedInsert(scanned) => Ok(scanned.into_whole()),
-            StatementKind::Stream(stream) => Err(Error::new(
-                sqlstate::FEATURE_NOT_SUPPORTED,
-                format!("{} is not allowed here", stream.tag()),
-            )),
-        }
-    }
-}
-
-impl fmt::Display for Statement {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.kind.as_ref() {
-            StatementKind::Sql(ast) => write!(f, "{ast}"),
-            StatementKind::ScannedInsert(scanned) => write!(f, "{scanned}"),
-            StatementKind::Stream(stream) => write!(f, "{}", stream.tag()),
-        }
-    }
-}
-
 /// A planned statement, reusable across executions.
 pub struct Prepared {
     pub statement: Statement,
@@ -523,53 +452,7 @@ impl Session {
     /// unqualified names re-qualified) would change the answer of a user
     /// query, so they must never touch one.
     pub fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
-        if sql.trim().trim_matches(';').trim().is_empty() {
-            return Ok(Vec::new());
-        }
-        let syntax_error = |e: datafusion::sql::sqlparser::parser::ParserError| {
-            let message = e.to_string();
-            let message = message
-                .strip_prefix("sql parser error: ")
-                .unwrap_or(&message)
-                .to_string();
-            Error::new(sqlstate::SYNTAX_ERROR, format!("syntax error: {message}"))
-        };
-        let dialect = crate::dialect::SluiceDialect::default();
-        let parse = |sql: &str| {
-            datafusion::sql::sqlparser::parser::Parser::new(&dialect)
-                .with_recursion_limit(MAX_PARSE_DEPTH)
-                .try_with_sql(sql)
-                .and_then(|mut parser| parse_statements(&mut parser))
-        };
-        if let Some(statement) = scanned_insert(sql, parse)? {
-            return Ok(vec![statement]);
-        }
-        let mut statements = parse(sql).map_err(syntax_error)?;
-        let reads_catalog = statements
-            .iter()
-            .any(|statement| match statement.kind.as_ref() {
-                StatementKind::Sql(ast) => reads_system_catalog(ast),
-                StatementKind::ScannedInsert(_) | StatementKind::Stream(_) => false,
-            });
-        if reads_catalog {
-            statements = self
-                .db
-                .parser
-                .parse(sql)
-                .map_err(syntax_error)?
-                .into_iter()
-                .map(|ast| Statement {
-                    kind: Arc::new(StatementKind::Sql(ast)),
-                })
-                .collect();
-        }
-        for statement in &mut statements {
-            if let Some(StatementKind::Sql(ast)) = Arc::get_mut(&mut statement.kind) {
-                crate::names::unqualify_builtin_functions(ast);
-                check_parameter_numbers(ast)?;
-            }
-        }
-        Ok(statements)
+        crate::parse::parse(sql, &self.db.parser)
     }
 
     pub fn reported_parameters(&self) -> Vec<(String, String)> {
@@ -1676,143 +1559,6 @@ impl Drop for Session {
     }
 }
 
-/// Nesting depth beyond which a statement is refused rather than risking the stack.
-const MAX_PARSE_DEPTH: usize = 100;
-
-/// sqlparser's `parse_statements`, plus PostgreSQL's `ABORT [WORK |
-/// TRANSACTION] [AND [NO] CHAIN]` (a spelling of ROLLBACK the dialect lacks).
-fn parse_statements(
-    parser: &mut datafusion::sql::sqlparser::parser::Parser,
-) -> std::result::Result<Vec<Statement>, datafusion::sql::sqlparser::parser::ParserError> {
-    use datafusion::sql::sqlparser::keywords::Keyword;
-    use datafusion::sql::sqlparser::tokenizer::Token;
-    let mut statements = Vec::new();
-    loop {
-        while parser.consume_token(&Token::SemiColon) {}
-        if parser.peek_token_ref().token == Token::EOF {
-            return Ok(statements);
-        }
-        if let Some(stream) = crate::stream_sql::parse(parser)? {
-            statements.push(Statement {
-                kind: Arc::new(StatementKind::Stream(Box::new(stream))),
-            });
-            if !matches!(parser.peek_token_ref().token, Token::SemiColon | Token::EOF) {
-                return parser.expected("end of statement", parser.peek_token());
-            }
-            continue;
-        }
-        let statement = if parser.parse_keyword(Keyword::ABORT) {
-            let _ = parser.parse_one_of_keywords(&[Keyword::WORK, Keyword::TRANSACTION]);
-            let chain = if parser.parse_keyword(Keyword::AND) {
-                let no = parser.parse_keyword(Keyword::NO);
-                parser.expect_keyword(Keyword::CHAIN)?;
-                !no
-            } else {
-                false
-            };
-            ast::Statement::Rollback {
-                chain,
-                savepoint: None,
-            }
-        } else {
-            parser.parse_statement()?
-        };
-        statements.push(Statement {
-            kind: Arc::new(StatementKind::Sql(statement)),
-        });
-        if !matches!(parser.peek_token_ref().token, Token::SemiColon | Token::EOF) {
-            return parser.expected("end of statement", parser.peek_token());
-        }
-    }
-}
-
-/// `sql` as one multi-row INSERT of literals, its rows after the first scanned rather than
-/// parsed ([`crate::values_scan`]); `None` when it is not one, and `parse` reads it whole.
-/// The parsed head gets [`Session::parse`]'s checks; the scanned rows need none, as they
-/// name no relation and hold only `$n` that a Bind can supply (walking 10k rows with
-/// sqlparser's visitors, which guard the stack at every node, costs about 5% of the load).
-fn scanned_insert<E>(
-    sql: &str,
-    parse: impl Fn(&str) -> std::result::Result<Vec<Statement>, E>,
-) -> Result<Option<Statement>> {
-    let Some(split) = crate::values_scan::split(sql) else {
-        return Ok(None);
-    };
-    let Ok(mut head) = parse(&sql[..split.head_end]) else {
-        return Ok(None);
-    };
-    let Some(head) = head.pop().filter(|_| head.is_empty()) else {
-        return Ok(None);
-    };
-    let Some(StatementKind::Sql(ast)) = Arc::into_inner(head.kind) else {
-        return Ok(None);
-    };
-    if reads_system_catalog(&ast) {
-        return Ok(None);
-    }
-    check_parameter_numbers(&ast)?;
-    Ok(
-        crate::values_scan::ScannedInsert::new(ast, split.rows).map(|scanned| Statement {
-            kind: Arc::new(StatementKind::ScannedInsert(Box::new(scanned))),
-        }),
-    )
-}
-
-/// Whether a statement reads `pg_catalog` or `information_schema` relations.
-fn reads_system_catalog(statement: &ast::Statement) -> bool {
-    let mut found = false;
-    let _ = ast::visit_relations(statement, |name: &ast::ObjectName| {
-        let first = name
-            .0
-            .first()
-            .map(|part| part.to_string().to_ascii_lowercase())
-            .unwrap_or_default();
-        if name.0.len() > 1
-            && first != crate::system_views::SCHEMA_NAME
-            && crate::catalog::SYSTEM_SCHEMAS.contains(&first.as_str())
-            || name.0.len() == 1 && first.starts_with("pg_")
-        {
-            found = true;
-            return std::ops::ControlFlow::Break(());
-        }
-        std::ops::ControlFlow::Continue(())
-    });
-    found
-}
-
-/// Refuses a `$n` that no Bind could supply (`$0`, or beyond
-/// [`MAX_PARAMETER_NUMBER`]) before anything is sized by it: the parameter list
-/// of a statement is as long as its largest `$n`.
-fn check_parameter_numbers(statement: &ast::Statement) -> Result<()> {
-    let mut refused = None;
-    let _ = ast::visit_expressions(statement, |expr: &ast::Expr| {
-        if let ast::Expr::Value(ast::ValueWithSpan {
-            value: ast::Value::Placeholder(name),
-            ..
-        }) = expr
-        {
-            if let Some(digits) = name.strip_prefix('$') {
-                let number = digits.parse::<usize>().ok();
-                if !number.is_some_and(|n| (1..=MAX_PARAMETER_NUMBER).contains(&n)) {
-                    refused = Some(name.clone());
-                    return std::ops::ControlFlow::Break(());
-                }
-            }
-        }
-        std::ops::ControlFlow::Continue(())
-    });
-    match refused {
-        None => Ok(()),
-        Some(name) => Err(Error::new(
-            sqlstate::UNDEFINED_PARAMETER,
-            format!("there is no parameter {name}"),
-        )
-        .with_detail(format!(
-            "Parameters are numbered from $1 to ${MAX_PARAMETER_NUMBER}."
-        ))),
-    }
-}
-
 fn first_words(sql: &str) -> String {
     sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
@@ -1977,132 +1723,4 @@ fn cast_argument(value: ScalarValue, ty: &DataType) -> Result<ScalarValue> {
             format!("a parameter of type {ty} cannot take the value {value}"),
         ),
     })
-}
-
-/// Most rows a plan may run inline on the connection's task: see [`is_point_sized`].
-const INLINE_PLAN_ROWS: usize = 10_000;
-
-/// Whether `plan` is cheap whatever the data: one partition throughout, and
-/// leaves that are point lookups ([`SluiceScanExec::reads_at_most_one_row`]),
-/// the constant row of a FROM-less SELECT, or VALUES already in memory, whose
-/// row counts multiplied (what a cross join of them could produce) stay within
-/// [`INLINE_PLAN_ROWS`]. Such a plan (a point select, an INSERT's VALUES) runs
-/// inline on the connection's task, where the two thread hand-offs to the
-/// query runtime and back would cost more than the plan. Anything else (a
-/// scan, a table function such as generate_series, a recursive CTE) goes to
-/// the query runtime, since only there can a long computation not delay
-/// cancels and other sessions.
-fn is_point_sized(plan: &dyn ExecutionPlan) -> bool {
-    leaf_rows_product(plan).is_some_and(|rows| rows <= INLINE_PLAN_ROWS)
-}
-
-/// The product of the leaves' row counts, `None` when a leaf's count is not
-/// bounded by the statement itself or an operator runs partitions in parallel.
-fn leaf_rows_product(plan: &dyn ExecutionPlan) -> Option<usize> {
-    if plan.properties().output_partitioning().partition_count() != 1 {
-        return None;
-    }
-    let children = plan.children();
-    if children.is_empty() {
-        if let Some(scan) = plan.downcast_ref::<SluiceScanExec>() {
-            return scan.reads_at_most_one_row().then_some(1);
-        }
-        if plan.is::<PlaceholderRowExec>() || plan.is::<EmptyExec>() {
-            return Some(1);
-        }
-        let memory = plan
-            .downcast_ref::<DataSourceExec>()?
-            .data_source()
-            .downcast_ref::<MemorySourceConfig>()?;
-        let rows = memory
-            .partitions()
-            .iter()
-            .flatten()
-            .map(|b| b.num_rows())
-            .sum();
-        return Some(usize::max(rows, 1));
-    }
-    children.into_iter().try_fold(1usize, |product, child| {
-        product.checked_mul(leaf_rows_product(child.as_ref())?)
-    })
-}
-
-/// The runtime that executes physical plans, one per process, apart from the
-/// runtime that serves connections. DataFusion operators compute a whole batch
-/// per poll and spawn one task per partition, so on a machine with few cores
-/// they can occupy every worker of a shared runtime for seconds; the
-/// connection tasks that enforce statement_timeout, answer CancelRequest and
-/// serve other sessions would then wait behind them. With plans on their own
-/// threads the OS scheduler shares the cores between both.
-fn query_runtime() -> Result<&'static tokio::runtime::Handle> {
-    static RUNTIME: std::sync::OnceLock<std::result::Result<tokio::runtime::Runtime, String>> =
-        std::sync::OnceLock::new();
-    let built = RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .thread_name("sluice-query")
-            // Executing deep (but legal) expressions recurses like planning them.
-            .thread_stack_size(8 << 20)
-            .enable_all()
-            .build()
-            .map_err(|e| e.to_string())
-    });
-    match built {
-        Ok(runtime) => Ok(runtime.handle()),
-        Err(e) => Err(Error::new(
-            sqlstate::INTERNAL_ERROR,
-            format!("start the query runtime: {e}"),
-        )),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The physical plan DataFusion builds for `sql` (no Sluice tables involved).
-    fn physical_plan_of(sql: &str) -> Arc<dyn ExecutionPlan> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let ctx = SessionContext::new();
-            ctx.sql(sql)
-                .await
-                .unwrap()
-                .create_physical_plan()
-                .await
-                .unwrap()
-        })
-    }
-
-    #[test]
-    fn only_plans_bounded_by_the_statement_run_inline() {
-        let ten_rows = (1..=10)
-            .map(|n| format!("({n})"))
-            .collect::<Vec<_>>()
-            .join(",");
-        for inline in ["SELECT 1 + 1", &format!("VALUES {ten_rows}")] {
-            assert!(
-                is_point_sized(physical_plan_of(inline).as_ref()),
-                "{inline}"
-            );
-        }
-        let hundred = (1..=100)
-            .map(|n| format!("({n})"))
-            .collect::<Vec<_>>()
-            .join(",");
-        // 100 × 100 × 100 rows: each VALUES is small, their cross join is not
-        // (a count(*) would be answered from statistics, so the sum).
-        let cross = format!(
-            "SELECT sum(a.column1 * b.column1 * c.column1) FROM (VALUES {hundred}) a, (VALUES {hundred}) b, (VALUES {hundred}) c"
-        );
-        for offloaded in [
-            "SELECT * FROM generate_series(1, 10)",
-            "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 5) SELECT * FROM r",
-            &cross,
-        ] {
-            assert!(!is_point_sized(physical_plan_of(offloaded).as_ref()), "{offloaded}");
-        }
-    }
 }

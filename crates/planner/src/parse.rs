@@ -1,0 +1,271 @@
+//! SQL text to [`Statement`]s: sqlparser's PostgreSQL dialect, the topic
+//! statements ([`crate::stream_sql`]), the literal-INSERT shortcut
+//! ([`crate::values_scan`]), and datafusion-pg-catalog's parser for
+//! statements that read the system catalogs (it rewrites `::regclass` and
+//! friends). Every parsed statement then gets the same checks and rewrites:
+//! `$n` numbering, and built-in functions named without `pg_catalog.`.
+
+use std::fmt;
+use std::sync::Arc;
+
+use datafusion::sql::sqlparser::ast;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+
+use crate::error::{sqlstate, Error, Result};
+use crate::values_scan::MAX_PARAMETER_NUMBER;
+
+/// Parses `sql` into statements (see the module docs); `compat` parses the
+/// statements that read system catalogs.
+pub(crate) fn parse(sql: &str, compat: &PostgresCompatibilityParser) -> Result<Vec<Statement>> {
+    if sql.trim().trim_matches(';').trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let syntax_error = |e: datafusion::sql::sqlparser::parser::ParserError| {
+        let message = e.to_string();
+        let message = message
+            .strip_prefix("sql parser error: ")
+            .unwrap_or(&message)
+            .to_string();
+        Error::new(sqlstate::SYNTAX_ERROR, format!("syntax error: {message}"))
+    };
+    let dialect = crate::dialect::SluiceDialect::default();
+    let parse = |sql: &str| {
+        datafusion::sql::sqlparser::parser::Parser::new(&dialect)
+            .with_recursion_limit(MAX_PARSE_DEPTH)
+            .try_with_sql(sql)
+            .and_then(|mut parser| parse_statements(&mut parser))
+    };
+    if let Some(statement) = scanned_insert(sql, parse)? {
+        return Ok(vec![statement]);
+    }
+    let mut statements = parse(sql).map_err(syntax_error)?;
+    let reads_catalog = statements
+        .iter()
+        .any(|statement| match statement.kind.as_ref() {
+            StatementKind::Sql(ast) => reads_system_catalog(ast),
+            StatementKind::ScannedInsert(_) | StatementKind::Stream(_) => false,
+        });
+    if reads_catalog {
+        statements = compat
+            .parse(sql)
+            .map_err(syntax_error)?
+            .into_iter()
+            .map(|ast| Statement {
+                kind: Arc::new(StatementKind::Sql(ast)),
+            })
+            .collect();
+    }
+    for statement in &mut statements {
+        if let Some(StatementKind::Sql(ast)) = Arc::get_mut(&mut statement.kind) {
+            crate::names::unqualify_builtin_functions(ast);
+            check_parameter_numbers(ast)?;
+        }
+    }
+    Ok(statements)
+}
+
+/// One parsed SQL statement; cloning it shares the parse (a prepared
+/// statement keeps it for re-planning, and a 10k-row INSERT's tree is large).
+#[derive(Clone, Debug)]
+pub struct Statement {
+    pub(crate) kind: Arc<StatementKind>,
+}
+
+/// PostgreSQL's grammar as sqlparser knows it, or one of the topic
+/// statements ([`crate::stream_sql`]).
+// sqlparser's statement is large and always was held by value here; boxing
+// it would cost an allocation per statement for no gain.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub(crate) enum StatementKind {
+    Sql(ast::Statement),
+    /// A multi-row INSERT of literals whose later rows were scanned, not parsed.
+    ScannedInsert(Box<crate::values_scan::ScannedInsert>),
+    Stream(Box<crate::stream_sql::StreamStatement>),
+}
+
+impl Statement {
+    /// Whether the statement reads or writes rows and nothing else, so that
+    /// it can share an implicit transaction block with others like it.
+    /// DDL (not yet possible inside a block), COPY, settings and
+    /// transaction control keep a multi-statement query statement by
+    /// statement.
+    pub fn reads_or_writes_rows_only(&self) -> bool {
+        matches!(
+            *self.kind,
+            StatementKind::Sql(
+                ast::Statement::Query(_)
+                    | ast::Statement::Insert(_)
+                    | ast::Statement::Update(_)
+                    | ast::Statement::Delete(_)
+            ) | StatementKind::ScannedInsert(_)
+        )
+    }
+
+    /// The sqlparser statement, if this is one.
+    pub(crate) fn sql(&self) -> Option<&ast::Statement> {
+        match self.kind.as_ref() {
+            StatementKind::Sql(ast) => Some(ast),
+            StatementKind::ScannedInsert(scanned) => Some(scanned.whole()),
+            StatementKind::Stream(_) => None,
+        }
+    }
+
+    pub(crate) fn into_sql(self) -> Result<ast::Statement> {
+        match Arc::unwrap_or_clone(self.kind) {
+            StatementKind::Sql(ast) => Ok(ast),
+            StatementKind::ScannedInsert(scanned) => Ok(scanned.into_whole()),
+            StatementKind::Stream(stream) => Err(Error::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!("{} is not allowed here", stream.tag()),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Statement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind.as_ref() {
+            StatementKind::Sql(ast) => write!(f, "{ast}"),
+            StatementKind::ScannedInsert(scanned) => write!(f, "{scanned}"),
+            StatementKind::Stream(stream) => write!(f, "{}", stream.tag()),
+        }
+    }
+}
+
+/// Nesting depth beyond which a statement is refused rather than risking the stack.
+const MAX_PARSE_DEPTH: usize = 100;
+
+/// sqlparser's `parse_statements`, plus PostgreSQL's `ABORT [WORK |
+/// TRANSACTION] [AND [NO] CHAIN]` (a spelling of ROLLBACK the dialect lacks).
+pub(crate) fn parse_statements(
+    parser: &mut datafusion::sql::sqlparser::parser::Parser,
+) -> std::result::Result<Vec<Statement>, datafusion::sql::sqlparser::parser::ParserError> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    use datafusion::sql::sqlparser::tokenizer::Token;
+    let mut statements = Vec::new();
+    loop {
+        while parser.consume_token(&Token::SemiColon) {}
+        if parser.peek_token_ref().token == Token::EOF {
+            return Ok(statements);
+        }
+        if let Some(stream) = crate::stream_sql::parse(parser)? {
+            statements.push(Statement {
+                kind: Arc::new(StatementKind::Stream(Box::new(stream))),
+            });
+            if !matches!(parser.peek_token_ref().token, Token::SemiColon | Token::EOF) {
+                return parser.expected("end of statement", parser.peek_token());
+            }
+            continue;
+        }
+        let statement = if parser.parse_keyword(Keyword::ABORT) {
+            let _ = parser.parse_one_of_keywords(&[Keyword::WORK, Keyword::TRANSACTION]);
+            let chain = if parser.parse_keyword(Keyword::AND) {
+                let no = parser.parse_keyword(Keyword::NO);
+                parser.expect_keyword(Keyword::CHAIN)?;
+                !no
+            } else {
+                false
+            };
+            ast::Statement::Rollback {
+                chain,
+                savepoint: None,
+            }
+        } else {
+            parser.parse_statement()?
+        };
+        statements.push(Statement {
+            kind: Arc::new(StatementKind::Sql(statement)),
+        });
+        if !matches!(parser.peek_token_ref().token, Token::SemiColon | Token::EOF) {
+            return parser.expected("end of statement", parser.peek_token());
+        }
+    }
+}
+
+/// `sql` as one multi-row INSERT of literals, its rows after the first scanned rather than
+/// parsed ([`crate::values_scan`]); `None` when it is not one, and `parse` reads it whole.
+/// The parsed head gets [`Session::parse`]'s checks; the scanned rows need none, as they
+/// name no relation and hold only `$n` that a Bind can supply (walking 10k rows with
+/// sqlparser's visitors, which guard the stack at every node, costs about 5% of the load).
+pub(crate) fn scanned_insert<E>(
+    sql: &str,
+    parse: impl Fn(&str) -> std::result::Result<Vec<Statement>, E>,
+) -> Result<Option<Statement>> {
+    let Some(split) = crate::values_scan::split(sql) else {
+        return Ok(None);
+    };
+    let Ok(mut head) = parse(&sql[..split.head_end]) else {
+        return Ok(None);
+    };
+    let Some(head) = head.pop().filter(|_| head.is_empty()) else {
+        return Ok(None);
+    };
+    let Some(StatementKind::Sql(ast)) = Arc::into_inner(head.kind) else {
+        return Ok(None);
+    };
+    if reads_system_catalog(&ast) {
+        return Ok(None);
+    }
+    check_parameter_numbers(&ast)?;
+    Ok(
+        crate::values_scan::ScannedInsert::new(ast, split.rows).map(|scanned| Statement {
+            kind: Arc::new(StatementKind::ScannedInsert(Box::new(scanned))),
+        }),
+    )
+}
+
+/// Whether a statement reads `pg_catalog` or `information_schema` relations.
+pub(crate) fn reads_system_catalog(statement: &ast::Statement) -> bool {
+    let mut found = false;
+    let _ = ast::visit_relations(statement, |name: &ast::ObjectName| {
+        let first = name
+            .0
+            .first()
+            .map(|part| part.to_string().to_ascii_lowercase())
+            .unwrap_or_default();
+        if name.0.len() > 1
+            && first != crate::system_views::SCHEMA_NAME
+            && crate::catalog::SYSTEM_SCHEMAS.contains(&first.as_str())
+            || name.0.len() == 1 && first.starts_with("pg_")
+        {
+            found = true;
+            return std::ops::ControlFlow::Break(());
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    found
+}
+
+/// Refuses a `$n` that no Bind could supply (`$0`, or beyond
+/// [`MAX_PARAMETER_NUMBER`]) before anything is sized by it: the parameter list
+/// of a statement is as long as its largest `$n`.
+pub(crate) fn check_parameter_numbers(statement: &ast::Statement) -> Result<()> {
+    let mut refused = None;
+    let _ = ast::visit_expressions(statement, |expr: &ast::Expr| {
+        if let ast::Expr::Value(ast::ValueWithSpan {
+            value: ast::Value::Placeholder(name),
+            ..
+        }) = expr
+        {
+            if let Some(digits) = name.strip_prefix('$') {
+                let number = digits.parse::<usize>().ok();
+                if !number.is_some_and(|n| (1..=MAX_PARAMETER_NUMBER).contains(&n)) {
+                    refused = Some(name.clone());
+                    return std::ops::ControlFlow::Break(());
+                }
+            }
+        }
+        std::ops::ControlFlow::Continue(())
+    });
+    match refused {
+        None => Ok(()),
+        Some(name) => Err(Error::new(
+            sqlstate::UNDEFINED_PARAMETER,
+            format!("there is no parameter {name}"),
+        )
+        .with_detail(format!(
+            "Parameters are numbered from $1 to ${MAX_PARAMETER_NUMBER}."
+        ))),
+    }
+}
