@@ -168,6 +168,62 @@ mod tests {
         assert!(schema_name(&object_name("a.b")).is_err());
     }
 
+    /// A catalog with a table `public.orders`, a topic `public.clicks` and the
+    /// built-in `sluice_catalog.consumer_offsets`.
+    fn catalog() -> CatalogState {
+        let builtin = crate::catalog::offsets_table();
+        let table = TableDef {
+            id: 1,
+            schema: DEFAULT_SCHEMA.into(),
+            name: "orders".into(),
+            ..builtin.clone()
+        };
+        let topic = TableDef {
+            id: 2,
+            name: "clicks".into(),
+            topic: Some(sluice_stream::TopicOptions::default()),
+            ..table.clone()
+        };
+        let mut state = CatalogState::default();
+        for def in [builtin, table, topic] {
+            state
+                .tables
+                .insert((def.schema.clone(), def.name.clone()), Arc::new(def));
+        }
+        state
+    }
+
+    #[test]
+    fn each_access_names_only_what_it_may_use() {
+        let catalog = catalog();
+        let find = |name: &str, access| find(&catalog, &object_name(name), access);
+        let named = |found: Result<Option<Arc<TableDef>>>| found.unwrap().map(|t| t.id);
+        // DML reads and writes tables, topics and the writable system tables.
+        assert_eq!(named(find("ORDERS", Access::Data)), Some(1));
+        assert_eq!(named(find("clicks", Access::Data)), Some(2));
+        let offsets = find("sluice_catalog.consumer_offsets", Access::Data);
+        assert!(named(offsets).is_some());
+        assert_eq!(named(find("nope", Access::Data)), None);
+        // DDL may drop a table or a topic, never a system table.
+        assert_eq!(named(find("public.orders", Access::Ddl)), Some(1));
+        let system = find("sluice_catalog.consumer_offsets", Access::Ddl).unwrap_err();
+        assert_eq!(system.code, sqlstate::INSUFFICIENT_PRIVILEGE);
+        // Topic DDL and SUBSCRIBE only topics.
+        assert_eq!(named(find("clicks", Access::TopicDdl)), Some(2));
+        let table = find("orders", Access::TopicDdl).unwrap_err();
+        assert_eq!(table.code, sqlstate::WRONG_OBJECT_TYPE);
+        let subscribed = find("orders", Access::Subscribe).unwrap_err();
+        assert_eq!(subscribed.code, sqlstate::WRONG_OBJECT_TYPE);
+        assert!(subscribed
+            .message
+            .contains("only topics can be subscribed to"));
+        let system = find("sluice_catalog.consumer_offsets", Access::TopicDdl).unwrap_err();
+        assert_eq!(system.code, sqlstate::INSUFFICIENT_PRIVILEGE);
+        // A miss is an error only through require.
+        let missing = require(&catalog, &object_name("nope"), Access::Subscribe).unwrap_err();
+        assert_eq!(missing.message, "relation \"nope\" does not exist");
+    }
+
     #[test]
     fn a_miss_reads_as_postgresql_words_it_for_the_statement() {
         let name = object_name("Nope");
