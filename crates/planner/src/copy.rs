@@ -21,7 +21,7 @@ use crate::catalog::TableDef;
 use crate::ddl::evaluate_constant;
 use crate::dml::{keyed_rows, not_null_violation, propose, quote_ident};
 use crate::error::{from_datafusion, sqlstate, Error, Result};
-use crate::resolve::{self, Access};
+use crate::resolve::Access;
 use crate::session::{PreparedKind, Session};
 use crate::types::{decode_bytea, text_value, value_at, SqlType};
 
@@ -43,14 +43,14 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Pr
             let ast::CopySource::Table { table_name, columns } = source else {
                 return Err(Error::new(sqlstate::SYNTAX_ERROR, "COPY FROM needs a table"));
             };
-            let table = resolve::require(&session.db.catalog.current(), table_name, Access::Data)?;
+            let table = session.relation(table_name, Access::Data)?;
             let columns = column_list(&table, columns)?;
             Ok(PreparedKind::CopyIn(CopyIn { table: table.qualified_name(), columns, options }))
         }
         (true, ast::CopyTarget::Stdout) => {
             let query = match source {
                 ast::CopySource::Table { table_name, columns } => {
-                    let table = resolve::require(&session.db.catalog.current(), table_name, Access::Data)?;
+                    let table = session.relation(table_name, Access::Data)?;
                     let columns = column_list(&table, columns)?;
                     let list: Vec<String> = columns.iter().map(|c| quote_ident(c)).collect();
                     let sql = format!(

@@ -620,8 +620,7 @@ async fn create_index(session: &mut Session, create: &ast::CreateIndex) -> Resul
     }
     let snapshot = session.db.read_view().await?;
     let catalog = session.db.catalog.current();
-    let table = resolve::find(&catalog, &create.table_name, Access::Ddl)?
-        .ok_or_else(|| resolve::missing(&create.table_name, Access::Ddl))?;
+    let table = resolve::require(&catalog, &create.table_name, Access::Ddl)?;
     let mut columns = Vec::with_capacity(create.columns.len());
     for indexed in &create.columns {
         let name = match &indexed.column.expr {
@@ -880,8 +879,7 @@ pub(crate) async fn alter_topic(
     let snapshot = session.db.read_view().await?;
     let catalog = session.db.catalog.current();
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
-    let def = resolve::find(&catalog, name, Access::TopicDdl)?
-        .ok_or_else(|| resolve::missing(name, Access::TopicDdl))?;
+    let def = resolve::require(&catalog, name, Access::TopicDdl)?;
     let mut options = def.topic.clone().unwrap_or_default();
     for (option, value) in given {
         options

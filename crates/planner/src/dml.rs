@@ -37,7 +37,7 @@ use crate::api::{CommandTag, Output};
 use crate::cached_plan::CachedPlan;
 use crate::catalog::{TableDef, KEY_COLUMN};
 use crate::error::{from_datafusion, raft_error, sqlstate, storage_error, Error, Result};
-use crate::resolve::{self, Access};
+use crate::resolve::Access;
 use crate::session::{parameter_types, Session};
 use crate::types::{rows_to_batch, value_at};
 
@@ -140,7 +140,7 @@ pub async fn prepare(
                     ))
                 }
             };
-            let table = resolve::require(&session.db.catalog.current(), &name, Access::Data)?;
+            let table = session.relation(&name, Access::Data)?;
             if table.is_topic() && insert.columns.is_empty() {
                 // A topic's system columns are assigned, not given: a
                 // column-less INSERT lists the topic's own columns.
@@ -188,11 +188,7 @@ pub async fn prepare(
             (DmlOp::Insert, table, on_conflict, insert.returning.take())
         }
         ast::Statement::Update(update) => {
-            let table = resolve::require(
-                &session.db.catalog.current(),
-                table_factor_name(&update.table)?,
-                Access::Data,
-            )?;
+            let table = session.relation(table_factor_name(&update.table)?, Access::Data)?;
             let mut assigned = Vec::with_capacity(update.assignments.len());
             for assignment in &update.assignments {
                 if assignment
@@ -242,11 +238,7 @@ pub async fn prepare(
                     "DELETE from several tables is not supported",
                 ));
             };
-            let table = resolve::require(
-                &session.db.catalog.current(),
-                table_factor_name(target)?,
-                Access::Data,
-            )?;
+            let table = session.relation(table_factor_name(target)?, Access::Data)?;
             (
                 DmlOp::Delete,
                 table,

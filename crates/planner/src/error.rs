@@ -163,13 +163,13 @@ fn undefined_relation(message: &str) -> Option<String> {
     let start = message.find("table '")? + "table '".len();
     let rest = &message[start..];
     let name = &rest[..rest.find("' not found")?];
-    let parts: Vec<&str> = name.split('.').collect();
-    let shown = match parts.as_slice() {
-        [_, schema, table] | [schema, table] if *schema != "public" => {
-            format!("{schema}.{table}")
-        }
-        [.., table] => table.to_string(),
-        [] => return None,
+    let mut parts = name.rsplit('.');
+    let table = parts.next()?;
+    // "public" is the default schema (catalog::DEFAULT_SCHEMA; this leaf
+    // module does not import the catalog).
+    let shown = match parts.next() {
+        Some(schema) if schema != "public" => format!("{schema}.{table}"),
+        _ => table.to_string(),
     };
     Some(format!("relation \"{shown}\" does not exist"))
 }

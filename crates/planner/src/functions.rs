@@ -86,15 +86,17 @@ impl ScalarUDFImpl for PgTypeof {
 
 /// PostgreSQL's name for the type a value of `data_type` has on the wire.
 fn pg_type_name(data_type: &DataType) -> String {
-    use datafusion::arrow::datatypes::TimeUnit;
     let name = match data_type {
         DataType::Null => "unknown",
         DataType::Boolean => "boolean",
         DataType::Int8 | DataType::Int16 | DataType::UInt8 => "smallint",
         DataType::Int32 | DataType::UInt16 => "integer",
         DataType::Int64 | DataType::UInt32 => "bigint",
-        DataType::UInt64 | DataType::Decimal32(..) | DataType::Decimal64(..) => "numeric",
-        DataType::Decimal128(..) | DataType::Decimal256(..) => "numeric",
+        DataType::UInt64
+        | DataType::Decimal32(..)
+        | DataType::Decimal64(..)
+        | DataType::Decimal128(..)
+        | DataType::Decimal256(..) => "numeric",
         DataType::Float16 | DataType::Float32 => "real",
         DataType::Float64 => "double precision",
         DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "text",
@@ -104,10 +106,7 @@ fn pg_type_name(data_type: &DataType) -> String {
         | DataType::FixedSizeBinary(_) => "bytea",
         DataType::Date32 | DataType::Date64 => "date",
         DataType::Time32(_) | DataType::Time64(_) => "time without time zone",
-        DataType::Timestamp(TimeUnit::Second | TimeUnit::Millisecond, None)
-        | DataType::Timestamp(TimeUnit::Microsecond | TimeUnit::Nanosecond, None) => {
-            "timestamp without time zone"
-        }
+        DataType::Timestamp(_, None) => "timestamp without time zone",
         DataType::Timestamp(_, Some(_)) => "timestamp with time zone",
         DataType::Interval(_) | DataType::Duration(_) => "interval",
         DataType::List(field) | DataType::LargeList(field) | DataType::FixedSizeList(field, _) => {

@@ -40,7 +40,7 @@ use sluice_engine::Value;
 use crate::api::{CommandTag, Output};
 use crate::catalog::TableDef;
 use crate::error::{from_datafusion, Result};
-use crate::resolve::{self, Access};
+use crate::resolve::Access;
 use crate::session::Session;
 use crate::types::{value_at, SqlType};
 use crate::values_scan::{Literal as ScannedLiteral, ScannedRows};
@@ -123,7 +123,7 @@ pub(crate) fn plan(
     if !simple_query || values.explicit_row || values.value_keyword {
         return None;
     }
-    let table = resolve::require(&session.db.catalog.current(), name, Access::Data).ok()?;
+    let table = session.relation(name, Access::Data).ok()?;
     let columns = listed_columns(&table, &insert.columns)?;
     let parsed_rows = values.rows.iter().map(|row| {
         let literals = row.content.iter().map(parsed_literal);

@@ -49,27 +49,6 @@ pub fn postgres_column_names(statement: &ast::Statement, schema: &Schema) -> Sch
     Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
 }
 
-/// Drops the `pg_catalog.` of a function name: PostgreSQL's built-in
-/// functions live in that schema, and clients call them by either name
-/// (SQLAlchemy's first query is `SELECT pg_catalog.version()`), while
-/// DataFusion looks functions up by their bare name. Other qualifiers stay,
-/// so a function of a schema that has none is still not found.
-pub fn unqualify_builtin_functions(statement: &mut ast::Statement) {
-    let _ = ast::visit_expressions_mut(statement, |expr| {
-        if let ast::Expr::Function(function) = expr {
-            let parts = &mut function.name.0;
-            let in_pg_catalog = parts.len() == 2
-                && parts[0]
-                    .as_ident()
-                    .is_some_and(|schema| identifier(schema) == "pg_catalog");
-            if in_pg_catalog {
-                parts.remove(0);
-            }
-        }
-        ControlFlow::<()>::Continue(())
-    });
-}
-
 /// Gives DataFusion distinct names for select items it would name alike.
 ///
 /// PostgreSQL allows `SELECT a, a` and two scalar subqueries side by side;

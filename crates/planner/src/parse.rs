@@ -2,8 +2,9 @@
 //! statements ([`crate::stream_sql`]), the literal-INSERT shortcut
 //! ([`crate::values_scan`]), and datafusion-pg-catalog's parser for
 //! statements that read the system catalogs (it rewrites `::regclass` and
-//! friends). Every parsed statement then gets the same checks and rewrites:
-//! `$n` numbering, and built-in functions named without `pg_catalog.`.
+//! friends). Every parsed statement then gets the same checks and rewrites
+//! ([`check_and_normalize`]): `$n` numbering, and built-in functions named
+//! without `pg_catalog.`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use datafusion::sql::sqlparser::ast;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 
 use crate::error::{sqlstate, Error, Result};
+use crate::names::identifier;
 use crate::values_scan::MAX_PARAMETER_NUMBER;
 
 /// Parses `sql` into statements (see the module docs); `compat` parses the
@@ -57,8 +59,7 @@ pub(crate) fn parse(sql: &str, compat: &PostgresCompatibilityParser) -> Result<V
     }
     for statement in &mut statements {
         if let Some(StatementKind::Sql(ast)) = Arc::get_mut(&mut statement.kind) {
-            crate::names::unqualify_builtin_functions(ast);
-            check_parameter_numbers(ast)?;
+            check_and_normalize(ast)?;
         }
     }
     Ok(statements)
@@ -201,13 +202,13 @@ pub(crate) fn scanned_insert<E>(
     let Some(head) = head.pop().filter(|_| head.is_empty()) else {
         return Ok(None);
     };
-    let Some(StatementKind::Sql(ast)) = Arc::into_inner(head.kind) else {
+    let Some(StatementKind::Sql(mut ast)) = Arc::into_inner(head.kind) else {
         return Ok(None);
     };
     if reads_system_catalog(&ast) {
         return Ok(None);
     }
-    check_parameter_numbers(&ast)?;
+    check_and_normalize(&mut ast)?;
     Ok(
         crate::values_scan::ScannedInsert::new(ast, split.rows).map(|scanned| Statement {
             kind: Arc::new(StatementKind::ScannedInsert(Box::new(scanned))),
@@ -237,24 +238,43 @@ pub(crate) fn reads_system_catalog(statement: &ast::Statement) -> bool {
     found
 }
 
-/// Refuses a `$n` that no Bind could supply (`$0`, or beyond
-/// [`MAX_PARAMETER_NUMBER`]) before anything is sized by it: the parameter list
-/// of a statement is as long as its largest `$n`.
-pub(crate) fn check_parameter_numbers(statement: &ast::Statement) -> Result<()> {
+/// The checks and rewrites every parsed statement gets, in one walk of its
+/// expressions:
+/// - a `$n` that no Bind could supply (`$0`, or beyond
+///   [`MAX_PARAMETER_NUMBER`]) is refused before anything is sized by it: the
+///   parameter list of a statement is as long as its largest `$n`;
+/// - a function called as `pg_catalog.f` becomes `f`: PostgreSQL's built-in
+///   functions live in that schema and clients call them by either name
+///   (SQLAlchemy's first query is `SELECT pg_catalog.version()`), while
+///   DataFusion looks functions up by their bare name. Other qualifiers stay,
+///   so a function of a schema that has none is still not found.
+pub(crate) fn check_and_normalize(statement: &mut ast::Statement) -> Result<()> {
     let mut refused = None;
-    let _ = ast::visit_expressions(statement, |expr: &ast::Expr| {
-        if let ast::Expr::Value(ast::ValueWithSpan {
-            value: ast::Value::Placeholder(name),
-            ..
-        }) = expr
-        {
-            if let Some(digits) = name.strip_prefix('$') {
-                let number = digits.parse::<usize>().ok();
-                if !number.is_some_and(|n| (1..=MAX_PARAMETER_NUMBER).contains(&n)) {
-                    refused = Some(name.clone());
-                    return std::ops::ControlFlow::Break(());
+    let _ = ast::visit_expressions_mut(statement, |expr: &mut ast::Expr| {
+        match expr {
+            ast::Expr::Value(ast::ValueWithSpan {
+                value: ast::Value::Placeholder(name),
+                ..
+            }) => {
+                if let Some(digits) = name.strip_prefix('$') {
+                    let number = digits.parse::<usize>().ok();
+                    if !number.is_some_and(|n| (1..=MAX_PARAMETER_NUMBER).contains(&n)) {
+                        refused = Some(name.clone());
+                        return std::ops::ControlFlow::Break(());
+                    }
                 }
             }
+            ast::Expr::Function(function) => {
+                let parts = &mut function.name.0;
+                let in_pg_catalog = parts.len() == 2
+                    && parts[0]
+                        .as_ident()
+                        .is_some_and(|schema| identifier(schema) == "pg_catalog");
+                if in_pg_catalog {
+                    parts.remove(0);
+                }
+            }
+            _ => {}
         }
         std::ops::ControlFlow::Continue(())
     });

@@ -78,35 +78,25 @@ pub fn find(
     let Some(def) = catalog.table(&schema, &table) else {
         return Ok(None);
     };
-    match access {
-        Access::Data => {}
-        Access::Ddl | Access::TopicDdl if def.is_builtin() => {
-            return Err(Error::new(
-                sqlstate::INSUFFICIENT_PRIVILEGE,
-                format!(
-                    "permission denied: \"{}\" is a system table",
-                    def.qualified_name()
-                ),
-            ))
-        }
-        Access::Ddl => {}
-        Access::TopicDdl if !def.is_topic() => {
-            return Err(Error::new(
-                sqlstate::WRONG_OBJECT_TYPE,
-                format!("\"{name}\" is a table, not a topic"),
-            ))
-        }
-        Access::TopicDdl => {}
-        Access::Subscribe if !def.is_topic() => {
-            return Err(Error::new(
-                sqlstate::WRONG_OBJECT_TYPE,
-                format!(
-                    "\"{}\" is a table, not a topic: only topics can be subscribed to",
-                    def.name
-                ),
-            ))
-        }
-        Access::Subscribe => {}
+    if matches!(access, Access::Ddl | Access::TopicDdl) && def.is_builtin() {
+        return Err(Error::new(
+            sqlstate::INSUFFICIENT_PRIVILEGE,
+            format!(
+                "permission denied: \"{}\" is a system table",
+                def.qualified_name()
+            ),
+        ));
+    }
+    if !def.is_topic() {
+        let wrong = match access {
+            Access::TopicDdl => format!("\"{name}\" is a table, not a topic"),
+            Access::Subscribe => format!(
+                "\"{}\" is a table, not a topic: only topics can be subscribed to",
+                def.name
+            ),
+            Access::Data | Access::Ddl => return Ok(Some(def.clone())),
+        };
+        return Err(Error::new(sqlstate::WRONG_OBJECT_TYPE, wrong));
     }
     Ok(Some(def.clone()))
 }

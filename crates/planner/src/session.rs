@@ -28,7 +28,7 @@ use sluice_raftstore::RaftNode;
 use crate::api::{CommandTag, Output};
 use crate::cached_plan::CachedPlan;
 use crate::catalog::{SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
-use crate::error::{from_datafusion, sqlstate, Error, Result};
+use crate::error::{from_datafusion, raft_error, sqlstate, Error, Result};
 use crate::names::identifier;
 use crate::parse::{Statement, StatementKind};
 use crate::provider::SessionCatalog;
@@ -74,10 +74,7 @@ impl Database {
     /// Loads the catalog through a linearizable read and returns the database.
     pub async fn open(raft: Arc<RaftNode>) -> Result<Arc<Database>> {
         let catalog = Arc::new(SharedCatalog::default());
-        let snapshot = raft
-            .read_snapshot()
-            .await
-            .map_err(crate::error::raft_error)?;
+        let snapshot = raft.read_snapshot().await.map_err(raft_error)?;
         catalog.refresh(snapshot.as_ref())?;
         let db = Arc::new_cyclic(|db: &std::sync::Weak<Database>| Database {
             template: SessionTemplate::new(db.clone(), &raft, &catalog),
@@ -175,11 +172,7 @@ impl Database {
         consistency: ReadConsistency,
     ) -> Result<Arc<dyn Snapshot>> {
         let snapshot = match consistency {
-            ReadConsistency::Linearizable => self
-                .raft
-                .read_snapshot()
-                .await
-                .map_err(crate::error::raft_error)?,
+            ReadConsistency::Linearizable => self.raft.read_snapshot().await.map_err(raft_error)?,
             ReadConsistency::Stale => self.raft.local_snapshot(),
         };
         self.catalog.refresh(snapshot.as_ref())?;
@@ -600,7 +593,7 @@ impl Session {
                     self.db.transactions.conflict();
                     return Err(self.commit_conflict(&conflict));
                 }
-                Err(e) => return Err(crate::error::raft_error(e)),
+                Err(e) => return Err(raft_error(e)),
             }
         }
         txn.committed();
@@ -644,6 +637,16 @@ impl Session {
                 format!("{command} can only be used in transaction blocks"),
             )),
         }
+    }
+
+    /// The relation `name` denotes for `access` in the catalog this node last
+    /// loaded ([`crate::resolve::require`]).
+    pub(crate) fn relation(
+        &self,
+        name: &ast::ObjectName,
+        access: crate::resolve::Access,
+    ) -> Result<Arc<TableDef>> {
+        crate::resolve::require(&self.db.catalog.current(), name, access)
     }
 
     /// Sets the open block's isolation level and access mode, with the checks
@@ -984,8 +987,10 @@ impl Session {
         prepared: &Prepared,
         params: Vec<ScalarValue>,
     ) -> Result<Output> {
-        let idle = self.transaction_state() == TransactionState::Idle;
-        if idle && prepared.kind.writes() && self.default_read_only()? {
+        // Reads (a point select) skip the transaction lock here altogether.
+        let idle_write =
+            prepared.kind.writes() && self.transaction_state() == TransactionState::Idle;
+        if idle_write && self.default_read_only()? {
             // A statement outside a block is a transaction of its own, and
             // default_transaction_read_only makes it read-only too.
             return Err(Error::new(
@@ -994,7 +999,7 @@ impl Session {
             ));
         }
         let implicit = matches!(prepared.kind, PreparedKind::Dml(_))
-            && idle
+            && idle_write
             && self.default_isolation()? == IsolationLevel::Serializable;
         if implicit {
             self.begin_implicit()?;

@@ -46,7 +46,7 @@ use sluice_stream::{topic as log, BatchBuilder, Cursor, Record};
 use crate::api::{CommandTag, CopyOptions, Output};
 use crate::catalog::TableDef;
 use crate::error::{sqlstate, stream_error, Error, Result};
-use crate::resolve::{self, Access};
+use crate::resolve::Access;
 use crate::session::{PreparedKind, Session};
 use crate::stream_sql::{Start, StreamStatement, Subscribe, UpTo};
 use crate::table::ReadView;
@@ -847,11 +847,7 @@ pub(crate) async fn prepare(
             if_exists: *if_exists,
         },
         StreamStatement::Subscribe(spec) => {
-            let table = resolve::require(
-                &session.db.catalog.current(),
-                &spec.topic,
-                Access::Subscribe,
-            )?;
+            let table = session.relation(&spec.topic, Access::Subscribe)?;
             let schema = record_schema(&table);
             return Ok((
                 PreparedKind::Stream(StreamPlan::Subscribe {
@@ -863,11 +859,7 @@ pub(crate) async fn prepare(
             ));
         }
         StreamStatement::CopySubscribe { subscribe, options } => {
-            let table = resolve::require(
-                &session.db.catalog.current(),
-                &subscribe.topic,
-                Access::Subscribe,
-            )?;
+            let table = session.relation(&subscribe.topic, Access::Subscribe)?;
             StreamPlan::Subscribe {
                 table,
                 spec: subscribe.clone(),
@@ -876,11 +868,7 @@ pub(crate) async fn prepare(
         }
         StreamStatement::Declare { cursor, subscribe } => StreamPlan::Declare {
             cursor: cursor.clone(),
-            table: resolve::require(
-                &session.db.catalog.current(),
-                &subscribe.topic,
-                Access::Subscribe,
-            )?,
+            table: session.relation(&subscribe.topic, Access::Subscribe)?,
             spec: subscribe.clone(),
         },
         StreamStatement::Fetch {
