@@ -27,6 +27,7 @@
 //! chose their ranges from the bound values. Physical planning cost a point
 //! SELECT about a third of the server's CPU.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::DataType;
@@ -280,6 +281,60 @@ fn is_immutable(plan: &LogicalPlan) -> bool {
         })
     });
     immutable
+}
+
+/// One type per `$n`, ordered by n: the client's where given, else DataFusion's
+/// inference, else text (the client may send any literal as text).
+pub(crate) fn parameter_types(
+    plan: &LogicalPlan,
+    declared: &[Option<DataType>],
+) -> Result<Vec<DataType>> {
+    let inferred = plan.get_parameter_types().map_err(from_datafusion)?;
+    let cast = cast_parameter_types(plan);
+    let mut max = declared.len();
+    for name in inferred.keys() {
+        if let Some(n) = name.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            max = max.max(n);
+        }
+    }
+    Ok((1..=max)
+        .map(|n| {
+            declared
+                .get(n - 1)
+                .cloned()
+                .flatten()
+                .or_else(|| inferred.get(&format!("${n}")).cloned().flatten())
+                .or_else(|| cast.get(&format!("${n}")).cloned())
+                .unwrap_or(DataType::Utf8)
+        })
+        .collect())
+}
+
+/// Types of parameters that appear only under a cast (`$1::int`), which
+/// DataFusion leaves uninferred but PostgreSQL types by the cast.
+fn cast_parameter_types(plan: &LogicalPlan) -> HashMap<String, DataType> {
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
+    let mut found = HashMap::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        node.apply_expressions(|expr| {
+            expr.apply(|e| {
+                let cast = match e {
+                    Expr::Cast(c) => Some((&c.expr, &c.field)),
+                    Expr::TryCast(c) => Some((&c.expr, &c.field)),
+                    _ => None,
+                };
+                if let Some((inner, field)) = cast {
+                    if let Expr::Placeholder(p) = inner.as_ref() {
+                        found
+                            .entry(p.id.clone())
+                            .or_insert_with(|| field.data_type().clone());
+                    }
+                }
+                Ok(TreeNodeRecursion::Continue)
+            })
+        })
+    });
+    found
 }
 
 #[cfg(test)]

@@ -12,8 +12,8 @@
 use datafusion::sql::sqlparser::ast;
 
 use crate::api::{CommandTag, Output};
+use crate::context::Context;
 use crate::error::{sqlstate, Error, Result};
-use crate::session::Session;
 
 /// A membership change requested with `CALL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +81,7 @@ fn literal_args(call: &ast::Function) -> Result<Vec<ast::Value>> {
         .collect()
 }
 
-pub(crate) async fn execute(session: &Session, change: &ClusterChange) -> Result<Output> {
+pub(crate) async fn execute(session: &Context, change: &ClusterChange) -> Result<Output> {
     let raft = session.db.raft();
     let result = match change {
         ClusterChange::AddNode { node_id, addr } => raft.add_node(*node_id, addr.clone()).await,

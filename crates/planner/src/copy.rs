@@ -18,14 +18,23 @@ use sluice_raftstore::Mutation;
 
 use crate::api::{CopyIn, CopyOptions};
 use crate::catalog::TableDef;
+use crate::context::Context;
 use crate::ddl::evaluate_constant;
-use crate::dml::{keyed_rows, not_null_violation, propose, quote_ident};
+use crate::dml::{keyed_rows, not_null_violation, quote_ident};
 use crate::error::{from_datafusion, sqlstate, Error, Result};
 use crate::resolve::Access;
-use crate::session::{PreparedKind, Session};
 use crate::types::{decode_bytea, text_value, value_at, SqlType};
 
-pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<PreparedKind> {
+/// A planned COPY: rows in from the client, or a query's rows out to it.
+pub(crate) enum CopyPlan {
+    In(CopyIn),
+    Out {
+        plan: crate::cached_plan::CachedPlan,
+        options: CopyOptions,
+    },
+}
+
+pub(crate) async fn prepare(session: &Context, statement: &ast::Statement) -> Result<CopyPlan> {
     let ast::Statement::Copy {
         source,
         to,
@@ -45,7 +54,7 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Pr
             };
             let table = session.relation(table_name, Access::Data)?;
             let columns = column_list(&table, columns)?;
-            Ok(PreparedKind::CopyIn(CopyIn { table: table.qualified_name(), columns, options }))
+            Ok(CopyPlan::In(CopyIn { table: table.qualified_name(), columns, options }))
         }
         (true, ast::CopyTarget::Stdout) => {
             let query = match source {
@@ -64,7 +73,7 @@ pub async fn prepare(session: &Session, statement: &ast::Statement) -> Result<Pr
                 ast::CopySource::Query(query) => ast::Statement::Query(query.clone()),
             };
             let plan = session.cache(session.plan(query).await?).await?;
-            Ok(PreparedKind::CopyOut { plan, options })
+            Ok(CopyPlan::Out { plan, options })
         }
         _ => Err(Error::new(
             sqlstate::INSUFFICIENT_PRIVILEGE,
@@ -268,7 +277,7 @@ pub fn options_from_pairs(pairs: &[(String, Option<String>)]) -> Result<CopyOpti
 
 /// Inserts one batch of COPY rows (fields in `copy.columns` order, already unescaped).
 pub async fn insert_rows(
-    session: &mut Session,
+    session: &mut Context,
     copy: &CopyIn,
     rows: Vec<Vec<Option<String>>>,
 ) -> Result<u64> {
@@ -369,7 +378,7 @@ pub(crate) fn check_not_null(table: &TableDef, row: &[Value]) -> Result<()> {
 /// Writes new whole rows: appends to a topic, inserts into a table (a duplicate key fails
 /// the batch). Returns the number of rows written.
 pub(crate) async fn write_rows(
-    session: &Session,
+    session: &Context,
     table: &Arc<TableDef>,
     values: &[Vec<Value>],
 ) -> Result<u64> {
@@ -382,7 +391,7 @@ pub(crate) async fn write_rows(
         .into_iter()
         .map(|(key, value)| Mutation::Insert { key, value })
         .collect();
-    let outcome = propose(session, table, mutations).await?;
+    let outcome = session.propose(table, mutations).await?;
     Ok(outcome.inserted)
 }
 

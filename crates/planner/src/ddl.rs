@@ -19,14 +19,14 @@ use crate::catalog::{
     encode_json, next_table_id_key, read_counter, schema_key, table_key, version_key, CatalogState,
     ColumnDef, SchemaDef, TableDef, KEY_COLUMN, ROWID_COLUMN, SYSTEM_SCHEMAS,
 };
+use crate::context::Context;
 use crate::error::{from_datafusion, raft_error, sqlstate, Error, Result};
 use crate::index::{self, IndexColumn, IndexDef, IndexState};
 use crate::names::identifier;
 use crate::resolve::{self, Access};
-use crate::session::Session;
 use crate::types::{value_at, SqlType};
 
-pub async fn execute(session: &mut Session, statement: &ast::Statement) -> Result<Output> {
+pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Result<Output> {
     if let ast::Statement::CreateIndex(create) = statement {
         return create_index(session, create).await;
     }
@@ -230,7 +230,7 @@ impl CatalogChange {
         })
     }
 
-    async fn commit(mut self, session: &Session) -> Result<()> {
+    async fn commit(mut self, session: &Context) -> Result<()> {
         self.put(version_key(), (self.version + 1).to_be_bytes().to_vec());
         session
             .db
@@ -305,7 +305,7 @@ fn range_bounds(range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
 /// The definition CREATE TABLE asks for (id filled in later), or `None` when
 /// IF NOT EXISTS found the table already there.
 fn table_definition(
-    session: &Session,
+    session: &Context,
     catalog: &CatalogState,
     create: &ast::CreateTable,
 ) -> Result<Option<TableDef>> {
@@ -462,7 +462,7 @@ fn column_definition(column: &ast::ColumnDef) -> Result<(ColumnDef, bool)> {
 }
 
 /// Plans every DEFAULT once so a bad one fails CREATE TABLE, not the first INSERT.
-fn validate_defaults(session: &Session, def: &TableDef) -> Result<()> {
+fn validate_defaults(session: &Context, def: &TableDef) -> Result<()> {
     let schema =
         DFSchema::try_from(def.arrow_schema().as_ref().clone()).map_err(from_datafusion)?;
     for column in &def.columns {
@@ -485,7 +485,7 @@ fn validate_defaults(session: &Session, def: &TableDef) -> Result<()> {
 }
 
 async fn alter_table(
-    session: &Session,
+    session: &Context,
     def: &mut TableDef,
     operation: &ast::AlterTableOperation,
     snapshot: &dyn sluice_engine::Snapshot,
@@ -562,7 +562,7 @@ async fn alter_table(
 
 /// Evaluates a constant expression (a DEFAULT) to a value of type `ty`.
 pub async fn evaluate_constant(
-    session: &Session,
+    session: &Context,
     def: &TableDef,
     sql: &str,
     ty: SqlType,
@@ -597,7 +597,7 @@ const BACKFILL_PAGE_ROWS: usize = 2000;
 const BACKFILL_RETRIES: usize = 20;
 
 /// CREATE INDEX, built online in three steps (see [`crate::index`]).
-async fn create_index(session: &mut Session, create: &ast::CreateIndex) -> Result<Output> {
+async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Result<Output> {
     let unsupported = |what: &str| {
         Err(Error::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
@@ -697,7 +697,7 @@ async fn create_index(session: &mut Session, create: &ast::CreateIndex) -> Resul
     }
 }
 
-async fn backfill_and_publish(session: &Session, table: &TableDef, index_id: u64) -> Result<()> {
+async fn backfill_and_publish(session: &Context, table: &TableDef, index_id: u64) -> Result<()> {
     let index = table
         .indexes
         .iter()
@@ -748,7 +748,7 @@ async fn backfill_and_publish(session: &Session, table: &TableDef, index_id: u64
     change.commit(session).await
 }
 
-async fn abandon_index(session: &Session, table: &TableDef, index_id: u64) -> Result<()> {
+async fn abandon_index(session: &Context, table: &TableDef, index_id: u64) -> Result<()> {
     let snapshot = session.db.read_view().await?;
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     let mut restored = table.clone();
@@ -768,7 +768,7 @@ pub const TOPIC_COLUMNS: [(&str, SqlType); 3] = [
 
 /// `CREATE TOPIC`: a table definition whose rows are records.
 pub(crate) async fn create_topic(
-    session: &mut Session,
+    session: &mut Context,
     create: &ast::CreateTable,
 ) -> Result<Output> {
     let snapshot = session.db.read_view().await?;
@@ -872,7 +872,7 @@ fn option_text(option: &ast::SqlOption) -> Result<(String, String)> {
 /// `ALTER TOPIC name SET (…)`: retention, compression (for new batches) and
 /// more partitions (never fewer: records would lose their partition).
 pub(crate) async fn alter_topic(
-    session: &mut Session,
+    session: &mut Context,
     name: &ast::ObjectName,
     given: &[(String, String)],
 ) -> Result<Output> {
@@ -903,7 +903,7 @@ pub(crate) async fn alter_topic(
 
 /// `DROP TOPIC`: the definition, every record and the groups' offsets.
 pub(crate) async fn drop_topics(
-    session: &mut Session,
+    session: &mut Context,
     names: &[ast::ObjectName],
     if_exists: bool,
 ) -> Result<Output> {

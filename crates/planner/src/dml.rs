@@ -16,7 +16,6 @@
 //! apply fails the statement with 40001 instead of being lost.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, BinaryArray, UInt64Array};
@@ -31,39 +30,16 @@ use datafusion::prelude::SessionContext;
 use datafusion::sql::sqlparser::ast;
 use futures::StreamExt;
 use sluice_engine::{Keyspace, Snapshot, Value};
-use sluice_raftstore::{ApplyError, Command, Mutation};
+use sluice_raftstore::Mutation;
 
 use crate::api::{CommandTag, Output};
+use crate::cached_plan::parameter_types;
 use crate::cached_plan::CachedPlan;
 use crate::catalog::{TableDef, KEY_COLUMN};
-use crate::error::{from_datafusion, raft_error, sqlstate, storage_error, Error, Result};
+use crate::context::Context;
+use crate::error::{from_datafusion, sqlstate, storage_error, Error, Result};
 use crate::resolve::Access;
-use crate::session::{parameter_types, Session};
 use crate::types::{rows_to_batch, value_at};
-
-/// Row ids for tables without a primary key: unique per node and increasing,
-/// seeded from the clock so a restarted node does not reuse ids. A collision
-/// (clock moved back) is still caught at apply by the `Insert` check.
-pub struct RowIdGenerator {
-    next: AtomicI64,
-}
-
-impl RowIdGenerator {
-    pub fn new() -> Self {
-        let micros = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_micros() as i64)
-            .unwrap_or(0);
-        // 8 spare bits: 256 ids per microsecond before running ahead of the clock.
-        Self {
-            next: AtomicI64::new(micros << 8),
-        }
-    }
-
-    pub fn reserve(&self, count: usize) -> i64 {
-        self.next.fetch_add(count as i64, Ordering::Relaxed)
-    }
-}
 
 #[derive(Debug, Clone)]
 pub enum OnConflict {
@@ -124,7 +100,7 @@ fn table_factor_name(table: &ast::TableWithJoins) -> Result<&ast::ObjectName> {
 
 /// Plans a DML statement; also returns the types of its `$n` (`declared` by the client where given).
 pub async fn prepare(
-    session: &Session,
+    session: &Context,
     statement: &ast::Statement,
     declared: &[Option<DataType>],
 ) -> Result<(DmlPlan, Vec<DataType>)> {
@@ -353,7 +329,7 @@ pub fn quote_ident(name: &str) -> String {
 }
 
 pub async fn execute(
-    session: &mut Session,
+    session: &mut Context,
     plan: &DmlPlan,
     types: &[DataType],
     params: Vec<ScalarValue>,
@@ -381,7 +357,7 @@ pub async fn execute(
     // must be released before the writes join that set, or the set is
     // copied whole (copy-on-write) by every statement.
     drop(snapshot);
-    let outcome = propose(session, table, planned.mutations).await?;
+    let outcome = session.propose(table, planned.mutations).await?;
     let count = planned.count.unwrap_or(outcome.inserted);
     let returned = planned.returned;
     match &plan.returning {
@@ -409,7 +385,7 @@ pub async fn execute(
 
 /// INSERT into a topic: the rows become appends (see [`crate::topic`]).
 async fn append(
-    session: &mut Session,
+    session: &mut Context,
     table: &Arc<TableDef>,
     mut values: Vec<Vec<Value>>,
     returning: Option<&Returning>,
@@ -532,7 +508,7 @@ pub fn not_null_violation(table: &TableDef, column: &str) -> Error {
 
 /// Keys and encoded rows for new rows, drawing hidden row ids where needed.
 pub fn keyed_rows(
-    session: &Session,
+    session: &Context,
     table: &TableDef,
     rows: &[Vec<Value>],
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
@@ -563,7 +539,7 @@ struct PlannedWrites {
 }
 
 async fn insert(
-    session: &Session,
+    session: &Context,
     table: &Arc<TableDef>,
     rows: Vec<InputRow>,
     on_conflict: &OnConflict,
@@ -900,36 +876,4 @@ fn delete(rows: Vec<InputRow>, snapshot: &dyn Snapshot) -> Result<PlannedWrites>
 
 fn get(snapshot: &dyn Snapshot, key: &[u8]) -> Result<Option<Vec<u8>>> {
     snapshot.get(Keyspace::Data, key).map_err(storage_error)
-}
-
-/// Proposes row mutations of `table`, translating apply rejections into
-/// PostgreSQL errors that name the table and key.
-pub async fn propose(
-    session: &Session,
-    table: &TableDef,
-    mutations: Vec<Mutation>,
-) -> Result<sluice_raftstore::ApplyOutcome> {
-    if mutations.is_empty() {
-        return Ok(Default::default());
-    }
-    let mutations = crate::index::with_index_upkeep(table, mutations)?;
-    let result = if session.transaction_state() == crate::TransactionState::Idle {
-        session.db.raft().propose(Command { mutations }).await
-    } else {
-        session
-            .write_in_transaction(mutations)?
-            .map_err(sluice_raftstore::Error::Apply)
-    };
-    match result {
-        Ok(outcome) => Ok(outcome),
-        Err(sluice_raftstore::Error::Apply(ApplyError::DuplicateKey { key })) => Err(Error::new(
-            sqlstate::UNIQUE_VIOLATION,
-            format!(
-                "duplicate key value violates unique constraint \"{}_pkey\"",
-                table.name
-            ),
-        )
-        .with_detail(format!("Key {} already exists.", table.describe_key(&key)))),
-        Err(e) => Err(raft_error(e)),
-    }
 }

@@ -39,9 +39,9 @@ use sluice_engine::Value;
 
 use crate::api::{CommandTag, Output};
 use crate::catalog::TableDef;
+use crate::context::Context;
 use crate::error::{from_datafusion, Result};
 use crate::resolve::Access;
-use crate::session::Session;
 use crate::types::{value_at, SqlType};
 use crate::values_scan::{Literal as ScannedLiteral, ScannedRows};
 
@@ -77,7 +77,7 @@ enum Field {
 /// sends it to DataFusion. `scanned`: rows that follow the statement's own
 /// ([`crate::values_scan`]). `declared`: the parameter types the client gave, if any.
 pub(crate) fn plan(
-    session: &Session,
+    session: &Context,
     statement: &ast::Statement,
     scanned: Option<&ScannedRows>,
     declared: &[Option<DataType>],
@@ -343,7 +343,7 @@ fn reads_exactly(number: &str, ty: SqlType) -> bool {
 
 /// Binds `params` into the rows typed at prepare time and writes them.
 pub(crate) async fn execute(
-    session: &Session,
+    session: &Context,
     insert: &LiteralInsert,
     params: Vec<ScalarValue>,
 ) -> Result<Output> {

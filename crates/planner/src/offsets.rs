@@ -37,8 +37,8 @@ use crate::api::{CommandTag, Output};
 use crate::catalog::{
     members_table, offsets_table, TableDef, OFFSETS_TABLE, SLUICE_SCHEMA as SCHEMA_NAME,
 };
+use crate::context::Context;
 use crate::error::{sqlstate, storage_error, Error, Result};
-use crate::session::Session;
 use crate::topic::now_micros;
 
 /// A group cursor heartbeats at most this often (at a FETCH).
@@ -199,7 +199,7 @@ pub fn topic_name(topic: &TableDef) -> String {
     }
 }
 
-fn offsets_def(session: &Session) -> Result<Arc<TableDef>> {
+fn offsets_def(session: &Context) -> Result<Arc<TableDef>> {
     session
         .db
         .catalog
@@ -211,7 +211,7 @@ fn offsets_def(session: &Session) -> Result<Arc<TableDef>> {
 
 /// The committed next offset of each partition of `topic` for `group`.
 pub(crate) async fn committed(
-    session: &Session,
+    session: &Context,
     group: &str,
     topic: &TableDef,
 ) -> Result<BTreeMap<u32, u64>> {
@@ -253,30 +253,21 @@ pub(crate) async fn committed(
     Ok(out)
 }
 
-/// `COMMIT OFFSETS FOR c`: the cursor's next offsets become its group's
-/// committed offsets.
-pub(crate) async fn commit(session: &mut Session, cursor: &str) -> Result<Output> {
-    let open = session.cursors.get(cursor).ok_or_else(|| {
-        Error::new(
-            sqlstate::INVALID_CURSOR_NAME,
-            format!("cursor \"{cursor}\" does not exist"),
-        )
-    })?;
-    let group = open.group().map(str::to_string).ok_or_else(|| {
-        Error::new(
-            sqlstate::OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("cursor \"{cursor}\" has no consumer group to commit offsets for"),
-        )
-        .with_detail("Declare it FOR SUBSCRIBE … GROUP 'name'.")
-    })?;
-    let topic = topic_name(open.table());
-    let positions: Vec<(u32, u64)> = open.positions().iter().map(|(p, o)| (*p, *o)).collect();
+/// `COMMIT OFFSETS FOR c`: a group cursor's next offsets (`positions`, by
+/// partition) become `group`'s committed offsets of `table`.
+pub(crate) async fn commit(
+    session: &Context,
+    group: &str,
+    table: &TableDef,
+    positions: &BTreeMap<u32, u64>,
+) -> Result<Output> {
+    let topic = topic_name(table);
     let def = offsets_def(session)?;
     let now = now_micros();
     let mut mutations = Vec::with_capacity(positions.len());
-    for (partition, next) in &positions {
+    for (partition, next) in positions {
         let values = vec![
-            Value::Text(group.clone()),
+            Value::Text(group.to_string()),
             Value::Text(topic.clone()),
             Value::Int32(*partition as i32),
             Value::Int64(*next as i64),
@@ -287,7 +278,7 @@ pub(crate) async fn commit(session: &mut Session, cursor: &str) -> Result<Output
             value: def.encode_row(&values)?,
         });
     }
-    crate::dml::propose(session, &def, mutations).await?;
+    session.propose(&def, mutations).await?;
     Ok(Output::Command(CommandTag::with_rows(
         "COMMIT OFFSETS",
         positions.len() as u64,

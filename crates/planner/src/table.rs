@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::ops::Bound;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -768,6 +769,30 @@ impl ScanReader {
         let options = RecordBatchOptions::new().with_row_count(Some(page.len()));
         RecordBatch::try_new_with_options(self.schema.clone(), columns, &options)
             .map_err(|e| Error::new(sqlstate::INTERNAL_ERROR, format!("build scan batch: {e}")))
+    }
+}
+
+/// Row ids for tables without a primary key: unique per node and increasing,
+/// seeded from the clock so a restarted node does not reuse ids. A collision
+/// (clock moved back) is still caught at apply by the `Insert` check.
+pub struct RowIdGenerator {
+    next: AtomicI64,
+}
+
+impl RowIdGenerator {
+    pub fn new() -> Self {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or(0);
+        // 8 spare bits: 256 ids per microsecond before running ahead of the clock.
+        Self {
+            next: AtomicI64::new(micros << 8),
+        }
+    }
+
+    pub fn reserve(&self, count: usize) -> i64 {
+        self.next.fetch_add(count as i64, Ordering::Relaxed)
     }
 }
 

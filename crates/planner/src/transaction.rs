@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use datafusion::sql::sqlparser::ast;
 use sluice_engine::{Keyspace, Snapshot};
 use sluice_raftstore::{
     plan_mutations, ApplyError, ApplyOutcome, Mutation, Overlaid, ReadRecorder, WriteSet,
@@ -473,4 +474,35 @@ impl Transaction {
     pub(crate) fn committed(mut self) {
         self.registration.committed = true;
     }
+}
+
+/// The modes of BEGIN and SET TRANSACTION; `None` where the statement does
+/// not name one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct TransactionModes {
+    pub isolation: Option<IsolationLevel>,
+    pub read_only: Option<bool>,
+}
+
+pub(crate) fn transaction_modes(modes: &[ast::TransactionMode]) -> TransactionModes {
+    let mut parsed = TransactionModes::default();
+    for mode in modes {
+        match mode {
+            ast::TransactionMode::IsolationLevel(level) => {
+                parsed.isolation = Some(match level {
+                    ast::TransactionIsolationLevel::ReadUncommitted
+                    | ast::TransactionIsolationLevel::ReadCommitted => {
+                        IsolationLevel::ReadCommitted
+                    }
+                    ast::TransactionIsolationLevel::RepeatableRead
+                    | ast::TransactionIsolationLevel::Snapshot => IsolationLevel::RepeatableRead,
+                    ast::TransactionIsolationLevel::Serializable => IsolationLevel::Serializable,
+                });
+            }
+            ast::TransactionMode::AccessMode(mode) => {
+                parsed.read_only = Some(matches!(mode, ast::TransactionAccessMode::ReadOnly));
+            }
+        }
+    }
+    parsed
 }

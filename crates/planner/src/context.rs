@@ -1,0 +1,946 @@
+//! The context every statement takes: a node's [`Database`] and one
+//! session's [`Context`], with the primitives statements are built from.
+//!
+//! A statement module (dml, ddl, copy, topic, cluster, …) plans against
+//! [`Context::plan`], reads through [`Context::read_view`] (a linearizable
+//! snapshot, or the open block's snapshot with its writes laid over), and
+//! writes through [`Context::propose`] (Raft outside a block, the block's
+//! write set inside one). Session settings, the transaction block and its
+//! commit live here too. This module names no statement module: the
+//! dispatch from statements to their modules is [`crate::session`]'s.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use datafusion::catalog::{CatalogProviderList, MemoryCatalogProviderList};
+use datafusion::common::DFSchema;
+use datafusion::execution::session_state::SessionState;
+use datafusion::execution::SessionStateBuilder;
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::{Expr, LogicalPlan};
+use datafusion::physical_plan::stream::RecordBatchReceiverStream;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::sql::parser::Statement as DfStatement;
+use datafusion::sql::sqlparser::ast;
+use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
+use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
+use futures::StreamExt;
+use sluice_engine::Snapshot;
+use sluice_raftstore::RaftNode;
+
+use crate::api::{CommandTag, Output};
+use crate::cached_plan::CachedPlan;
+use crate::catalog::{SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
+use crate::error::{from_datafusion, raft_error, sqlstate, Error, Result};
+use crate::parse::Statement;
+use crate::provider::SessionCatalog;
+use crate::runtime::{is_point_sized, query_runtime};
+use crate::settings::{
+    canonical_setting, default_settings, on_off, parse_bool_setting, parse_bytes,
+    parse_duration_ms, startup_options, ReadConsistency, REPORTED,
+};
+use crate::subplan::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
+use crate::table::ReadView;
+use crate::transaction::{
+    IsolationLevel, Transaction, TransactionModes, TransactionRegistry, TransactionState,
+    TransactionStats,
+};
+use sluice_raftstore::{ApplyError, Command};
+
+/// Compiled DEFAULT expressions per table id, with the definition they were compiled from.
+type DefaultsCache = HashMap<u64, (Arc<TableDef>, HashMap<String, Expr>)>;
+
+/// State shared by every session of a node.
+pub struct Database {
+    raft: Arc<RaftNode>,
+    pub(crate) catalog: Arc<SharedCatalog>,
+    parser: PostgresCompatibilityParser,
+    /// Evaluates DEFAULT expressions; kept apart from sessions' settings.
+    expr_context: SessionContext,
+    defaults: Mutex<DefaultsCache>,
+    pub(crate) rowids: crate::table::RowIdGenerator,
+    pub(crate) transactions: Arc<TransactionRegistry>,
+    pub(crate) topics: Arc<crate::topic::TopicCounters>,
+    /// What every session's DataFusion context starts from.
+    template: SessionTemplate,
+}
+
+impl fmt::Debug for Database {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Database").finish_non_exhaustive()
+    }
+}
+
+impl Database {
+    /// Loads the catalog through a linearizable read; [`Database::open`]
+    /// starts the background work of the statement families too.
+    pub(crate) async fn load(raft: Arc<RaftNode>) -> Result<Arc<Database>> {
+        let catalog = Arc::new(SharedCatalog::default());
+        let snapshot = raft.read_snapshot().await.map_err(raft_error)?;
+        catalog.refresh(snapshot.as_ref())?;
+        let db = Arc::new_cyclic(|db: &std::sync::Weak<Database>| Database {
+            template: SessionTemplate::new(db.clone(), &raft, &catalog),
+            raft,
+            catalog,
+            parser: PostgresCompatibilityParser::new(),
+            expr_context: SessionContext::new_with_config(base_config()),
+            defaults: Mutex::default(),
+            rowids: crate::table::RowIdGenerator::new(),
+            transactions: Arc::default(),
+            topics: Arc::default(),
+        });
+        Ok(db)
+    }
+
+    /// Every consumer group's lag per committed partition, from the local
+    /// replica (for metrics).
+    pub fn consumer_lag(&self) -> Result<Vec<crate::system_views::ConsumerLag>> {
+        let snapshot = self.raft.local_snapshot();
+        let catalog = self.catalog.refresh(snapshot.as_ref())?;
+        crate::system_views::consumer_lag(snapshot.as_ref(), &catalog)
+    }
+
+    /// Appends, subscriptions and retention (for metrics).
+    pub fn topic_stats(&self) -> crate::topic::TopicStats {
+        self.topics.snapshot()
+    }
+
+    /// Open transaction blocks and how finished ones ended (for metrics).
+    pub fn transaction_stats(&self) -> TransactionStats {
+        self.transactions.stats()
+    }
+
+    pub fn raft(&self) -> &Arc<RaftNode> {
+        &self.raft
+    }
+
+    /// DataFusion expressions of a table's DEFAULT clauses, cached per definition.
+    fn defaults_for(&self, def: &Arc<TableDef>) -> HashMap<String, Expr> {
+        let mut cache = self.defaults.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached_def, exprs)) = cache.get(&def.id) {
+            if Arc::ptr_eq(cached_def, def) {
+                return exprs.clone();
+            }
+        }
+        let exprs = self.compile_defaults(def);
+        cache.insert(def.id, (def.clone(), exprs.clone()));
+        exprs
+    }
+
+    fn compile_defaults(&self, def: &TableDef) -> HashMap<String, Expr> {
+        let mut exprs = HashMap::new();
+        let Ok(schema) = DFSchema::try_from(def.arrow_schema().as_ref().clone()) else {
+            return exprs;
+        };
+        for column in &def.columns {
+            let Some(sql) = &column.default else { continue };
+            match self.compile_default(sql, &schema) {
+                Ok(expr) => {
+                    exprs.insert(column.name.clone(), expr);
+                }
+                // Validated at CREATE TABLE; reaching this means a newer
+                // version wrote a default this one cannot plan.
+                Err(e) => {
+                    tracing::error!(table = %def.qualified_name(), column = %column.name, "default expression: {e}")
+                }
+            }
+        }
+        exprs
+    }
+
+    pub(crate) fn compile_default(&self, sql: &str, schema: &DFSchema) -> Result<Expr> {
+        self.expr_context
+            .state()
+            .create_logical_expr(sql, schema)
+            .map_err(from_datafusion)
+    }
+
+    /// A linearizable snapshot and the catalog as of that snapshot.
+    pub(crate) async fn read_view(&self) -> Result<Arc<dyn Snapshot>> {
+        self.read_view_at(ReadConsistency::Linearizable).await
+    }
+
+    /// A snapshot at the given consistency and the catalog as of it. A stale
+    /// snapshot is this replica's applied state, with no leader round trip;
+    /// writes planned from it are still validated at apply (their row
+    /// checks fail with 40001 if what they read was out of date).
+    pub(crate) async fn read_view_at(
+        &self,
+        consistency: ReadConsistency,
+    ) -> Result<Arc<dyn Snapshot>> {
+        let snapshot = match consistency {
+            ReadConsistency::Linearizable => self.raft.read_snapshot().await.map_err(raft_error)?,
+            ReadConsistency::Stale => self.raft.local_snapshot(),
+        };
+        self.catalog.refresh(snapshot.as_ref())?;
+        Ok(snapshot)
+    }
+}
+
+/// A DataFusion context with Sluice's planner extensions: correlated
+/// subqueries DataFusion cannot decorrelate are evaluated per outer row
+/// ([`crate::apply`]).
+fn new_context() -> SessionContext {
+    let state = SessionStateBuilder::new()
+        .with_config(base_config())
+        .with_default_features()
+        .with_query_planner(Arc::new(SluiceQueryPlanner))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    ctx.add_optimizer_rule(Arc::new(ApplyCorrelatedSubqueries));
+    ctx
+}
+
+/// A session's DataFusion state before the session's own catalog is put in:
+/// built once per node, because datafusion-pg-catalog decodes its static
+/// tables (about a megabyte of Arrow files) and registers its functions for
+/// every context it sets up, which made each connection cost megabytes and
+/// milliseconds.
+///
+/// Its system schemas (`pg_catalog` and `sluice_catalog`) are shared by every
+/// session. `pg_catalog` lists tables through the template's own catalog,
+/// which reads the same shared Sluice catalog as the sessions'.
+struct SessionTemplate {
+    state: SessionState,
+    catalog: Arc<SessionCatalog>,
+}
+
+impl SessionTemplate {
+    fn new(
+        db: std::sync::Weak<Database>,
+        raft: &Arc<RaftNode>,
+        shared: &Arc<SharedCatalog>,
+    ) -> Self {
+        let ctx = new_context();
+        // The template holds the database weakly: the database holds it.
+        let catalog = Arc::new(SessionCatalog::new(
+            shared.clone(),
+            Arc::new(move |def: &Arc<TableDef>| {
+                db.upgrade()
+                    .map(|db| db.defaults_for(def))
+                    .unwrap_or_default()
+            }),
+        ));
+        ctx.register_catalog(CATALOG_NAME, catalog.clone());
+        if let Err(e) =
+            datafusion_pg_catalog::setup_pg_catalog(&ctx, CATALOG_NAME, EmptyContextProvider)
+        {
+            tracing::error!("pg_catalog setup failed: {e}");
+        }
+        if let Err(e) = datafusion::catalog::CatalogProvider::register_schema(
+            catalog.as_ref(),
+            crate::system_views::SCHEMA_NAME,
+            Arc::new(crate::system_views::SystemViews::new(
+                raft.clone(),
+                shared.clone(),
+            )),
+        ) {
+            tracing::error!("sluice_catalog setup failed: {e}");
+        }
+        crate::functions::register(&ctx);
+        SessionTemplate {
+            state: ctx.state(),
+            catalog,
+        }
+    }
+
+    /// The template's state whose only catalog is `catalog`, given the
+    /// template's system schemas.
+    fn session_state(&self, catalog: &Arc<SessionCatalog>) -> SessionState {
+        catalog.share_system_schemas(&self.catalog);
+        let catalogs = Arc::new(MemoryCatalogProviderList::new());
+        catalogs.register_catalog(CATALOG_NAME.to_string(), catalog.clone());
+        SessionStateBuilder::new_from_existing(self.state.clone())
+            .with_catalog_list(catalogs)
+            .build()
+    }
+}
+
+fn base_config() -> SessionConfig {
+    let mut config = SessionConfig::new()
+        .with_default_catalog_and_schema(CATALOG_NAME, DEFAULT_SCHEMA)
+        .with_create_default_catalog_and_schema(false)
+        .with_information_schema(true);
+    let options = config.options_mut();
+    options.sql_parser.dialect = datafusion::config::Dialect::PostgreSQL;
+    // PostgreSQL: ASC puts NULLs last, DESC first.
+    options.sql_parser.default_null_ordering = "nulls_max".into();
+    options.execution.time_zone = Some("+00:00".into());
+    // Scans produce one partition in key order; spreading it round-robin only
+    // costs point queries a repartition and buys nothing for small results.
+    options.optimizer.enable_round_robin_repartition = false;
+    config
+}
+
+/// One session's planning and transaction state: what every statement takes.
+pub(crate) struct Context {
+    pub(crate) db: Arc<Database>,
+    /// The session's DataFusion state. It does not change after the session
+    /// opens (the catalog changes behind a shared provider), so statements
+    /// borrow it rather than clone it with every function registry. Its
+    /// query start time is the session's: plans that read the clock are
+    /// planned from a clone that marks its own start (see [`Self::run_plan`]).
+    planning_state: SessionState,
+    pub(crate) catalog: Arc<SessionCatalog>,
+    settings: BTreeMap<String, String>,
+    changed: Vec<(String, String)>,
+    /// The open transaction block, if any (see [`crate::transaction`]).
+    /// Behind a lock only so that `&Context` code paths can write into it;
+    /// the session itself is used by one task at a time.
+    txn: Mutex<Option<Transaction>>,
+    /// Warnings for the client from the last statement.
+    notices: Vec<Error>,
+}
+
+impl Context {
+    pub(crate) fn new(db: Arc<Database>, startup: &[(String, String)]) -> Context {
+        let defaults_db = db.clone();
+        let catalog = Arc::new(SessionCatalog::new(
+            db.catalog.clone(),
+            Arc::new(move |def: &Arc<TableDef>| defaults_db.defaults_for(def)),
+        ));
+        let planning_state = db.template.session_state(&catalog);
+        let mut settings = default_settings();
+        let mut requested: Vec<(String, String)> = Vec::new();
+        for (name, value) in startup {
+            match name.as_str() {
+                "user" => {
+                    settings.insert("session_authorization".into(), value.clone());
+                }
+                // libpq's PGOPTIONS and drivers' `options`: `-c name=value`.
+                "options" => requested.extend(startup_options(value)),
+                "database" | "replication" => {}
+                other => requested.push((other.to_string(), value.clone())),
+            }
+        }
+        for (name, value) in requested {
+            if let Some(canonical) = canonical_setting(&name) {
+                settings.insert(canonical, value);
+            }
+        }
+        Context {
+            db,
+            planning_state,
+            catalog,
+            settings,
+            changed: Vec::new(),
+            txn: Mutex::new(None),
+            notices: Vec::new(),
+        }
+    }
+
+    /// Splits and parses SQL text; empty text yields no statements.
+    ///
+    /// Statements are parsed as plain PostgreSQL. Only statements that read
+    /// the system catalogs (psql's `\d`, drivers' type lookups) go through
+    /// datafusion-pg-catalog's compatibility parser: some of its rewrites
+    /// (subqueries in a select list replaced by NULL or given `LIMIT 1`,
+    /// unqualified names re-qualified) would change the answer of a user
+    /// query, so they must never touch one.
+    pub(crate) fn parse(&self, sql: &str) -> Result<Vec<Statement>> {
+        crate::parse::parse(sql, &self.db.parser)
+    }
+
+    pub(crate) fn reported_parameters(&self) -> Vec<(String, String)> {
+        REPORTED
+            .iter()
+            .map(|name| (name.to_string(), self.setting(name)))
+            .collect()
+    }
+
+    pub(crate) fn take_parameter_changes(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.changed)
+    }
+
+    pub(crate) fn statement_timeout(&self) -> Option<Duration> {
+        parse_duration_ms(&self.setting("statement_timeout")).filter(|d| !d.is_zero())
+    }
+
+    /// How long a FETCH from a subscription waits for its first record.
+    pub(crate) fn fetch_timeout(&self) -> Duration {
+        parse_duration_ms(&self.setting("sluice.fetch_timeout"))
+            .or_else(|| parse_duration_ms(crate::settings::DEFAULT_FETCH_TIMEOUT))
+            .unwrap_or(Duration::from_millis(500))
+    }
+
+    /// How long the client may stay idle inside a transaction block
+    /// (`idle_in_transaction_session_timeout`); `None` outside a block or
+    /// when the setting is 0.
+    pub(crate) fn idle_in_transaction_timeout(&self) -> Option<Duration> {
+        if self.transaction_state() == TransactionState::Idle {
+            return None;
+        }
+        parse_duration_ms(&self.setting("idle_in_transaction_session_timeout"))
+            .filter(|d| !d.is_zero())
+    }
+
+    pub(crate) fn user(&self) -> String {
+        self.setting("session_authorization")
+    }
+
+    pub(crate) fn setting(&self, name: &str) -> String {
+        if name == "transaction_isolation" {
+            if let Some(txn) = &*self.txn.lock().expect("transaction lock") {
+                return txn.isolation.name().to_string();
+            }
+            return self.setting("default_transaction_isolation");
+        }
+        if name == "transaction_read_only" {
+            if let Some(txn) = &*self.txn.lock().expect("transaction lock") {
+                return on_off(txn.read_only).to_string();
+            }
+            return self.setting("default_transaction_read_only");
+        }
+        self.settings.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Where the session's transaction block stands.
+    pub(crate) fn transaction_state(&self) -> TransactionState {
+        match &*self.txn.lock().expect("transaction lock") {
+            None => TransactionState::Idle,
+            Some(txn) if txn.failed => TransactionState::Failed,
+            Some(_) => TransactionState::Open,
+        }
+    }
+
+    /// Fails the open transaction block, if any: the frontend calls this
+    /// for errors raised outside [`Self::execute`] (while streaming rows).
+    pub(crate) fn mark_failed(&self) {
+        if let Some(txn) = &mut *self.txn.lock().expect("transaction lock") {
+            txn.failed = true;
+        }
+    }
+
+    /// Warnings the last statement raised (PostgreSQL sends them as notices).
+    pub(crate) fn take_notices(&mut self) -> Vec<Error> {
+        std::mem::take(&mut self.notices)
+    }
+
+    pub(crate) fn no_transaction_notice(&mut self) {
+        self.notices.push(Error::new(
+            sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+            "there is no transaction in progress",
+        ));
+    }
+
+    /// What statements read: a linearizable snapshot, or inside a
+    /// transaction block the block's snapshot with its writes laid over.
+    pub(crate) async fn read_view(&self) -> Result<Arc<dyn Snapshot>> {
+        let needs_snapshot = self
+            .txn
+            .lock()
+            .expect("transaction lock")
+            .as_ref()
+            .map(Transaction::needs_snapshot);
+        let consistency = ReadConsistency::parse(&self.setting("sluice.read_consistency"))?;
+        let Some(needs_snapshot) = needs_snapshot else {
+            return self.db.read_view_at(consistency).await;
+        };
+        let fresh = if needs_snapshot {
+            Some(self.db.read_view_at(consistency).await?)
+        } else {
+            None
+        };
+        let mut guard = self.txn.lock().expect("transaction lock");
+        let txn = guard.as_mut().ok_or_else(|| {
+            Error::new(sqlstate::INTERNAL_ERROR, "transaction ended mid-statement")
+        })?;
+        if let Some(snapshot) = fresh {
+            txn.set_snapshot(snapshot);
+        }
+        txn.view()?
+            .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "transaction has no snapshot"))
+    }
+
+    /// Applies a statement's mutations to the open block's write set; the
+    /// inner error is a rejection by the replicas' rules (duplicate key).
+    pub(crate) fn write_in_transaction(
+        &self,
+        mutations: Vec<sluice_raftstore::Mutation>,
+    ) -> Result<std::result::Result<sluice_raftstore::ApplyOutcome, ApplyError>> {
+        match &mut *self.txn.lock().expect("transaction lock") {
+            Some(txn) => txn.apply(mutations),
+            None => Err(Error::new(
+                sqlstate::INTERNAL_ERROR,
+                "no transaction block is open",
+            )),
+        }
+    }
+
+    pub(crate) async fn commit(&mut self) -> Result<Output> {
+        let txn = self.txn.lock().expect("transaction lock").take();
+        let Some(mut txn) = txn else {
+            self.no_transaction_notice();
+            return Ok(Output::Command(CommandTag::new("COMMIT")));
+        };
+        if txn.failed {
+            return Ok(Output::Command(CommandTag::new("ROLLBACK")));
+        }
+        if let Some(mutations) = txn.commit_command()? {
+            let appended = crate::topic::append_size(&mutations);
+            match self.db.raft().propose(Command { mutations }).await {
+                Ok(_) => self.db.topics.appended(appended),
+                Err(sluice_raftstore::Error::Apply(
+                    conflict @ (ApplyError::Conflict { .. } | ApplyError::ReadConflict { .. }),
+                )) => {
+                    self.db.transactions.conflict();
+                    return Err(self.commit_conflict(&conflict));
+                }
+                Err(e) => return Err(raft_error(e)),
+            }
+        }
+        txn.committed();
+        Ok(Output::Command(CommandTag::new("COMMIT")))
+    }
+
+    /// The 40001 for a commit that a transaction committed first invalidated:
+    /// a row it wrote changed, or (SERIALIZABLE) something it read.
+    fn commit_conflict(&self, conflict: &ApplyError) -> Error {
+        let (ApplyError::Conflict { key }
+        | ApplyError::ReadConflict { key }
+        | ApplyError::DuplicateKey { key }
+        | ApplyError::CorruptLog { log: key }) = conflict;
+        let what = self.db.catalog.current().describe_data_key(key);
+        let (message, detail) = match conflict {
+            ApplyError::ReadConflict { .. } => (
+                "could not serialize access due to read/write dependencies among transactions",
+                format!("Rows this transaction read ({what}) were changed, added or removed by"),
+            ),
+            _ => (
+                "could not serialize access due to concurrent update",
+                format!("A row this transaction read for writing ({what}) was changed by"),
+            ),
+        };
+        Error::new(sqlstate::SERIALIZATION_FAILURE, message).with_detail(format!(
+            "{detail} a transaction that committed first; nothing of this transaction was \
+             written. Retry it."
+        ))
+    }
+
+    /// Runs a savepoint command on the open block, refusing it outside one.
+    pub(crate) fn in_block(
+        &self,
+        command: &str,
+        action: impl FnOnce(&mut Transaction) -> Result<()>,
+    ) -> Result<()> {
+        match &mut *self.txn.lock().expect("transaction lock") {
+            Some(txn) => action(txn),
+            None => Err(Error::new(
+                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                format!("{command} can only be used in transaction blocks"),
+            )),
+        }
+    }
+
+    /// The relation `name` denotes for `access` in the catalog this node last
+    /// loaded ([`crate::resolve::require`]).
+    pub(crate) fn relation(
+        &self,
+        name: &ast::ObjectName,
+        access: crate::resolve::Access,
+    ) -> Result<Arc<TableDef>> {
+        crate::resolve::require(&self.db.catalog.current(), name, access)
+    }
+
+    /// Sets the open block's isolation level and access mode, with the checks
+    /// of PostgreSQL's `transaction_isolation` and `transaction_read_only`:
+    /// the level may change only before the block's first query and outside
+    /// a savepoint; read-only may be turned on at any time, off only before
+    /// the first query. Used by SET TRANSACTION, `SET transaction_*` and a
+    /// BEGIN inside an open block (which PostgreSQL warns about and then
+    /// applies). Outside a block it only warns, as PostgreSQL does.
+    pub(crate) fn set_transaction_modes(&mut self, modes: TransactionModes) -> Result<()> {
+        let mut guard = self.txn.lock().expect("transaction lock");
+        let Some(txn) = guard.as_mut() else {
+            drop(guard);
+            self.notices.push(Error::new(
+                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                "SET TRANSACTION can only be used in transaction blocks",
+            ));
+            return Ok(());
+        };
+        if let Some(level) = modes.isolation.filter(|level| *level != txn.isolation) {
+            if txn.in_subtransaction() {
+                return Err(Error::new(
+                    sqlstate::ACTIVE_SQL_TRANSACTION,
+                    "SET TRANSACTION ISOLATION LEVEL must not be called in a subtransaction",
+                ));
+            }
+            if txn.has_snapshot() {
+                return Err(Error::new(
+                    sqlstate::ACTIVE_SQL_TRANSACTION,
+                    "SET TRANSACTION ISOLATION LEVEL must be called before any query",
+                ));
+            }
+            txn.isolation = level;
+        }
+        match modes.read_only {
+            Some(false) if txn.read_only && txn.has_snapshot() => {
+                return Err(Error::new(
+                    sqlstate::ACTIVE_SQL_TRANSACTION,
+                    "transaction read-write mode must be set before any query",
+                ));
+            }
+            Some(read_only) => txn.read_only = read_only,
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Keeps `plan` for repeated execution, optimized once where that is safe.
+    pub(crate) async fn cache(&self, plan: LogicalPlan) -> Result<CachedPlan> {
+        // Optimizing needs no per-query state: plans that read the clock are
+        // not optimized here.
+        CachedPlan::new(&self.planning_state, plan).await
+    }
+
+    /// Plans a statement with DataFusion against the current catalog.
+    pub(crate) async fn plan(&self, mut statement: ast::Statement) -> Result<LogicalPlan> {
+        crate::names::disambiguate_select_items(&mut statement);
+        crate::names::name_function_columns_after_their_alias(&mut statement);
+        // SQL-to-plan translation evaluates nothing, so the session's state
+        // serves (its query start time is not read).
+        self.planning_state
+            .statement_to_plan(DfStatement::Statement(Box::new(statement)))
+            .await
+            .map_err(from_datafusion)
+    }
+
+    /// `sluice.max_transaction_bytes` in bytes: a block's writes, the old
+    /// values it checks and the reads it records must fit in one Raft
+    /// command, so at most three quarters of the command limit.
+    fn transaction_limit_of(&self, value: &str) -> Result<usize> {
+        let most = self.db.raft().max_command_bytes() / 4 * 3;
+        match parse_bytes(value) {
+            Some(bytes) if (1024..=most).contains(&bytes) => Ok(bytes),
+            _ => Err(Error::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!(
+                    "invalid value for parameter \"sluice.max_transaction_bytes\": \"{value}\""
+                ),
+            )
+            .with_detail(format!(
+                "Give a size from 1kB to {}MB (three quarters of the Raft command limit).",
+                most >> 20
+            ))),
+        }
+    }
+
+    pub(crate) fn transaction_limit(&self) -> Result<usize> {
+        self.transaction_limit_of(&self.setting("sluice.max_transaction_bytes"))
+    }
+
+    pub(crate) fn default_isolation(&self) -> Result<IsolationLevel> {
+        IsolationLevel::parse(&self.setting("default_transaction_isolation"))
+    }
+
+    pub(crate) fn default_read_only(&self) -> Result<bool> {
+        parse_bool_setting(
+            "default_transaction_read_only",
+            &self.setting("default_transaction_read_only"),
+        )
+    }
+
+    /// Opens an implicit transaction block unless a block is open: the
+    /// statements of one multi-statement query run in it, as in PostgreSQL,
+    /// and it ends with [`Self::finish_implicit`].
+    pub(crate) fn begin_implicit(&mut self) -> Result<()> {
+        let isolation = self.default_isolation()?;
+        let read_only = self.default_read_only()?;
+        let limit = self.transaction_limit()?;
+        let mut txn = self.txn.lock().expect("transaction lock");
+        if txn.is_none() {
+            let mut implicit =
+                Transaction::new(self.db.transactions.clone(), isolation, read_only, limit);
+            implicit.implicit = true;
+            *txn = Some(implicit);
+        }
+        Ok(())
+    }
+
+    /// Ends the implicit block if one is open: commits it when its
+    /// statements succeeded (the commit itself can fail, with 40001),
+    /// otherwise discards it. An explicit block is left alone.
+    pub(crate) async fn finish_implicit(&mut self, succeeded: bool) -> Result<()> {
+        let implicit = matches!(
+            &*self.txn.lock().expect("transaction lock"),
+            Some(txn) if txn.implicit
+        );
+        if !implicit {
+            return Ok(());
+        }
+        if succeeded {
+            self.commit().await?;
+        } else {
+            self.txn.lock().expect("transaction lock").take();
+        }
+        Ok(())
+    }
+
+    /// BEGIN: opens a block with `modes` over the session's defaults. Inside
+    /// an open block PostgreSQL warns (an implicit block just becomes
+    /// explicit) and then applies the modes under SET TRANSACTION's rules,
+    /// so a client that opened the block itself (psycopg, pgJDBC) still gets
+    /// the level its application's BEGIN asks for.
+    pub(crate) fn begin(&mut self, modes: TransactionModes) -> Result<()> {
+        let limit = self.transaction_limit()?;
+        let mut txn = self.txn.lock().expect("transaction lock");
+        if let Some(open) = txn.as_mut() {
+            if open.implicit {
+                open.implicit = false;
+            } else {
+                self.notices.push(Error::new(
+                    sqlstate::ACTIVE_SQL_TRANSACTION,
+                    "there is already a transaction in progress",
+                ));
+            }
+            drop(txn);
+            return self.set_transaction_modes(modes);
+        }
+        let isolation = match modes.isolation {
+            Some(level) => level,
+            None => self.default_isolation()?,
+        };
+        let read_only = match modes.read_only {
+            Some(read_only) => read_only,
+            None => self.default_read_only()?,
+        };
+        *txn = Some(Transaction::new(
+            self.db.transactions.clone(),
+            isolation,
+            read_only,
+            limit,
+        ));
+        Ok(())
+    }
+
+    /// ROLLBACK: discards the open block, warning when there is none.
+    pub(crate) fn rollback(&mut self) {
+        if self.txn.lock().expect("transaction lock").take().is_none() {
+            self.no_transaction_notice();
+        }
+    }
+
+    /// Every setting back to its default (DISCARD ALL).
+    pub(crate) fn reset_settings(&mut self) {
+        self.settings = default_settings();
+    }
+
+    /// Proposes row mutations of `table` with their index upkeep: through
+    /// Raft outside a block, into the block's write set inside one.
+    /// Rejections by the replicas' rules become PostgreSQL errors that name
+    /// the table and key.
+    pub(crate) async fn propose(
+        &self,
+        table: &TableDef,
+        mutations: Vec<sluice_raftstore::Mutation>,
+    ) -> Result<sluice_raftstore::ApplyOutcome> {
+        if mutations.is_empty() {
+            return Ok(Default::default());
+        }
+        let mutations = crate::index::with_index_upkeep(table, mutations)?;
+        let result = if self.transaction_state() == TransactionState::Idle {
+            self.db.raft().propose(Command { mutations }).await
+        } else {
+            self.write_in_transaction(mutations)?
+                .map_err(sluice_raftstore::Error::Apply)
+        };
+        match result {
+            Ok(outcome) => Ok(outcome),
+            Err(sluice_raftstore::Error::Apply(ApplyError::DuplicateKey { key })) => {
+                Err(Error::new(
+                    sqlstate::UNIQUE_VIOLATION,
+                    format!(
+                        "duplicate key value violates unique constraint \"{}_pkey\"",
+                        table.name
+                    ),
+                )
+                .with_detail(format!("Key {} already exists.", table.describe_key(&key))))
+            }
+            Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    /// Runs a logical plan against `snapshot`, streaming its batches.
+    pub(crate) async fn run(
+        &self,
+        plan: &LogicalPlan,
+        snapshot: Arc<dyn Snapshot>,
+    ) -> Result<SendableRecordBatchStream> {
+        self.run_plan(plan, false, snapshot).await
+    }
+
+    /// Runs a bound [`CachedPlan`]: its kept physical plan, else its logical
+    /// plan, skipping the optimizer if it has run.
+    pub(crate) async fn run_cached(
+        &self,
+        plan: &CachedPlan,
+        snapshot: Arc<dyn Snapshot>,
+    ) -> Result<SendableRecordBatchStream> {
+        match plan.physical() {
+            Some(physical) => self.run_physical(physical.clone(), snapshot),
+            None => {
+                self.run_plan(plan.plan(), plan.is_optimized(), snapshot)
+                    .await
+            }
+        }
+    }
+
+    async fn run_plan(
+        &self,
+        plan: &LogicalPlan,
+        optimized: bool,
+        snapshot: Arc<dyn Snapshot>,
+    ) -> Result<SendableRecordBatchStream> {
+        let physical = if optimized {
+            self.planning_state
+                .query_planner()
+                .create_physical_plan(plan, &self.planning_state)
+                .await
+        } else {
+            // Optimized now, so `now()` and friends fold to this statement's
+            // start time.
+            let mut state = self.planning_state.clone();
+            state.mark_start_execution();
+            state.create_physical_plan(plan).await
+        }
+        .map_err(from_datafusion)?;
+        self.run_physical(physical, snapshot)
+    }
+
+    fn run_physical(
+        &self,
+        physical: Arc<dyn ExecutionPlan>,
+        snapshot: Arc<dyn Snapshot>,
+    ) -> Result<SendableRecordBatchStream> {
+        let state = &self.planning_state;
+        let mut config = state.config().clone();
+        config.set_extension(Arc::new(ReadView { snapshot }));
+        // Execution looks functions up nowhere (they are resolved into the
+        // physical plan), so the task carries no copies of the registries.
+        let task = TaskContext::new(
+            None,
+            state.session_id().to_string(),
+            config,
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            HashMap::new(),
+            state.runtime_env().clone(),
+        );
+        if is_point_sized(physical.as_ref()) {
+            // A point lookup or an INSERT's VALUES computes for microseconds:
+            // the two thread hand-offs to the query runtime and back would cost
+            // more than the plan itself (see [`is_point_sized`]).
+            return execute_stream(physical, Arc::new(task)).map_err(from_datafusion);
+        }
+        // The plan runs on the query runtime (see [`query_runtime`]): one
+        // batch of a join can compute for seconds without yielding, and the
+        // connection's runtime must stay free to answer a cancel or
+        // statement_timeout on time. `execute` itself runs there too, since
+        // operators such as CoalescePartitionsExec spawn their partitions'
+        // tasks from it. Dropping the returned stream aborts the task.
+        let runtime = query_runtime()?;
+        let mut builder = RecordBatchReceiverStream::builder(physical.schema(), 2);
+        let tx = builder.tx();
+        builder.spawn_on(
+            async move {
+                let mut stream = execute_stream(physical, Arc::new(task))?;
+                while let Some(batch) = stream.next().await {
+                    if tx.send(batch).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(())
+            },
+            runtime,
+        );
+        Ok(builder.build())
+    }
+
+    pub(crate) fn apply_set(&mut self, name: &str, value: Option<String>) -> Result<()> {
+        let mut value = match value {
+            Some(v) => v,
+            None => default_settings().get(name).cloned().unwrap_or_default(),
+        };
+        match name {
+            "transaction_isolation" => {
+                return self.set_transaction_modes(TransactionModes {
+                    isolation: Some(IsolationLevel::parse(&value)?),
+                    read_only: None,
+                });
+            }
+            "transaction_read_only" => {
+                return self.set_transaction_modes(TransactionModes {
+                    isolation: None,
+                    read_only: Some(parse_bool_setting(name, &value)?),
+                });
+            }
+            "default_transaction_read_only" => {
+                value = on_off(parse_bool_setting(name, &value)?).to_string();
+            }
+            "default_transaction_isolation" => {
+                IsolationLevel::parse(&value)?;
+            }
+            "sluice.max_transaction_bytes" => {
+                self.transaction_limit_of(&value)?;
+            }
+            "sluice.read_consistency" => {
+                ReadConsistency::parse(&value)?;
+            }
+            "statement_timeout"
+            | "lock_timeout"
+            | "idle_in_transaction_session_timeout"
+            | "sluice.fetch_timeout"
+                if parse_duration_ms(&value).is_none() =>
+            {
+                return Err(Error::new(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("invalid value for parameter \"{name}\": \"{value}\""),
+                ));
+            }
+            "TimeZone"
+                if !matches!(
+                    value.to_ascii_uppercase().as_str(),
+                    "UTC" | "GMT" | "Z" | "ETC/UTC" | "+00:00"
+                ) =>
+            {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("time zone \"{value}\" is not supported yet; sessions run in UTC"),
+                ));
+            }
+            "client_encoding"
+                if !matches!(
+                    value.to_ascii_uppercase().replace('-', "").as_str(),
+                    "UTF8" | "UNICODE"
+                ) =>
+            {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("client_encoding \"{value}\" is not supported; only UTF8"),
+                ));
+            }
+            "server_version"
+            | "server_encoding"
+            | "integer_datetimes"
+            | "server_version_num"
+            | "max_identifier_length"
+            | "is_superuser" => {
+                return Err(Error::new(
+                    sqlstate::INVALID_PARAMETER_VALUE,
+                    format!("parameter \"{name}\" cannot be changed"),
+                ));
+            }
+            _ => {}
+        }
+        if REPORTED.contains(&name) && self.settings.get(name) != Some(&value) {
+            self.changed.push((name.to_string(), value.clone()));
+        }
+        self.settings.insert(name.to_string(), value);
+        Ok(())
+    }
+}
