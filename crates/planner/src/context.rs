@@ -944,3 +944,94 @@ impl Context {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{database, exec, rows, run, sqlstate_of, Reply};
+
+    fn texts(values: &[&[&str]]) -> Vec<Vec<String>> {
+        values
+            .iter()
+            .map(|row| row.iter().map(|v| v.to_string()).collect())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_block_sees_its_own_writes_and_others_see_them_only_after_commit() {
+        let test = database().await;
+        let (mut a, mut b) = (test.session(), test.session());
+        exec(&mut a, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+        exec(&mut a, "BEGIN; INSERT INTO t VALUES (1, 'x')").await;
+        assert_eq!(
+            rows(&mut a, "SELECT id, v FROM t").await,
+            texts(&[&["1", "x"]])
+        );
+        assert_eq!(rows(&mut b, "SELECT id FROM t").await, texts(&[]));
+        assert_eq!(
+            run(&mut a, "COMMIT").await.unwrap(),
+            Reply::Tag("COMMIT".into())
+        );
+        assert_eq!(rows(&mut b, "SELECT id FROM t").await, texts(&[&["1"]]));
+    }
+
+    #[tokio::test]
+    async fn a_failed_block_refuses_statements_until_rollback_which_discards_it() {
+        let test = database().await;
+        let mut a = test.session();
+        exec(&mut a, "CREATE TABLE t (id int PRIMARY KEY)").await;
+        exec(&mut a, "BEGIN; INSERT INTO t VALUES (1)").await;
+        assert_eq!(sqlstate_of(&mut a, "SELECT 1/0").await, "22012");
+        assert_eq!(sqlstate_of(&mut a, "SELECT 1").await, "25P02");
+        // COMMIT of a failed block rolls it back, as in PostgreSQL.
+        assert_eq!(
+            run(&mut a, "COMMIT").await.unwrap(),
+            Reply::Tag("ROLLBACK".into())
+        );
+        assert_eq!(
+            rows(&mut a, "SELECT count(*) FROM t").await,
+            texts(&[&["0"]])
+        );
+        exec(&mut a, "BEGIN; INSERT INTO t VALUES (2); ROLLBACK").await;
+        assert_eq!(
+            rows(&mut a, "SELECT count(*) FROM t").await,
+            texts(&[&["0"]])
+        );
+    }
+
+    #[tokio::test]
+    async fn read_only_transactions_refuse_writes() {
+        let test = database().await;
+        let mut a = test.session();
+        exec(&mut a, "CREATE TABLE t (id int PRIMARY KEY)").await;
+        exec(&mut a, "BEGIN READ ONLY").await;
+        assert_eq!(
+            sqlstate_of(&mut a, "INSERT INTO t VALUES (1)").await,
+            "25006"
+        );
+        exec(&mut a, "ROLLBACK; SET default_transaction_read_only = on").await;
+        assert_eq!(
+            sqlstate_of(&mut a, "INSERT INTO t VALUES (1)").await,
+            "25006"
+        );
+        assert_eq!(
+            rows(&mut a, "SELECT count(*) FROM t").await,
+            texts(&[&["0"]])
+        );
+    }
+
+    #[tokio::test]
+    async fn the_second_of_two_blocks_updating_one_row_fails_at_commit_with_40001() {
+        let test = database().await;
+        let (mut a, mut b) = (test.session(), test.session());
+        exec(
+            &mut a,
+            "CREATE TABLE t (id int PRIMARY KEY, n int); INSERT INTO t VALUES (1, 0)",
+        )
+        .await;
+        exec(&mut a, "BEGIN; UPDATE t SET n = n + 1 WHERE id = 1").await;
+        exec(&mut b, "BEGIN; UPDATE t SET n = n + 10 WHERE id = 1").await;
+        exec(&mut a, "COMMIT").await;
+        assert_eq!(sqlstate_of(&mut b, "COMMIT").await, "40001");
+        assert_eq!(rows(&mut b, "SELECT n FROM t").await, texts(&[&["1"]]));
+    }
+}

@@ -920,3 +920,69 @@ pub(crate) async fn drop_topics(
     change.commit(session).await?;
     Ok(Output::Command(CommandTag::new("DROP TOPIC")))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{database, exec, rows, run, sqlstate_of};
+
+    #[tokio::test]
+    async fn tables_are_created_and_dropped_once_with_postgresql_sqlstates() {
+        let test = database().await;
+        let mut s = test.session();
+        exec(&mut s, "CREATE TABLE t (id int PRIMARY KEY)").await;
+        assert_eq!(
+            sqlstate_of(&mut s, "CREATE TABLE t (id int)").await,
+            "42P07"
+        );
+        exec(&mut s, "CREATE TABLE IF NOT EXISTS t (id int)").await;
+        assert_eq!(
+            sqlstate_of(&mut s, "CREATE TABLE u (a int, a int)").await,
+            "42701"
+        );
+        assert_eq!(
+            sqlstate_of(&mut s, "CREATE TABLE u (a nosuchtype)").await,
+            "42704"
+        );
+        exec(&mut s, "DROP TABLE t").await;
+        assert_eq!(sqlstate_of(&mut s, "DROP TABLE t").await, "42P01");
+        exec(&mut s, "DROP TABLE IF EXISTS t").await;
+        assert_eq!(sqlstate_of(&mut s, "SELECT * FROM t").await, "42P01");
+        assert_eq!(
+            sqlstate_of(&mut s, "DROP TABLE sluice_catalog.consumer_offsets").await,
+            "42501"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_index_built_over_existing_rows_answers_and_keeps_up_with_writes() {
+        let test = database().await;
+        let mut s = test.session();
+        run(
+            &mut s,
+            "CREATE TABLE t (id int PRIMARY KEY, email text); \
+             INSERT INTO t VALUES (1, 'a@x'), (2, 'b@x')",
+        )
+        .await
+        .unwrap();
+        exec(&mut s, "CREATE INDEX t_email ON t (email)").await;
+        exec(
+            &mut s,
+            "INSERT INTO t VALUES (3, 'b@x'); UPDATE t SET email = 'c@x' WHERE id = 2",
+        )
+        .await;
+        let plan = rows(&mut s, "EXPLAIN SELECT id FROM t WHERE email = 'b@x'").await;
+        assert!(
+            plan.iter().flatten().any(|line| line.contains("t_email")),
+            "the lookup reads the index: {plan:?}"
+        );
+        assert_eq!(
+            rows(&mut s, "SELECT id FROM t WHERE email = 'b@x'").await,
+            vec![vec!["3".to_string()]]
+        );
+        // Unique indexes are not built yet, and say so.
+        assert_eq!(
+            sqlstate_of(&mut s, "CREATE UNIQUE INDEX u ON t (email)").await,
+            "0A000"
+        );
+    }
+}

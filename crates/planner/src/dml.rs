@@ -877,3 +877,58 @@ fn delete(rows: Vec<InputRow>, snapshot: &dyn Snapshot) -> Result<PlannedWrites>
 fn get(snapshot: &dyn Snapshot, key: &[u8]) -> Result<Option<Vec<u8>>> {
     snapshot.get(Keyspace::Data, key).map_err(storage_error)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{database, exec, rows, run, sqlstate_of, Reply};
+
+    #[tokio::test]
+    async fn writes_count_their_rows_and_return_what_they_wrote() {
+        let test = database().await;
+        let mut s = test.session();
+        exec(
+            &mut s,
+            "CREATE TABLE t (id int PRIMARY KEY, n int NOT NULL)",
+        )
+        .await;
+        assert_eq!(
+            run(
+                &mut s,
+                "INSERT INTO t SELECT x, x * 10 FROM generate_series(1, 5) AS g(x)"
+            )
+            .await
+            .unwrap(),
+            Reply::Tag("INSERT 5".into())
+        );
+        assert_eq!(
+            run(&mut s, "UPDATE t SET n = n + 1 WHERE id > 3")
+                .await
+                .unwrap(),
+            Reply::Tag("UPDATE 2".into())
+        );
+        assert_eq!(
+            rows(&mut s, "DELETE FROM t WHERE n > 40 RETURNING id, n").await,
+            vec![
+                vec!["4".to_string(), "41".to_string()],
+                vec!["5".to_string(), "51".to_string()]
+            ]
+        );
+        assert_eq!(
+            sqlstate_of(&mut s, "INSERT INTO t VALUES (1, 0)").await,
+            "23505"
+        );
+        assert_eq!(
+            sqlstate_of(&mut s, "INSERT INTO t VALUES (9, NULL)").await,
+            "23502"
+        );
+        assert_eq!(sqlstate_of(&mut s, "UPDATE t SET n = NULL").await, "23502");
+        assert_eq!(
+            rows(&mut s, "SELECT id, n FROM t ORDER BY id").await,
+            vec![
+                vec!["1".to_string(), "10".to_string()],
+                vec!["2".to_string(), "20".to_string()],
+                vec!["3".to_string(), "30".to_string()]
+            ]
+        );
+    }
+}

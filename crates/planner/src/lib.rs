@@ -85,6 +85,8 @@ mod stream_sql;
 mod subplan;
 mod system_views;
 mod table;
+#[cfg(test)]
+mod testing;
 mod topic;
 mod transaction;
 mod types;

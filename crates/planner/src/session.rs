@@ -867,3 +867,60 @@ fn aborted_block() -> Error {
         "current transaction is aborted, commands ignored until end of transaction block",
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{database, exec, rows, run, sqlstate_of, Reply};
+
+    #[tokio::test]
+    async fn sql_prepare_execute_and_deallocate() {
+        let test = database().await;
+        let mut s = test.session();
+        exec(&mut s, "CREATE TABLE t (id int PRIMARY KEY, v text)").await;
+        exec(
+            &mut s,
+            "PREPARE ins (int, text) AS INSERT INTO t VALUES ($1, $2)",
+        )
+        .await;
+        assert_eq!(
+            run(&mut s, "EXECUTE ins (1, 'one'); EXECUTE ins (2, 'two')")
+                .await
+                .unwrap(),
+            Reply::Tag("INSERT 1".into())
+        );
+        assert_eq!(
+            sqlstate_of(&mut s, "PREPARE ins AS SELECT 1").await,
+            "42P05"
+        );
+        assert_eq!(sqlstate_of(&mut s, "EXECUTE ins (3)").await, "42601");
+        exec(&mut s, "PREPARE get AS SELECT v FROM t WHERE id = $1").await;
+        assert_eq!(
+            rows(&mut s, "EXECUTE get (2)").await,
+            vec![vec!["two".to_string()]]
+        );
+        exec(&mut s, "DEALLOCATE get").await;
+        assert_eq!(sqlstate_of(&mut s, "EXECUTE get (2)").await, "26000");
+    }
+
+    #[tokio::test]
+    async fn a_prepared_query_is_planned_again_after_ddl_unless_its_rows_change_shape() {
+        let test = database().await;
+        let mut s = test.session();
+        exec(
+            &mut s,
+            "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1)",
+        )
+        .await;
+        exec(
+            &mut s,
+            "PREPARE star AS SELECT * FROM t; PREPARE ids AS SELECT id FROM t",
+        )
+        .await;
+        exec(&mut s, "ALTER TABLE t ADD COLUMN v text").await;
+        assert_eq!(
+            rows(&mut s, "EXECUTE ids").await,
+            vec![vec!["1".to_string()]]
+        );
+        assert_eq!(sqlstate_of(&mut s, "EXECUTE star").await, "0A000");
+    }
+}

@@ -503,15 +503,7 @@ impl SluiceScanExec {
         limit: Option<usize>,
         batch_size: usize,
     ) -> Self {
-        let properties = Arc::new(
-            PlanProperties::new(
-                EquivalenceProperties::new(schema.clone()),
-                Partitioning::UnknownPartitioning(1),
-                EmissionType::Incremental,
-                Boundedness::Bounded,
-            )
-            .with_scheduling_type(SchedulingType::Cooperative),
-        );
+        let properties = scan_properties(&schema);
         Self {
             def,
             schema,
@@ -642,15 +634,9 @@ impl ExecutionPlan for SluiceScanExec {
                 "a key range scan ran before its parameters were bound".to_string(),
             ));
         }
-        let view = context
-            .session_config()
-            .get_extension::<ReadView>()
-            .ok_or_else(|| {
-                DataFusionError::Internal("table scan executed without a read snapshot".to_string())
-            })?;
         let mut reader = ScanReader {
             def: self.def.clone(),
-            snapshot: view.snapshot.clone(),
+            snapshot: scan_snapshot(&context, "table scan")?,
             schema: self.schema.clone(),
             projection: self.projection.clone(),
             with_key: self.with_key,
@@ -659,17 +645,51 @@ impl ExecutionPlan for SluiceScanExec {
             remaining: self.limit.unwrap_or(usize::MAX),
             batch_size: self.batch_size,
         };
-        let schema = self.schema.clone();
-        let stream = futures::stream::poll_fn(move |_cx| {
-            std::task::Poll::Ready(reader.next_batch().transpose())
-        });
-        // Reading never waits, so without tokio's budget a CPU-bound plan over
-        // this scan would never yield: cancel, statement_timeout and shutdown
-        // could not interrupt it.
-        Ok(make_cooperative(Box::pin(RecordBatchStreamAdapter::new(
-            schema, stream,
-        ))))
+        Ok(scan_stream(self.schema.clone(), move || {
+            reader.next_batch()
+        }))
     }
+}
+
+/// The properties of a key-order scan: one partition, batches as they are
+/// read, cooperative with tokio's budget.
+pub(crate) fn scan_properties(schema: &SchemaRef) -> Arc<PlanProperties> {
+    Arc::new(
+        PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(1),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        )
+        .with_scheduling_type(SchedulingType::Cooperative),
+    )
+}
+
+/// The snapshot a scan reads: the session's, carried by the task's config.
+pub(crate) fn scan_snapshot(
+    context: &TaskContext,
+    what: &str,
+) -> datafusion::common::Result<Arc<dyn Snapshot>> {
+    context
+        .session_config()
+        .get_extension::<ReadView>()
+        .map(|view| view.snapshot.clone())
+        .ok_or_else(|| {
+            DataFusionError::Internal(format!("{what} executed without a read snapshot"))
+        })
+}
+
+/// A stream of the batches `next_batch` reads until it returns `None`.
+/// Reading never waits, so without tokio's budget a CPU-bound plan over a
+/// scan would never yield: cancel, statement_timeout and shutdown could not
+/// interrupt it.
+pub(crate) fn scan_stream(
+    schema: SchemaRef,
+    mut next_batch: impl FnMut() -> datafusion::common::Result<Option<RecordBatch>> + Send + 'static,
+) -> SendableRecordBatchStream {
+    let stream =
+        futures::stream::poll_fn(move |_cx| std::task::Poll::Ready(next_batch().transpose()));
+    make_cooperative(Box::pin(RecordBatchStreamAdapter::new(schema, stream)))
 }
 
 struct ScanReader {

@@ -588,3 +588,52 @@ fn subscription_stream(
     });
     Box::pin(RecordBatchStreamAdapter::new(stream_schema, batches))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::testing::{database, exec, rows, run, sqlstate_of};
+
+    #[tokio::test]
+    async fn a_cursor_fetches_appended_records_and_a_group_commits_its_offsets() {
+        let test = database().await;
+        let mut s = test.session();
+        run(
+            &mut s,
+            "CREATE TOPIC events (id bigint, what text) WITH (partitions = 1); \
+             INSERT INTO events VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+        )
+        .await
+        .unwrap();
+        exec(&mut s, "DECLARE c CURSOR FOR SUBSCRIBE events GROUP 'g'").await;
+        let fetched = rows(&mut s, "FETCH 2 FROM c WITH (timeout = '0s')").await;
+        let offsets_and_ids: Vec<(&str, &str)> = fetched
+            .iter()
+            .map(|row| (row[1].as_str(), row[3].as_str()))
+            .collect();
+        assert_eq!(offsets_and_ids, [("0", "1"), ("1", "2")]);
+        exec(&mut s, "COMMIT OFFSETS FOR c").await;
+        assert_eq!(
+            rows(
+                &mut s,
+                "SELECT group_name, partition, next_offset FROM sluice_catalog.consumer_offsets"
+            )
+            .await,
+            vec![vec!["g".to_string(), "0".to_string(), "2".to_string()]]
+        );
+        exec(&mut s, "CLOSE c").await;
+        assert_eq!(sqlstate_of(&mut s, "FETCH 1 FROM c").await, "34000");
+        // A new member of the group starts where the group committed.
+        exec(&mut s, "DECLARE d CURSOR FOR SUBSCRIBE events GROUP 'g'").await;
+        let rest = rows(&mut s, "FETCH ALL FROM d WITH (timeout = '0s')").await;
+        assert_eq!(
+            rest.iter().map(|row| row[3].as_str()).collect::<Vec<_>>(),
+            ["3"]
+        );
+        exec(&mut s, "DECLARE plain CURSOR FOR SUBSCRIBE events").await;
+        assert_eq!(
+            sqlstate_of(&mut s, "COMMIT OFFSETS FOR plain").await,
+            "55000"
+        );
+        assert_eq!(sqlstate_of(&mut s, "SUBSCRIBE nosuch").await, "42P01");
+    }
+}

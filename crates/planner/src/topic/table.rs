@@ -14,20 +14,15 @@ use datafusion::datasource::TableType;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::utils::split_conjunction;
 use datafusion::logical_expr::{BinaryExpr, Expr, Operator, TableProviderFilterPushDown};
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::coop::make_cooperative;
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, SchedulingType};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties,
-};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use sluice_engine::{Snapshot, ValueKind};
 use sluice_stream::topic as log;
 
 use super::records::{records_to_batch, user_kinds};
 use crate::catalog::TableDef;
 use crate::error::{stream_error, Error};
-use crate::table::ReadView;
+use crate::table::{scan_properties, scan_snapshot, scan_stream};
 
 /// `SELECT … FROM topic`: every retained record, partition by partition in
 /// offset order. `_partition = n` and bounds on `_offset` narrow the read.
@@ -206,15 +201,7 @@ impl TableProvider for TopicTable {
             None => (0..self.schema.fields().len()).collect(),
         };
         let schema = Arc::new(self.schema.project(&projection)?);
-        let properties = Arc::new(
-            PlanProperties::new(
-                EquivalenceProperties::new(schema.clone()),
-                Partitioning::UnknownPartitioning(1),
-                EmissionType::Incremental,
-                Boundedness::Bounded,
-            )
-            .with_scheduling_type(SchedulingType::Cooperative),
-        );
+        let properties = scan_properties(&schema);
         Ok(Arc::new(TopicScanExec {
             def: self.def.clone(),
             schema,
@@ -285,12 +272,6 @@ impl ExecutionPlan for TopicScanExec {
         _partition: usize,
         context: Arc<TaskContext>,
     ) -> datafusion::common::Result<SendableRecordBatchStream> {
-        let view = context
-            .session_config()
-            .get_extension::<ReadView>()
-            .ok_or_else(|| {
-                DataFusionError::Internal("topic scan executed without a read snapshot".into())
-            })?;
         let partitions = self.def.topic.as_ref().map_or(1, |t| t.partitions);
         let partitions: Vec<u32> = match self.range.partition {
             _ if self.range.empty => Vec::new(),
@@ -301,7 +282,7 @@ impl ExecutionPlan for TopicScanExec {
         let mut reader = TopicScanReader {
             def: self.def.clone(),
             kinds: user_kinds(&self.def),
-            snapshot: view.snapshot.clone(),
+            snapshot: scan_snapshot(&context, "topic scan")?,
             schema: self.schema.clone(),
             projection: self.projection.clone(),
             partitions,
@@ -311,13 +292,9 @@ impl ExecutionPlan for TopicScanExec {
             remaining: self.limit.unwrap_or(usize::MAX),
             batch_size: self.batch_size,
         };
-        let schema = self.schema.clone();
-        let stream = futures::stream::poll_fn(move |_cx| {
-            std::task::Poll::Ready(reader.next_batch().transpose())
-        });
-        Ok(make_cooperative(Box::pin(RecordBatchStreamAdapter::new(
-            schema, stream,
-        ))))
+        Ok(scan_stream(self.schema.clone(), move || {
+            reader.next_batch()
+        }))
     }
 }
 
