@@ -70,6 +70,11 @@ fn psycopg_default_mode_gets_the_isolation_level_the_application_asks_for() {
 }
 
 #[test]
+fn psycopg_default_mode_runs_a_migration_as_one_transaction() {
+    run_psycopg("psycopg_migration.py");
+}
+
+#[test]
 fn psycopg_consumes_a_topic_with_a_group_cursor() {
     run_psycopg("psycopg_topic.py");
 }

@@ -230,13 +230,19 @@ async fn topics_refuse_what_an_append_only_log_cannot_do() {
             .await,
         "42501",
     );
-    // Topic DDL, like table DDL, commits on its own.
-    batch(&client, "BEGIN").await;
-    expect_sqlstate(
-        client.batch_execute("CREATE TOPIC in_block (a int)").await,
-        "0A000",
-    );
+    // Topic DDL, like table DDL, belongs to its block: rolled back, the topic never was.
+    batch(
+        &client,
+        "BEGIN; CREATE TOPIC in_block (a int); INSERT INTO in_block VALUES (1)",
+    )
+    .await;
     batch(&client, "ROLLBACK").await;
+    expect_sqlstate(
+        client
+            .batch_execute("DECLARE gone CURSOR FOR SUBSCRIBE in_block")
+            .await,
+        "42P01",
+    );
     // The server is fine after all of it.
     assert_eq!(simple_counts(&client, "SELECT 1").await, vec![1]);
 }

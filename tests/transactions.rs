@@ -133,15 +133,14 @@ async fn an_error_fails_the_block_until_rollback() {
         vec![1]
     );
 
-    // DDL in a block is refused clearly, and fails the block like any error.
-    batch(&client, "BEGIN").await;
-    expect_sqlstate(
-        client
-            .simple_query("CREATE TABLE t (a int PRIMARY KEY)")
-            .await,
-        "0A000",
-    );
+    // DROP TABLE in a block is taken back by ROLLBACK.
+    batch(&client, "BEGIN; DROP TABLE accounts").await;
+    expect_sqlstate(client.simple_query("SELECT * FROM accounts").await, "42P01");
     batch(&client, "ROLLBACK").await;
+    assert_eq!(
+        simple_counts(&client, "SELECT * FROM accounts").await,
+        vec![1]
+    );
     // An unknown level is refused.
     expect_sqlstate(
         client
@@ -1020,4 +1019,84 @@ async fn serializable_withdrawals_keep_every_pair_non_negative() {
         retries.load(Ordering::Relaxed) > 0,
         "no operation ever conflicted: the test did not exercise concurrency"
     );
+}
+
+/// DDL in a block is part of the block, as in PostgreSQL: the block sees its
+/// own tables and indexes, others see them only after COMMIT, ROLLBACK (or
+/// ROLLBACK TO SAVEPOINT) takes them back, and two blocks changing the
+/// catalog at once cannot both commit.
+#[tokio::test]
+async fn ddl_in_a_block_commits_and_rolls_back_with_it() {
+    let server = TestServer::start();
+    let a = server.client().await;
+    let b = server.client().await;
+
+    batch(
+        &a,
+        "BEGIN; CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL); \
+         INSERT INTO users VALUES (1, 'a@x'), (2, 'b@x'); \
+         CREATE INDEX users_email ON users (email)",
+    )
+    .await;
+    assert_eq!(
+        simple_rows(&a, "SELECT id FROM users WHERE email = 'b@x'").await,
+        vec![vec![s("2")]]
+    );
+    let plan = simple_rows(&a, "EXPLAIN SELECT id FROM users WHERE email = 'b@x'").await;
+    assert!(
+        format!("{plan:?}").contains("users_email"),
+        "the block's own index serves its reads: {plan:?}"
+    );
+    expect_sqlstate(b.simple_query("SELECT * FROM users").await, "42P01");
+    batch(&a, "COMMIT").await;
+    assert_eq!(
+        simple_rows(&b, "SELECT id FROM users WHERE email = 'a@x'").await,
+        vec![vec![s("1")]]
+    );
+
+    // Rolled back, the table never existed; a savepoint takes back only what followed it.
+    batch(
+        &a,
+        "BEGIN; CREATE TABLE gone (a int); SAVEPOINT s; \
+         ALTER TABLE users ADD COLUMN nickname text; ROLLBACK TO SAVEPOINT s",
+    )
+    .await;
+    expect_sqlstate(a.simple_query("SELECT nickname FROM users").await, "42703");
+    batch(&a, "ROLLBACK").await;
+    expect_sqlstate(b.simple_query("SELECT * FROM gone").await, "42P01");
+
+    // Two blocks that both change the catalog: the second to commit fails.
+    batch(&a, "BEGIN; CREATE TABLE one (a int)").await;
+    batch(&b, "BEGIN; CREATE TABLE two (a int)").await;
+    batch(&a, "COMMIT").await;
+    expect_sqlstate(b.simple_query("COMMIT").await, "40001");
+    assert_eq!(simple_counts(&b, "SELECT * FROM one").await, vec![0]);
+    expect_sqlstate(b.simple_query("SELECT * FROM two").await, "42P01");
+
+    // TRUNCATE in a block (pgbench -i's): the block sees the table empty and
+    // refills it; others see the old rows until COMMIT, then the new ones.
+    batch(&b, "INSERT INTO one VALUES (1), (2), (3)").await;
+    batch(&a, "BEGIN; TRUNCATE one; INSERT INTO one VALUES (9)").await;
+    assert_eq!(
+        simple_rows(&a, "SELECT a FROM one").await,
+        vec![vec![s("9")]]
+    );
+    assert_eq!(simple_counts(&b, "SELECT * FROM one").await, vec![3]);
+    batch(&a, "COMMIT").await;
+    assert_eq!(
+        simple_rows(&b, "SELECT a FROM one").await,
+        vec![vec![s("9")]]
+    );
+    batch(&a, "BEGIN; DROP TABLE one; COMMIT").await;
+    expect_sqlstate(b.simple_query("SELECT * FROM one").await, "42P01");
+    batch(&b, "CREATE TABLE one (a int)").await;
+
+    // An index on a table from outside the block would miss rows other
+    // sessions write meanwhile: refused, pointing at the online build.
+    batch(&a, "BEGIN").await;
+    expect_sqlstate(
+        a.simple_query("CREATE INDEX one_a ON one (a)").await,
+        "0A000",
+    );
+    batch(&a, "ROLLBACK").await;
 }

@@ -33,7 +33,7 @@ use sluice_raftstore::RaftNode;
 
 use crate::api::{CommandTag, Output};
 use crate::cached_plan::CachedPlan;
-use crate::catalog::{SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
+use crate::catalog::{CatalogState, SharedCatalog, TableDef, CATALOG_NAME, DEFAULT_SCHEMA};
 use crate::error::{from_datafusion, raft_error, sqlstate, Error, Result};
 use crate::parse::Statement;
 use crate::provider::SessionCatalog;
@@ -479,6 +479,7 @@ impl Context {
         if txn.failed {
             return Ok(Output::Command(CommandTag::new("ROLLBACK")));
         }
+        let changed_catalog = txn.catalog.is_some();
         if let Some(mutations) = txn.commit_command()? {
             let appended = crate::topic::append_size(&mutations);
             match self.db.raft().propose(Command { mutations }).await {
@@ -493,6 +494,10 @@ impl Context {
             }
         }
         txn.committed();
+        if changed_catalog {
+            // The block's DDL is everyone's now: load it before the next statement.
+            self.db.read_view().await?;
+        }
         Ok(Output::Command(CommandTag::new("COMMIT")))
     }
 
@@ -503,7 +508,7 @@ impl Context {
         | ApplyError::ReadConflict { key }
         | ApplyError::DuplicateKey { key }
         | ApplyError::CorruptLog { log: key }) = conflict;
-        let what = self.db.catalog.current().describe_data_key(key);
+        let what = self.catalog_state().describe_data_key(key);
         let (message, detail) = match conflict {
             ApplyError::ReadConflict { .. } => (
                 "could not serialize access due to read/write dependencies among transactions",
@@ -542,7 +547,72 @@ impl Context {
         name: &ast::ObjectName,
         access: crate::resolve::Access,
     ) -> Result<Arc<TableDef>> {
-        crate::resolve::require(&self.db.catalog.current(), name, access)
+        crate::resolve::require(&self.catalog_state(), name, access)
+    }
+
+    /// The catalog this session's statements see: the open block's own
+    /// after its DDL, else the one this node last loaded.
+    pub(crate) fn catalog_state(&self) -> Arc<CatalogState> {
+        self.block_catalog()
+            .unwrap_or_else(|| self.db.catalog.current())
+    }
+
+    /// The open block's own catalog, once its DDL changed it.
+    fn block_catalog(&self) -> Option<Arc<CatalogState>> {
+        self.txn
+            .lock()
+            .expect("transaction lock")
+            .as_ref()
+            .and_then(|txn| txn.catalog.clone())
+    }
+
+    /// Points DataFusion's view of the catalog at [`Self::catalog_state`];
+    /// the dispatch calls it around every statement, as a block's DDL,
+    /// ROLLBACK TO SAVEPOINT or end changes what the session sees.
+    pub(crate) fn sync_block_catalog(&self) {
+        self.catalog.set_block_catalog(self.block_catalog());
+    }
+
+    /// Writes a DDL command's catalog mutations (a version check and bump
+    /// among them). Outside a block they commit through Raft at once and the
+    /// node's catalog reloads; inside one they join the block's write set,
+    /// the block reads its own catalog from its view, and COMMIT validates
+    /// the version it read, so concurrent DDL fails one side with 40001.
+    pub(crate) async fn propose_ddl(
+        &self,
+        mutations: Vec<sluice_raftstore::Mutation>,
+    ) -> Result<()> {
+        let ddl_conflict = || {
+            Error::new(
+                sqlstate::SERIALIZATION_FAILURE,
+                "could not serialize DDL: the catalog was changed concurrently; retry",
+            )
+        };
+        if self.transaction_state() == TransactionState::Idle {
+            self.db
+                .raft()
+                .propose(Command { mutations })
+                .await
+                .map_err(|e| match e {
+                    sluice_raftstore::Error::Apply(ApplyError::Conflict { .. }) => ddl_conflict(),
+                    other => raft_error(other),
+                })?;
+            // Load the new catalog now so this session's next statement sees it.
+            self.db.read_view().await?;
+            return Ok(());
+        }
+        match self.write_in_transaction(mutations)? {
+            Ok(_) => {}
+            Err(ApplyError::Conflict { .. }) => return Err(ddl_conflict()),
+            Err(other) => return Err(raft_error(sluice_raftstore::Error::Apply(other))),
+        }
+        let view = self.read_view().await?;
+        let catalog = Arc::new(CatalogState::load(view.as_ref())?);
+        if let Some(txn) = &mut *self.txn.lock().expect("transaction lock") {
+            txn.catalog = Some(catalog);
+        }
+        self.sync_block_catalog();
+        Ok(())
     }
 
     /// Sets the open block's isolation level and access mode, with the checks

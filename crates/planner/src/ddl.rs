@@ -24,14 +24,15 @@ use crate::error::{from_datafusion, raft_error, sqlstate, Error, Result};
 use crate::index::{self, IndexColumn, IndexDef, IndexState};
 use crate::names::identifier;
 use crate::resolve::{self, Access};
+use crate::transaction::TransactionState;
 use crate::types::{value_at, SqlType};
 
 pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Result<Output> {
     if let ast::Statement::CreateIndex(create) = statement {
         return create_index(session, create).await;
     }
-    let snapshot = session.db.read_view().await?;
-    let catalog = session.db.catalog.current();
+    let snapshot = session.read_view().await?;
+    let catalog = session.catalog_state();
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     let tag = match statement {
         ast::Statement::CreateSchema {
@@ -232,25 +233,7 @@ impl CatalogChange {
 
     async fn commit(mut self, session: &Context) -> Result<()> {
         self.put(version_key(), (self.version + 1).to_be_bytes().to_vec());
-        session
-            .db
-            .raft()
-            .propose(Command {
-                mutations: self.mutations,
-            })
-            .await
-            .map_err(|e| match e {
-                sluice_raftstore::Error::Apply(sluice_raftstore::ApplyError::Conflict {
-                    ..
-                }) => Error::new(
-                    sqlstate::SERIALIZATION_FAILURE,
-                    "could not serialize DDL: the catalog was changed concurrently; retry",
-                ),
-                other => raft_error(other),
-            })?;
-        // Load the new catalog now so this session's next statement sees it.
-        session.db.read_view().await?;
-        Ok(())
+        session.propose_ddl(self.mutations).await
     }
 
     /// Allocates an id for a new table or index.
@@ -618,8 +601,8 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
             return unsupported(&format!("index method {using}"));
         }
     }
-    let snapshot = session.db.read_view().await?;
-    let catalog = session.db.catalog.current();
+    let snapshot = session.read_view().await?;
+    let catalog = session.catalog_state();
     let table = resolve::require(&catalog, &create.table_name, Access::Ddl)?;
     let mut columns = Vec::with_capacity(create.columns.len());
     for indexed in &create.columns {
@@ -672,6 +655,10 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
         }
     };
 
+    if session.transaction_state() != TransactionState::Idle {
+        return create_index_in_block(session, &table, snapshot.as_ref(), name, columns).await;
+    }
+
     // 1. The index appears write-only: every write from now on maintains it.
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     let id = change.allocate_id(snapshot.as_ref())?;
@@ -695,6 +682,47 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
             Err(error)
         }
     }
+}
+
+/// CREATE INDEX inside a transaction block: the index is public at once and
+/// its entries are computed from the block's view, all in the block's write
+/// set. Only a table the block created itself qualifies: no other session
+/// can see it, so none can write a row the entries would miss.
+async fn create_index_in_block(
+    session: &Context,
+    table: &TableDef,
+    snapshot: &dyn Snapshot,
+    name: String,
+    columns: Vec<IndexColumn>,
+) -> Result<Output> {
+    let shared = session.db.catalog.current();
+    if shared.table(&table.schema, &table.name).map(|t| t.id) == Some(table.id) {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "CREATE INDEX on a table that exists outside this transaction block cannot run inside one yet",
+        )
+        .with_detail(
+            "Run it outside BEGIN … COMMIT, where the index is built online while writes go on, \
+             or create the table in the same block.",
+        ));
+    }
+    let mut change = CatalogChange::begin(snapshot)?;
+    let id = change.allocate_id(snapshot)?;
+    let mut built = table.clone();
+    built.indexes.push(IndexDef {
+        id,
+        name,
+        columns,
+        state: IndexState::Public,
+    });
+    let index = built.indexes.last().expect("the index was just added");
+    let (entries, rest) =
+        index::backfill_page(table, index, snapshot, &table.rows_range(), usize::MAX)?;
+    debug_assert!(rest.is_none(), "one page holds every row");
+    change.mutations.extend(entries);
+    change.put(table_key(built.id), encode_json(&built));
+    change.commit(session).await?;
+    Ok(Output::Command(CommandTag::new("CREATE INDEX")))
 }
 
 async fn backfill_and_publish(session: &Context, table: &TableDef, index_id: u64) -> Result<()> {
@@ -771,8 +799,8 @@ pub(crate) async fn create_topic(
     session: &mut Context,
     create: &ast::CreateTable,
 ) -> Result<Output> {
-    let snapshot = session.db.read_view().await?;
-    let catalog = session.db.catalog.current();
+    let snapshot = session.read_view().await?;
+    let catalog = session.catalog_state();
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     let Some(mut def) = table_definition(session, &catalog, create)? else {
         return Ok(Output::Command(CommandTag::new("CREATE TOPIC")));
@@ -876,8 +904,8 @@ pub(crate) async fn alter_topic(
     name: &ast::ObjectName,
     given: &[(String, String)],
 ) -> Result<Output> {
-    let snapshot = session.db.read_view().await?;
-    let catalog = session.db.catalog.current();
+    let snapshot = session.read_view().await?;
+    let catalog = session.catalog_state();
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     let def = resolve::require(&catalog, name, Access::TopicDdl)?;
     let mut options = def.topic.clone().unwrap_or_default();
@@ -907,8 +935,8 @@ pub(crate) async fn drop_topics(
     names: &[ast::ObjectName],
     if_exists: bool,
 ) -> Result<Output> {
-    let snapshot = session.db.read_view().await?;
-    let catalog = session.db.catalog.current();
+    let snapshot = session.read_view().await?;
+    let catalog = session.catalog_state();
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     for name in names {
         match resolve::find(&catalog, name, Access::TopicDdl)? {

@@ -24,6 +24,8 @@ pub struct SessionCatalog {
     system_schemas: RwLock<HashMap<String, Arc<dyn SchemaProvider>>>,
     /// While DML is planned: the target table, and whether its scans expose the key column.
     dml_target: Mutex<Option<DmlTarget>>,
+    /// The open transaction block's catalog, once the block has run DDL.
+    block: RwLock<Option<Arc<CatalogState>>>,
 }
 
 impl fmt::Debug for SessionCatalog {
@@ -39,7 +41,20 @@ impl SessionCatalog {
             defaults,
             system_schemas: RwLock::default(),
             dml_target: Mutex::new(None),
+            block: RwLock::default(),
         }
+    }
+
+    /// The catalog statements of this session see: the open block's, if its
+    /// DDL changed the catalog, else the one this node last loaded.
+    pub(crate) fn current(&self) -> Arc<CatalogState> {
+        let block = self.block.read().unwrap_or_else(|e| e.into_inner()).clone();
+        block.unwrap_or_else(|| self.shared.current())
+    }
+
+    /// Follows the open block's catalog (`None` outside a block or before its DDL).
+    pub(crate) fn set_block_catalog(&self, catalog: Option<Arc<CatalogState>>) {
+        *self.block.write().unwrap_or_else(|e| e.into_inner()) = catalog;
     }
 
     /// Plans table `id` as the target of a DML statement until the guard
@@ -96,7 +111,7 @@ impl SessionCatalog {
 
 impl CatalogProvider for SessionCatalog {
     fn schema_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.shared.current().schemas.keys().cloned().collect();
+        let mut names: Vec<String> = self.current().schemas.keys().cloned().collect();
         names.extend(
             self.system_schemas
                 .read()
@@ -114,7 +129,7 @@ impl CatalogProvider for SessionCatalog {
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned();
-        let state = self.shared.current();
+        let state = self.current();
         match system {
             // sluice_catalog: its built-in tables, then the computed views.
             Some(views) if name == crate::system_views::SCHEMA_NAME => {

@@ -92,15 +92,6 @@ pub(crate) enum PreparedKind {
 }
 
 impl PreparedKind {
-    /// DDL, which cannot run inside a transaction block yet: tables' and topics'.
-    fn is_ddl(&self) -> bool {
-        match self {
-            PreparedKind::Ddl => true,
-            PreparedKind::Stream(plan) => plan.is_ddl(),
-            _ => false,
-        }
-    }
-
     /// Whether the statement writes, which a read-only transaction refuses.
     fn writes(&self) -> bool {
         match self {
@@ -209,7 +200,9 @@ impl Session {
 
     /// Commits or discards the implicit block, if one is open.
     pub async fn finish_implicit(&mut self, succeeded: bool) -> Result<()> {
-        self.cx.finish_implicit(succeeded).await
+        let result = self.cx.finish_implicit(succeeded).await;
+        self.cx.sync_block_catalog();
+        result
     }
 
     /// Plans `statement`. `param_types` are the client-declared types of `$n`.
@@ -225,12 +218,13 @@ impl Session {
         statement: Statement,
         param_types: &[Option<DataType>],
     ) -> Result<Arc<Prepared>> {
-        let version = self.cx.db.catalog.current().version;
+        self.cx.sync_block_catalog();
+        let version = self.cx.catalog_state().version;
         let first = self.prepare_once(statement.clone(), param_types).await;
         match first {
             Err(e) if names_missing_object(&e) => {
                 self.cx.db.read_view().await?;
-                if self.cx.db.catalog.current().version == version {
+                if self.cx.catalog_state().version == version {
                     return Err(e);
                 }
                 self.prepare_once(statement, param_types).await
@@ -252,7 +246,7 @@ impl Session {
         {
             return Err(aborted_block());
         }
-        let catalog_version = self.cx.db.catalog.current().version;
+        let catalog_version = self.cx.catalog_state().version;
         let text_column = |name: &str| {
             Some(Arc::new(Schema::new(vec![Field::new(
                 name,
@@ -509,12 +503,14 @@ impl Session {
         if implicit {
             self.cx.begin_implicit()?;
         }
+        self.cx.sync_block_catalog();
         let result = self.execute_in_block(prepared, params).await;
+        self.cx.sync_block_catalog();
         if result.is_err() {
             self.cx.mark_failed();
         }
         if implicit {
-            self.cx.finish_implicit(result.is_ok()).await?;
+            self.finish_implicit(result.is_ok()).await?;
         }
         result
     }
@@ -535,17 +531,10 @@ impl Session {
             {
                 return Err(aborted_block());
             }
-            TransactionState::Open if prepared.kind.is_ddl() => {
-                return Err(Error::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    "DDL inside a transaction block is not supported yet",
-                )
-                .with_detail("Run it outside BEGIN … COMMIT; it commits on its own."));
-            }
             _ => {}
         }
         if prepared.kind.uses_catalog()
-            && prepared.catalog_version != self.cx.db.catalog.current().version
+            && prepared.catalog_version != self.cx.catalog_state().version
         {
             // A DDL changed the catalog since planning: plan again, keeping the parameter types.
             let types: Vec<Option<DataType>> =

@@ -47,6 +47,7 @@ use sluice_raftstore::{
     plan_mutations, ApplyError, ApplyOutcome, Mutation, Overlaid, ReadRecorder, WriteSet,
 };
 
+use crate::catalog::CatalogState;
 use crate::error::{sqlstate, storage_error, Error, Result};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,6 +106,7 @@ struct Savepoint {
     expected_bytes: usize,
     appends: Arc<Vec<Mutation>>,
     appends_bytes: usize,
+    catalog: Option<Arc<CatalogState>>,
 }
 
 /// The node's transaction blocks, for metrics: the open ones (each holds a
@@ -208,6 +210,10 @@ pub(crate) struct Transaction {
     /// assigned at apply), after the writes.
     appends: Arc<Vec<Mutation>>,
     appends_bytes: usize,
+    /// The catalog as the block's own DDL left it (its writes over its
+    /// snapshot); `None` until the block runs DDL. Other sessions see the
+    /// shared catalog until COMMIT.
+    pub(crate) catalog: Option<Arc<CatalogState>>,
     /// Open savepoints, oldest first; names may repeat (the newest wins).
     savepoints: Vec<Savepoint>,
     pub(crate) failed: bool,
@@ -241,6 +247,7 @@ impl Transaction {
             expected_bytes: 0,
             appends: Arc::default(),
             appends_bytes: 0,
+            catalog: None,
             savepoints: Vec::new(),
             failed: false,
             implicit: false,
@@ -337,12 +344,11 @@ impl Transaction {
                 | Mutation::Put { key, .. }
                 | Mutation::Delete { key }
                 | Mutation::Check { key, .. } => touched.push(key.clone()),
-                Mutation::DeleteRange { .. } => {
-                    return Err(Error::new(
-                        sqlstate::FEATURE_NOT_SUPPORTED,
-                        "this statement cannot run inside a transaction block yet",
-                    ))
-                }
+                // TRUNCATE and DROP: the write set keeps the range deleted
+                // for the block's reads, and COMMIT deletes the range as it
+                // is then, so rows committed meanwhile by others go too, as
+                // if this block had committed after them.
+                Mutation::DeleteRange { .. } => {}
                 Mutation::Append { .. } => unreachable!("partitioned out above"),
                 // Only COMMIT proposes range checks, from the recorded reads.
                 Mutation::CheckRange { .. } => {
@@ -409,6 +415,7 @@ impl Transaction {
             expected_bytes: self.expected_bytes,
             appends: self.appends.clone(),
             appends_bytes: self.appends_bytes,
+            catalog: self.catalog.clone(),
         });
     }
 
@@ -431,6 +438,7 @@ impl Transaction {
         self.expected_bytes = savepoint.expected_bytes;
         self.appends = savepoint.appends.clone();
         self.appends_bytes = savepoint.appends_bytes;
+        self.catalog = savepoint.catalog.clone();
         self.failed = false;
         Ok(())
     }
