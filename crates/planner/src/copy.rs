@@ -181,6 +181,9 @@ fn copy_options(
             ast::CopyOption::Delimiter(c) => out.delimiter = ascii(*c, "delimiter")?,
             ast::CopyOption::Null(s) => out.null = s.clone(),
             ast::CopyOption::Header(h) => out.header = *h,
+            // PostgreSQL's hint to load rows already frozen: rows Sluice writes carry no
+            // transaction visibility to freeze, so there is nothing to do.
+            ast::CopyOption::Freeze(_) => {}
             ast::CopyOption::Quote(c) => out.quote = ascii(*c, "quote")?,
             ast::CopyOption::Escape(c) => out.escape = ascii(*c, "escape")?,
             ast::CopyOption::Encoding(e)

@@ -16,6 +16,72 @@ use crate::error::{sqlstate, Error, Result};
 use crate::names::identifier;
 use crate::values_scan::MAX_PARAMETER_NUMBER;
 
+/// `sql` with COPY's `FREEZE` and `HEADER` options spelled as sqlparser
+/// reads them (TRUE or FALSE), or `None` if nothing needs it. PostgreSQL
+/// takes any boolean spelling there (`on`, `off`, `1`, `0`, `yes`, `no`), and
+/// pgbench writes `WITH (freeze on)`. Only tried after a syntax error, so
+/// other statements never pay for it.
+fn respell_copy_booleans(sql: &str) -> Option<String> {
+    use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
+    let dialect = crate::dialect::SluiceDialect::default();
+    let tokens = Tokenizer::new(&dialect, sql)
+        .tokenize_with_location()
+        .ok()?;
+    let words: Vec<_> = tokens
+        .iter()
+        .filter(|t| !matches!(t.token, Token::Whitespace(_)))
+        .collect();
+    let line_starts: Vec<usize> = std::iter::once(0)
+        .chain(sql.match_indices('\n').map(|(i, _)| i + 1))
+        .collect();
+    let offset = |line: u64, column: u64| -> Option<usize> {
+        let start = *line_starts.get(usize::try_from(line).ok()?.checked_sub(1)?)?;
+        let skip = usize::try_from(column).ok()?.checked_sub(1)?;
+        Some(start + sql[start..].char_indices().nth(skip)?.0)
+    };
+    let mut in_copy = false;
+    let mut edits = Vec::new();
+    for (i, token) in words.iter().enumerate() {
+        match &token.token {
+            Token::SemiColon => in_copy = false,
+            Token::Word(w) if i == 0 || matches!(words[i - 1].token, Token::SemiColon) => {
+                in_copy = w.value.eq_ignore_ascii_case("copy");
+            }
+            Token::Word(w)
+                if in_copy
+                    && (w.value.eq_ignore_ascii_case("freeze")
+                        || w.value.eq_ignore_ascii_case("header")) =>
+            {
+                let Some(next) = words.get(i + 1) else {
+                    continue;
+                };
+                let spelled = match &next.token {
+                    Token::Word(v) => v.value.to_ascii_lowercase(),
+                    Token::Number(n, _) => n.clone(),
+                    _ => continue,
+                };
+                let value = match spelled.as_str() {
+                    "on" | "yes" | "1" => "TRUE",
+                    "off" | "no" | "0" => "FALSE",
+                    _ => continue,
+                };
+                let start = offset(next.span.start.line, next.span.start.column)?;
+                let end = offset(next.span.end.line, next.span.end.column)?;
+                edits.push((start, end, value));
+            }
+            _ => {}
+        }
+    }
+    if edits.is_empty() {
+        return None;
+    }
+    let mut out = sql.to_string();
+    for (start, end, value) in edits.into_iter().rev() {
+        out.replace_range(start..end, value);
+    }
+    Some(out)
+}
+
 /// Parses `sql` into statements (see the module docs); `compat` parses the
 /// statements that read system catalogs.
 pub(crate) fn parse(sql: &str, compat: &PostgresCompatibilityParser) -> Result<Vec<Statement>> {
@@ -40,7 +106,13 @@ pub(crate) fn parse(sql: &str, compat: &PostgresCompatibilityParser) -> Result<V
     if let Some(statement) = scanned_insert(sql, parse)? {
         return Ok(vec![statement]);
     }
-    let mut statements = parse(sql).map_err(syntax_error)?;
+    let mut statements = match parse(sql) {
+        Ok(statements) => statements,
+        Err(e) => match respell_copy_booleans(sql) {
+            Some(respelled) => parse(&respelled).map_err(syntax_error)?,
+            None => return Err(syntax_error(e)),
+        },
+    };
     let reads_catalog = statements
         .iter()
         .any(|statement| match statement.kind.as_ref() {
@@ -287,5 +359,38 @@ pub(crate) fn check_and_normalize(statement: &mut ast::Statement) -> Result<()> 
         .with_detail(format!(
             "Parameters are numbered from $1 to ${MAX_PARAMETER_NUMBER}."
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::respell_copy_booleans;
+
+    #[test]
+    fn copy_booleans_are_respelled_only_where_sqlparser_needs_it() {
+        assert_eq!(
+            respell_copy_booleans("copy t from stdin with (freeze on)").as_deref(),
+            Some("copy t from stdin with (freeze TRUE)")
+        );
+        assert_eq!(
+            respell_copy_booleans("SELECT 1;\nCOPY t TO STDOUT (FORMAT csv, HEADER 0, FREEZE yes)")
+                .as_deref(),
+            Some("SELECT 1;\nCOPY t TO STDOUT (FORMAT csv, HEADER FALSE, FREEZE TRUE)")
+        );
+        // Only COPY's options, and only boolean spellings.
+        assert_eq!(respell_copy_booleans("SELECT header on FROM t"), None);
+        assert_eq!(
+            respell_copy_booleans("COPY t FROM STDIN (HEADER match)"),
+            None
+        );
+        assert_eq!(
+            respell_copy_booleans("COPY t FROM STDIN (HEADER TRUE)"),
+            None
+        );
+        // Multi-byte text before the option keeps its place.
+        assert_eq!(
+            respell_copy_booleans("COPY \"tä\" FROM STDIN (FREEZE off)").as_deref(),
+            Some("COPY \"tä\" FROM STDIN (FREEZE FALSE)")
+        );
     }
 }
