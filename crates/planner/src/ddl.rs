@@ -194,9 +194,13 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
                 }
                 return Err(resolve::missing(&alter.name, Access::Ddl));
             };
-            let mut def = def.as_ref().clone();
+            let original = def;
+            let mut def = original.as_ref().clone();
             for operation in &alter.operations {
                 alter_table(session, &mut def, operation, snapshot.as_ref()).await?;
+            }
+            if def.has_primary_key() && !original.has_primary_key() {
+                rekey_rows(session, &original, &def, &snapshot, &mut change)?;
             }
             change.put(table_key(def.id), encode_json(&def));
             "ALTER TABLE"
@@ -350,35 +354,7 @@ fn table_definition(
                 if !primary_key.is_empty() {
                     return Err(multiple_primary_keys(&name));
                 }
-                for index_column in &pk.columns {
-                    let column_name = match &index_column.column.expr {
-                        ast::Expr::Identifier(ident) => identifier(ident),
-                        other => {
-                            return Err(Error::new(
-                                sqlstate::FEATURE_NOT_SUPPORTED,
-                                format!("primary key on expression {other}"),
-                            ))
-                        }
-                    };
-                    let index = columns
-                        .iter()
-                        .position(|c| c.name == column_name)
-                        .ok_or_else(|| {
-                            Error::new(
-                                sqlstate::UNDEFINED_COLUMN,
-                                format!("column \"{column_name}\" named in key does not exist"),
-                            )
-                        })?;
-                    if primary_key.contains(&index) {
-                        return Err(Error::new(
-                            sqlstate::DUPLICATE_COLUMN,
-                            format!(
-                                "column \"{column_name}\" appears twice in primary key constraint"
-                            ),
-                        ));
-                    }
-                    primary_key.push(index);
-                }
+                primary_key = key_columns(&columns, pk)?;
             }
             other => return Err(unsupported_constraint(other)),
         }
@@ -536,11 +512,134 @@ async fn alter_table(
             def.columns.push(column);
             Ok(())
         }
+        ast::AlterTableOperation::AddConstraint {
+            constraint: ast::TableConstraint::PrimaryKey(pk),
+            ..
+        } => {
+            if def.has_primary_key() {
+                return Err(multiple_primary_keys(&def.name));
+            }
+            if def.is_topic() {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "a topic has no primary key: its records are keyed by partition and offset",
+                ));
+            }
+            def.primary_key = key_columns(&def.columns, pk)?;
+            for &index in &def.primary_key.clone() {
+                def.columns[index].nullable = false;
+            }
+            Ok(())
+        }
         other => Err(Error::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
             format!("ALTER TABLE {other} is not supported yet"),
         )),
     }
+}
+
+/// The columns a PRIMARY KEY constraint names, in key order.
+fn key_columns(columns: &[ColumnDef], pk: &ast::PrimaryKeyConstraint) -> Result<Vec<usize>> {
+    let mut key = Vec::with_capacity(pk.columns.len());
+    for index_column in &pk.columns {
+        let column_name = match &index_column.column.expr {
+            ast::Expr::Identifier(ident) => identifier(ident),
+            other => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("primary key on expression {other}"),
+                ))
+            }
+        };
+        let index = columns
+            .iter()
+            .position(|c| c.name == column_name)
+            .ok_or_else(|| {
+                Error::new(
+                    sqlstate::UNDEFINED_COLUMN,
+                    format!("column \"{column_name}\" named in key does not exist"),
+                )
+            })?;
+        if key.contains(&index) {
+            return Err(Error::new(
+                sqlstate::DUPLICATE_COLUMN,
+                format!("column \"{column_name}\" appears twice in primary key constraint"),
+            ));
+        }
+        key.push(index);
+    }
+    Ok(key)
+}
+
+/// ALTER TABLE … ADD PRIMARY KEY on a table keyed by hidden row ids: every
+/// row moves to the key its values give, and its index entries with it, in
+/// the DDL's one command. A NULL or duplicate key refuses the whole change,
+/// as PostgreSQL's index build does. Rows committed by others after
+/// `snapshot` would be lost by the move, so outside a block the command
+/// checks that the rows range is still what was read (40001 otherwise);
+/// inside one, only a table the block created qualifies (no other session
+/// can write it).
+fn rekey_rows(
+    session: &Context,
+    old: &TableDef,
+    new: &TableDef,
+    snapshot: &Arc<dyn Snapshot>,
+    change: &mut CatalogChange,
+) -> Result<()> {
+    let recorder = Arc::new(sluice_raftstore::ReadRecorder::new(snapshot.clone()));
+    if session.transaction_state() == TransactionState::Idle {
+        let rows = crate::catalog::scan_all(recorder.as_ref(), &old.rows_range())?;
+        change.mutations.extend(recorder.checks());
+        return move_rows(old, new, rows, change);
+    }
+    let shared = session.db.catalog.current();
+    if shared.table(&old.schema, &old.name).map(|t| t.id) == Some(old.id) {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "ADD PRIMARY KEY on a table that exists outside this transaction block cannot run inside one yet",
+        )
+        .with_detail("Run it outside BEGIN … COMMIT, or create the table in the same block."));
+    }
+    let rows = crate::catalog::scan_all(snapshot.as_ref(), &old.rows_range())?;
+    move_rows(old, new, rows, change)
+}
+
+fn move_rows(
+    old: &TableDef,
+    new: &TableDef,
+    rows: Vec<(Vec<u8>, Vec<u8>)>,
+    change: &mut CatalogChange,
+) -> Result<()> {
+    let (start, end) = range_bounds(&old.rows_range());
+    change.mutations.push(Mutation::DeleteRange { start, end });
+    change.mutations.extend(index::drop_entries(old));
+    let kinds = old.kinds();
+    let mut keys = std::collections::HashSet::with_capacity(rows.len());
+    for (_, bytes) in rows {
+        let values = old.decode_row(&kinds, &bytes)?;
+        if let Some(&null) = new.primary_key.iter().find(|&&c| values[c].is_null()) {
+            return Err(Error::new(
+                sqlstate::NOT_NULL_VIOLATION,
+                format!(
+                    "column \"{}\" of relation \"{}\" contains null values",
+                    new.columns[null].name, new.name
+                ),
+            ));
+        }
+        let key = new.key_for_row(&values)?;
+        if !keys.insert(key.clone()) {
+            return Err(Error::new(
+                sqlstate::UNIQUE_VIOLATION,
+                format!("could not create unique index \"{}_pkey\"", new.name),
+            )
+            .with_detail(format!("Key {} is duplicated.", new.describe_key(&key))));
+        }
+        for index in &new.indexes {
+            change.put(index.entry_key(new, &values, &key)?, key.clone());
+        }
+        change.put(key, bytes);
+    }
+    Ok(())
 }
 
 /// Evaluates a constant expression (a DEFAULT) to a value of type `ty`.
@@ -1012,5 +1111,74 @@ mod tests {
             sqlstate_of(&mut s, "CREATE UNIQUE INDEX u ON t (email)").await,
             "0A000"
         );
+    }
+
+    #[tokio::test]
+    async fn add_primary_key_moves_rows_to_their_keys_or_refuses_nulls_and_duplicates() {
+        let test = database().await;
+        let mut s = test.session();
+        exec(
+            &mut s,
+            "CREATE TABLE t (id int, v text); CREATE INDEX t_v ON t (v); \
+             INSERT INTO t VALUES (2, 'b'), (1, 'a'), (3, NULL)",
+        )
+        .await;
+        exec(&mut s, "ALTER TABLE t ADD PRIMARY KEY (id)").await;
+        // Rows now come in key order, a key lookup is a point read, and the
+        // index points at the moved rows.
+        assert_eq!(
+            rows(&mut s, "SELECT id FROM t").await,
+            vec![
+                vec!["1".to_string()],
+                vec!["2".to_string()],
+                vec!["3".to_string()]
+            ]
+        );
+        let plan = rows(&mut s, "EXPLAIN SELECT v FROM t WHERE id = 2").await;
+        assert!(
+            plan.iter().flatten().any(|l| l.contains("range=id = ")),
+            "{plan:?}"
+        );
+        assert_eq!(
+            rows(&mut s, "SELECT id FROM t WHERE v = 'a'").await,
+            vec![vec!["1".to_string()]]
+        );
+        assert_eq!(
+            sqlstate_of(&mut s, "INSERT INTO t VALUES (1, 'x')").await,
+            "23505"
+        );
+        assert_eq!(
+            sqlstate_of(&mut s, "INSERT INTO t VALUES (NULL, 'x')").await,
+            "23502"
+        );
+        assert_eq!(
+            sqlstate_of(&mut s, "ALTER TABLE t ADD PRIMARY KEY (v)").await,
+            "42P16"
+        );
+
+        exec(
+            &mut s,
+            "CREATE TABLE d (a int, b int); INSERT INTO d VALUES (1, 1), (1, 2)",
+        )
+        .await;
+        assert_eq!(
+            sqlstate_of(&mut s, "ALTER TABLE d ADD PRIMARY KEY (a)").await,
+            "23505"
+        );
+        exec(&mut s, "INSERT INTO d VALUES (3, NULL)").await;
+        assert_eq!(
+            sqlstate_of(&mut s, "ALTER TABLE d ADD PRIMARY KEY (b)").await,
+            "23502"
+        );
+        assert_eq!(
+            sqlstate_of(&mut s, "ALTER TABLE d ADD PRIMARY KEY (nope)").await,
+            "42703"
+        );
+        // The refused changes left the table as it was.
+        assert_eq!(
+            rows(&mut s, "SELECT count(*) FROM d").await,
+            vec![vec!["3".to_string()]]
+        );
+        exec(&mut s, "INSERT INTO d VALUES (1, 1)").await;
     }
 }
