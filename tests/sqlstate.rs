@@ -181,6 +181,36 @@ async fn data_exceptions() {
     // division_by_zero
     m.simple(&client, "SELECT 1 / 0", "22012").await;
 
+    // Integer arithmetic that overflows fails, as in PostgreSQL, rather than
+    // wrapping around: in constants the optimizer folds, in columns, in
+    // filters and in UPDATE's assignments, through both protocols.
+    client
+        .batch_execute("UPDATE t SET small = 300")
+        .await
+        .unwrap_or_else(|e| panic!("update: {}", describe(&e)));
+    m.simple(&client, "SELECT 9223372036854775807 + 1", "22003")
+        .await;
+    m.extended(&client, "SELECT 2147483647::int * 2::int", "22003")
+        .await;
+    m.simple(
+        &client,
+        "SELECT small * small * small * small FROM t",
+        "22003",
+    )
+    .await;
+    m.extended(
+        &client,
+        "SELECT id FROM t WHERE id - 9223372036854775807 - 9 < 0",
+        "22003",
+    )
+    .await;
+    m.simple(
+        &client,
+        "UPDATE t SET small = small * small * small * small",
+        "22003",
+    )
+    .await;
+
     assert_eq!(
         count(&client, "true").await,
         "1",

@@ -10,9 +10,10 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode};
 use datafusion::common::{DFSchema, DataFusionError, ScalarValue};
 use datafusion::logical_expr::expr_rewriter::NamePreserver;
+use datafusion::logical_expr::utils::merge_schema;
 use datafusion::logical_expr::{
-    create_udf, Cast, ColumnarValue, Expr, ExprSchemable, LogicalPlan, ScalarFunctionArgs,
-    ScalarUDF, ScalarUDFImpl, Signature, Volatility,
+    create_udf, Cast, ColumnarValue, Expr, ExprSchemable, LogicalPlan, Operator,
+    ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
 };
 use datafusion::optimizer::AnalyzerRule;
 use datafusion::prelude::SessionContext;
@@ -24,6 +25,7 @@ pub fn register(ctx: &SessionContext) {
     ctx.add_analyzer_rule(Arc::new(ByteaInput {
         decode: Arc::new(bytea_in()),
     }));
+    ctx.add_analyzer_rule(Arc::new(CheckedIntegerArithmetic::default()));
     let version = format!(
         "PostgreSQL {SERVER_VERSION} on {}-linux",
         std::env::consts::ARCH
@@ -204,5 +206,148 @@ impl AnalyzerRule for ByteaInput {
 
     fn name(&self) -> &str {
         "sluice_bytea_input"
+    }
+}
+
+/// Integer `+`, `-` and `*` that fail on overflow with 22003, as
+/// PostgreSQL's do: DataFusion's wrap around (`2147483647 + 1` would be
+/// `-2147483648`), both when a plan runs and when the optimizer folds
+/// constants, which is why the rewrite is an analyzer rule ahead of both.
+#[derive(Debug)]
+struct CheckedIntegerArithmetic {
+    add: Arc<ScalarUDF>,
+    sub: Arc<ScalarUDF>,
+    mul: Arc<ScalarUDF>,
+}
+
+impl Default for CheckedIntegerArithmetic {
+    fn default() -> Self {
+        let udf = |op| Arc::new(ScalarUDF::new_from_impl(CheckedOp::new(op)));
+        Self {
+            add: udf(Operator::Plus),
+            sub: udf(Operator::Minus),
+            mul: udf(Operator::Multiply),
+        }
+    }
+}
+
+impl AnalyzerRule for CheckedIntegerArithmetic {
+    fn analyze(
+        &self,
+        plan: LogicalPlan,
+        _config: &ConfigOptions,
+    ) -> datafusion::common::Result<LogicalPlan> {
+        plan.transform_up_with_subqueries(|node| {
+            // Runs after type coercion, so both operands already have one type.
+            let input_schema = match node.inputs().as_slice() {
+                [] => return Ok(Transformed::no(node)),
+                [input] => Arc::clone(input.schema()),
+                inputs => Arc::new(merge_schema(inputs)),
+            };
+            let names = NamePreserver::new(&node);
+            node.map_expressions(|expr| {
+                let saved = names.save(&expr);
+                let rewritten = expr.transform_up(|e| match e {
+                    Expr::BinaryExpr(binary) => {
+                        let udf = match binary.op {
+                            Operator::Plus => &self.add,
+                            Operator::Minus => &self.sub,
+                            Operator::Multiply => &self.mul,
+                            _ => return Ok(Transformed::no(Expr::BinaryExpr(binary))),
+                        };
+                        let integer =
+                            |e: &Expr| e.get_type(&input_schema).is_ok_and(|t| t.is_integer());
+                        if integer(&binary.left) && integer(&binary.right) {
+                            Ok(Transformed::yes(
+                                udf.call(vec![*binary.left, *binary.right]),
+                            ))
+                        } else {
+                            Ok(Transformed::no(Expr::BinaryExpr(binary)))
+                        }
+                    }
+                    other => Ok(Transformed::no(other)),
+                })?;
+                Ok(rewritten.update_data(|e| saved.restore(e)))
+            })
+        })
+        .map(|t| t.data)
+    }
+
+    fn name(&self) -> &str {
+        "sluice_checked_integer_arithmetic"
+    }
+}
+
+/// One checked integer operator as a function of two values of one type.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct CheckedOp {
+    op: Operator,
+    name: &'static str,
+    signature: Signature,
+}
+
+impl CheckedOp {
+    fn new(op: Operator) -> Self {
+        let name = match op {
+            Operator::Plus => "int_add",
+            Operator::Minus => "int_sub",
+            _ => "int_mul",
+        };
+        Self {
+            op,
+            name,
+            signature: Signature::any(2, Volatility::Immutable),
+        }
+    }
+}
+
+impl ScalarUDFImpl for CheckedOp {
+    fn name(&self) -> &str {
+        self.name
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(arg_types[0].clone())
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        use datafusion::arrow::compute::kernels::numeric;
+        let scalar = args
+            .args
+            .iter()
+            .all(|a| matches!(a, ColumnarValue::Scalar(_)));
+        let arrays = ColumnarValue::values_to_arrays(&args.args)?;
+        let (left, right) = (&arrays[0], &arrays[1]);
+        let result = match self.op {
+            Operator::Plus => numeric::add(left, right),
+            Operator::Minus => numeric::sub(left, right),
+            _ => numeric::mul(left, right),
+        };
+        let result = result.map_err(|e| match e {
+            datafusion::arrow::error::ArrowError::ArithmeticOverflow(_) => {
+                let type_name = match left.data_type() {
+                    DataType::Int8 | DataType::Int16 => "smallint",
+                    DataType::Int32 => "integer",
+                    _ => "bigint",
+                };
+                DataFusionError::External(Box::new(crate::error::Error::new(
+                    crate::error::sqlstate::NUMERIC_VALUE_OUT_OF_RANGE,
+                    format!("{type_name} out of range"),
+                )))
+            }
+            other => DataFusionError::ArrowError(Box::new(other), None),
+        })?;
+        Ok(if scalar {
+            ColumnarValue::Scalar(ScalarValue::try_from_array(&result, 0)?)
+        } else {
+            ColumnarValue::Array(result)
+        })
     }
 }
