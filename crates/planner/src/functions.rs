@@ -168,6 +168,30 @@ fn is_text_to_bytea(cast: &Cast, input_schema: Option<&DFSchema>) -> bool {
     )
 }
 
+/// Rewrites every expression of `plan` and its subqueries bottom-up with
+/// `rewrite`, which sees the schema of the node's inputs (empty for a node
+/// without inputs). Rewritten expressions keep their output names, so every
+/// node's schema stays as it was.
+fn rewrite_expressions(
+    plan: LogicalPlan,
+    rewrite: impl Fn(Expr, &DFSchema) -> datafusion::common::Result<Transformed<Expr>>,
+) -> datafusion::common::Result<LogicalPlan> {
+    plan.transform_up_with_subqueries(|node| {
+        let input_schema = match node.inputs().as_slice() {
+            [] => Arc::new(DFSchema::empty()),
+            [input] => Arc::clone(input.schema()),
+            inputs => Arc::new(merge_schema(inputs)),
+        };
+        let names = NamePreserver::new(&node);
+        node.map_expressions(|expr| {
+            let saved = names.save(&expr);
+            let rewritten = expr.transform_up(|e| rewrite(e, &input_schema))?;
+            Ok(rewritten.update_data(|e| saved.restore(e)))
+        })
+    })
+    .map(|t| t.data)
+}
+
 /// Text cast to bytea means PostgreSQL's bytea input (`'\\xdead'::bytea`
 /// is two bytes), not Arrow's reinterpretation of the UTF-8 bytes: every
 /// such cast, including the ones INSERT and UPDATE add for bytea columns,
@@ -183,25 +207,12 @@ impl AnalyzerRule for ByteaInput {
         plan: LogicalPlan,
         _config: &ConfigOptions,
     ) -> datafusion::common::Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| {
-            let input_schema = match node.inputs().as_slice() {
-                [input] => Some(Arc::clone(input.schema())),
-                _ => None,
-            };
-            // Rewritten expressions keep their output names, so the plan's schema is unchanged.
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|expr| {
-                let saved = names.save(&expr);
-                let rewritten = expr.transform_up(|e| match e {
-                    Expr::Cast(cast) if is_text_to_bytea(&cast, input_schema.as_deref()) => {
-                        Ok(Transformed::yes(self.decode.call(vec![*cast.expr])))
-                    }
-                    other => Ok(Transformed::no(other)),
-                })?;
-                Ok(rewritten.update_data(|e| saved.restore(e)))
-            })
+        rewrite_expressions(plan, |e, input_schema| match e {
+            Expr::Cast(cast) if is_text_to_bytea(&cast, Some(input_schema)) => {
+                Ok(Transformed::yes(self.decode.call(vec![*cast.expr])))
+            }
+            other => Ok(Transformed::no(other)),
         })
-        .map(|t| t.data)
     }
 
     fn name(&self) -> &str {
@@ -237,40 +248,26 @@ impl AnalyzerRule for CheckedIntegerArithmetic {
         plan: LogicalPlan,
         _config: &ConfigOptions,
     ) -> datafusion::common::Result<LogicalPlan> {
-        plan.transform_up_with_subqueries(|node| {
-            // Runs after type coercion, so both operands already have one type.
-            let input_schema = match node.inputs().as_slice() {
-                [] => return Ok(Transformed::no(node)),
-                [input] => Arc::clone(input.schema()),
-                inputs => Arc::new(merge_schema(inputs)),
-            };
-            let names = NamePreserver::new(&node);
-            node.map_expressions(|expr| {
-                let saved = names.save(&expr);
-                let rewritten = expr.transform_up(|e| match e {
-                    Expr::BinaryExpr(binary) => {
-                        let udf = match binary.op {
-                            Operator::Plus => &self.add,
-                            Operator::Minus => &self.sub,
-                            Operator::Multiply => &self.mul,
-                            _ => return Ok(Transformed::no(Expr::BinaryExpr(binary))),
-                        };
-                        let integer =
-                            |e: &Expr| e.get_type(&input_schema).is_ok_and(|t| t.is_integer());
-                        if integer(&binary.left) && integer(&binary.right) {
-                            Ok(Transformed::yes(
-                                udf.call(vec![*binary.left, *binary.right]),
-                            ))
-                        } else {
-                            Ok(Transformed::no(Expr::BinaryExpr(binary)))
-                        }
-                    }
-                    other => Ok(Transformed::no(other)),
-                })?;
-                Ok(rewritten.update_data(|e| saved.restore(e)))
-            })
+        // Runs after type coercion, so both operands already have one type.
+        rewrite_expressions(plan, |e, input_schema| match e {
+            Expr::BinaryExpr(binary) => {
+                let udf = match binary.op {
+                    Operator::Plus => &self.add,
+                    Operator::Minus => &self.sub,
+                    Operator::Multiply => &self.mul,
+                    _ => return Ok(Transformed::no(Expr::BinaryExpr(binary))),
+                };
+                let integer = |e: &Expr| e.get_type(input_schema).is_ok_and(|t| t.is_integer());
+                if integer(&binary.left) && integer(&binary.right) {
+                    Ok(Transformed::yes(
+                        udf.call(vec![*binary.left, *binary.right]),
+                    ))
+                } else {
+                    Ok(Transformed::no(Expr::BinaryExpr(binary)))
+                }
+            }
+            other => Ok(Transformed::no(other)),
         })
-        .map(|t| t.data)
     }
 
     fn name(&self) -> &str {
