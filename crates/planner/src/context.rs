@@ -495,8 +495,7 @@ impl Context {
         }
         txn.committed();
         if changed_catalog {
-            // The block's DDL is everyone's now: load it before the next statement.
-            self.db.read_view().await?;
+            self.reload_catalog().await;
         }
         Ok(Output::Command(CommandTag::new("COMMIT")))
     }
@@ -573,6 +572,16 @@ impl Context {
         self.catalog.set_block_catalog(self.block_catalog());
     }
 
+    /// Loads the catalog a DDL just committed, so that this session's next
+    /// statement plans against it. The DDL is acknowledged whether or not
+    /// this read succeeds: if it fails (no leader for a moment), the next
+    /// statement's own read loads the catalog, so it is not the DDL's error.
+    async fn reload_catalog(&self) {
+        if let Err(e) = self.db.read_view().await {
+            tracing::warn!(error = %e.message, "catalog reload after DDL failed; the next read retries");
+        }
+    }
+
     /// Writes a DDL command's catalog mutations (a version check and bump
     /// among them). Outside a block they commit through Raft at once and the
     /// node's catalog reloads; inside one they join the block's write set,
@@ -597,8 +606,7 @@ impl Context {
                     sluice_raftstore::Error::Apply(ApplyError::Conflict { .. }) => ddl_conflict(),
                     other => raft_error(other),
                 })?;
-            // Load the new catalog now so this session's next statement sees it.
-            self.db.read_view().await?;
+            self.reload_catalog().await;
             return Ok(());
         }
         match self.write_in_transaction(mutations)? {
