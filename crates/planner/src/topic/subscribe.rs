@@ -636,4 +636,31 @@ mod tests {
         );
         assert_eq!(sqlstate_of(&mut s, "SUBSCRIBE nosuch").await, "42P01");
     }
+
+    #[tokio::test]
+    async fn a_topic_created_in_a_block_takes_appends_that_commit_with_it() {
+        let test = database().await;
+        let mut s = test.session();
+        exec(
+            &mut s,
+            "BEGIN; CREATE TOPIC t (v text) WITH (partitions = 2); \
+             INSERT INTO t VALUES ('a'), ('b'), ('c'); COMMIT",
+        )
+        .await;
+        exec(&mut s, "DECLARE c CURSOR FOR SUBSCRIBE t").await;
+        let mut values: Vec<String> = rows(&mut s, "FETCH ALL FROM c WITH (timeout = '0s')")
+            .await
+            .into_iter()
+            .map(|row| row[3].clone())
+            .collect();
+        values.sort();
+        assert_eq!(values, ["a", "b", "c"]);
+        // Rolled back, neither the topic nor its records exist.
+        exec(
+            &mut s,
+            "BEGIN; CREATE TOPIC u (v text); INSERT INTO u VALUES ('x'); ROLLBACK",
+        )
+        .await;
+        assert_eq!(sqlstate_of(&mut s, "SELECT * FROM u").await, "42P01");
+    }
 }
