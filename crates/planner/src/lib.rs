@@ -55,6 +55,7 @@
 //! | statements | [`dml`], [`literal_insert`], [`copy`], [`ddl`], [`cluster`], [`offsets`] | INSERT/UPDATE/DELETE, literal inserts, COPY, DDL, membership calls, consumer offsets and groups |
 //! | topics | [`topic`] | a directory, a file per part: records and the topic table (the provider's, below the context), appends, SUBSCRIBE and cursors, retention, counters |
 //! | dispatch | [`session`] | `Session` and `Prepared`: classify, prepare, execute; SQL PREPARE and subscription cursors |
+//! | tests only | `testing` | in-process sessions on a one-node group over the memory engine, for unit tests beside the code |
 //!
 //! [`Mutation`]: sluice_raftstore::Mutation
 //! [`Command`]: sluice_raftstore::Command
