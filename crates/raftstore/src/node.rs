@@ -66,6 +66,13 @@ const JOIN_TIMEOUT: Duration = Duration::from_secs(600);
 /// leader's peer port to answer. A dead process on a live host refuses at
 /// once; a silent host is left to the election timer.
 const LEADER_PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+/// How much later each survivor of a lost leader starts its election than
+/// the survivor before it in voter id order. Survivors that all started at
+/// once would each vote for themselves and split the vote, leaving the
+/// group leaderless until an election timer fires; staggered, the first
+/// one's vote request reaches the others before their turn, and they vote
+/// for it instead.
+const LEADER_LOSS_STAGGER: Duration = Duration::from_millis(150);
 /// Pause between routing attempts while a leader change settles.
 const ROUTE_RETRY: Duration = Duration::from_millis(10);
 /// Worker threads of a node's own runtime: two, so that an fsync or an
@@ -1381,6 +1388,22 @@ impl PeerHandler for Shared {
         let liveness = probe(self.node_id, peer, &addr, LEADER_PROBE_TIMEOUT).await;
         if liveness != Liveness::Gone || !follows_peer(&self.metrics.borrow()) {
             return;
+        }
+        let rank = {
+            let metrics = self.metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            membership
+                .voter_ids()
+                .filter(|&id| id != peer && id < self.node_id)
+                .count()
+        };
+        if rank > 0 {
+            tokio::time::sleep(LEADER_LOSS_STAGGER * rank as u32).await;
+            // An earlier survivor's vote request moved this node to a newer
+            // term (or a new leader): its election is under way.
+            if !follows_peer(&self.metrics.borrow()) {
+                return;
+            }
         }
         if self
             .counters
