@@ -21,6 +21,7 @@
 //! | [`append`] | rows into per-partition `Mutation::Append`s, proposed through the context |
 //! | [`table`] | the topic as a `TableProvider` for SELECT, with its scan |
 //! | [`subscribe`] | SUBSCRIBE, cursors, FETCH, CLOSE, COMMIT OFFSETS; topic DDL's dispatch |
+//! | [`ddl`] | CREATE, ALTER and DROP TOPIC, through table DDL's catalog change |
 //! | [`retention`] | the scheduler that drops records past the retention limits |
 //! | [`stats`] | counters for metrics |
 //!
@@ -29,6 +30,7 @@
 //! without reaching the statement layer.
 
 mod append;
+mod ddl;
 mod records;
 mod retention;
 mod stats;

@@ -166,12 +166,12 @@ pub(crate) async fn execute(
     plan: &StreamPlan,
 ) -> Result<Output> {
     match plan {
-        StreamPlan::CreateTopic(create) => crate::ddl::create_topic(session, create).await,
+        StreamPlan::CreateTopic(create) => super::ddl::create_topic(session, create).await,
         StreamPlan::AlterTopic { name, options } => {
-            crate::ddl::alter_topic(session, name, options).await
+            super::ddl::alter_topic(session, name, options).await
         }
         StreamPlan::DropTopic { names, if_exists } => {
-            crate::ddl::drop_topics(session, names, *if_exists).await
+            super::ddl::drop_topics(session, names, *if_exists).await
         }
         StreamPlan::Subscribe { table, spec, copy } => {
             if spec.group.is_some() {
