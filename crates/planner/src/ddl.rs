@@ -586,22 +586,42 @@ fn rekey_rows(
     snapshot: &Arc<dyn Snapshot>,
     change: &mut CatalogChange,
 ) -> Result<()> {
-    let recorder = Arc::new(sluice_raftstore::ReadRecorder::new(snapshot.clone()));
     if session.transaction_state() == TransactionState::Idle {
+        let recorder = Arc::new(sluice_raftstore::ReadRecorder::new(snapshot.clone()));
         let rows = crate::catalog::scan_all(recorder.as_ref(), &old.rows_range())?;
         change.mutations.extend(recorder.checks());
         return move_rows(old, new, rows, change);
     }
-    let shared = session.db.catalog.current();
-    if shared.table(&old.schema, &old.name).map(|t| t.id) == Some(old.id) {
-        return Err(Error::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "ADD PRIMARY KEY on a table that exists outside this transaction block cannot run inside one yet",
-        )
-        .with_detail("Run it outside BEGIN … COMMIT, or create the table in the same block."));
-    }
+    refuse_unless_created_in_block(
+        session,
+        old,
+        "ADD PRIMARY KEY",
+        "Run it outside BEGIN … COMMIT, or create the table in the same block.",
+    )?;
     let rows = crate::catalog::scan_all(snapshot.as_ref(), &old.rows_range())?;
     move_rows(old, new, rows, change)
+}
+
+/// Refuses (0A000) a one-step rewrite of `table` inside a block unless the
+/// block created the table: only then can no other session write rows the
+/// rewrite would miss.
+fn refuse_unless_created_in_block(
+    session: &Context,
+    table: &TableDef,
+    what: &str,
+    detail: &str,
+) -> Result<()> {
+    let shared = session.db.catalog.current();
+    if shared.table(&table.schema, &table.name).map(|t| t.id) == Some(table.id) {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!(
+                "{what} on a table that exists outside this transaction block cannot run inside one yet"
+            ),
+        )
+        .with_detail(detail));
+    }
+    Ok(())
 }
 
 fn move_rows(
@@ -794,17 +814,13 @@ async fn create_index_in_block(
     name: String,
     columns: Vec<IndexColumn>,
 ) -> Result<Output> {
-    let shared = session.db.catalog.current();
-    if shared.table(&table.schema, &table.name).map(|t| t.id) == Some(table.id) {
-        return Err(Error::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            "CREATE INDEX on a table that exists outside this transaction block cannot run inside one yet",
-        )
-        .with_detail(
-            "Run it outside BEGIN … COMMIT, where the index is built online while writes go on, \
-             or create the table in the same block.",
-        ));
-    }
+    refuse_unless_created_in_block(
+        session,
+        table,
+        "CREATE INDEX",
+        "Run it outside BEGIN … COMMIT, where the index is built online while writes go on, \
+         or create the table in the same block.",
+    )?;
     let mut change = CatalogChange::begin(snapshot)?;
     let id = change.allocate_id(snapshot)?;
     let mut built = table.clone();
