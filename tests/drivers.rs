@@ -75,6 +75,11 @@ fn psycopg_default_mode_runs_a_migration_as_one_transaction() {
 }
 
 #[test]
+fn psycopg_default_mode_creates_serial_tables_and_returns_new_ids() {
+    run_psycopg("psycopg_serial.py");
+}
+
+#[test]
 fn psycopg_consumes_a_topic_with_a_group_cursor() {
     run_psycopg("psycopg_topic.py");
 }

@@ -9,10 +9,12 @@
 //! |---|---|
 //! | `0x01 's' <schema name>` | [`SchemaDef`] as JSON |
 //! | `0x01 't' <table id u64>` | [`TableDef`] as JSON |
+//! | `0x01 'q' <sequence id u64>` | [`SequenceDef`] as JSON |
 //! | `0x01 'n'` | next table id (u64) |
 //! | `0x01 'v'` | catalog version (u64), bumped by every DDL |
 //! | `0x02 <table id u64> <primary key>` | the row ([`sluice_engine::row`]) |
 //! | `0x03 <index id u64> <values> <key suffix>` | an index entry ([`crate::index`]) |
+//! | `0x04 <sequence id u64> <nonce u64>` | a sequence's state ([`sluice_raftstore::sequence`]) |
 //!
 //! The primary key is encoded with [`sluice_engine::keycode`]; a table
 //! without a declared primary key uses a hidden `bigint` row id. Every DDL
@@ -53,6 +55,12 @@ pub fn schema_key(name: &str) -> Vec<u8> {
 
 pub fn table_key(id: u64) -> Vec<u8> {
     let mut key = vec![CATALOG_PREFIX, b't'];
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
+pub fn sequence_key(id: u64) -> Vec<u8> {
+    let mut key = vec![CATALOG_PREFIX, b'q'];
     key.extend_from_slice(&id.to_be_bytes());
     key
 }
@@ -301,6 +309,61 @@ fn render_value(value: &Value) -> String {
     }
 }
 
+/// A sequence (`CREATE SEQUENCE`, or the one behind a `serial` or identity
+/// column). Its values live apart from the definition, under
+/// [`SequenceDef::state_key`], and move by `NextValues` commands that are
+/// not part of any transaction ([`crate::sequence`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceDef {
+    /// Allocated from the same counter as table ids.
+    pub id: u64,
+    /// Chosen at random when the sequence is created: a block that created
+    /// a sequence and rolled back leaves its id to be used again, and the
+    /// values such a block took must not be the next sequence's state.
+    pub nonce: u64,
+    pub schema: String,
+    pub name: String,
+    /// `smallint`, `integer` or `bigint`: the type of the values.
+    pub ty: SqlType,
+    pub start: i64,
+    pub increment: i64,
+    pub min: i64,
+    pub max: i64,
+    pub cache: i64,
+    pub cycle: bool,
+    /// The column the sequence belongs to (`serial`, identity, `OWNED BY`):
+    /// dropping the table or the column drops the sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owned_by: Option<SequenceOwner>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SequenceOwner {
+    pub table: u64,
+    pub column: String,
+}
+
+impl SequenceDef {
+    pub fn state_key(&self) -> Vec<u8> {
+        let mut key = vec![SEQUENCE_PREFIX];
+        key.extend_from_slice(&self.id.to_be_bytes());
+        key.extend_from_slice(&self.nonce.to_be_bytes());
+        key
+    }
+
+    pub fn bounds(&self) -> sluice_raftstore::sequence::SequenceBounds {
+        sluice_raftstore::sequence::SequenceBounds {
+            start: self.start,
+            increment: self.increment,
+            min: self.min,
+            max: self.max,
+            cycle: self.cycle,
+        }
+    }
+}
+
+const SEQUENCE_PREFIX: u8 = 0x04;
+
 /// Compiles a table's DEFAULT expressions (provided by the session layer).
 pub type DefaultsFn = Arc<dyn Fn(&Arc<TableDef>) -> HashMap<String, Expr> + Send + Sync>;
 
@@ -310,6 +373,7 @@ pub struct CatalogState {
     pub version: u64,
     pub schemas: BTreeMap<String, SchemaDef>,
     pub tables: BTreeMap<(String, String), Arc<TableDef>>,
+    pub sequences: BTreeMap<(String, String), Arc<SequenceDef>>,
 }
 
 impl CatalogState {
@@ -336,6 +400,14 @@ impl CatalogState {
             state
                 .tables
                 .insert((table.schema.clone(), table.name.clone()), Arc::new(table));
+        }
+        let range = KeyRange::prefix(&[CATALOG_PREFIX, b'q']);
+        for (_, value) in scan_all(snapshot, &range)? {
+            let sequence: SequenceDef = decode_json(&value)?;
+            state.sequences.insert(
+                (sequence.schema.clone(), sequence.name.clone()),
+                Arc::new(sequence),
+            );
         }
         for builtin in builtin_tables() {
             state.tables.insert(
@@ -376,6 +448,23 @@ impl CatalogState {
 
     pub fn table(&self, schema: &str, name: &str) -> Option<&Arc<TableDef>> {
         self.tables.get(&(schema.to_string(), name.to_string()))
+    }
+
+    pub fn sequence(&self, schema: &str, name: &str) -> Option<&Arc<SequenceDef>> {
+        self.sequences.get(&(schema.to_string(), name.to_string()))
+    }
+
+    /// Whether a table, topic or sequence has this name: they share one
+    /// namespace, as PostgreSQL's relations do.
+    pub fn relation_exists(&self, schema: &str, name: &str) -> bool {
+        self.table(schema, name).is_some() || self.sequence(schema, name).is_some()
+    }
+
+    /// The sequences that belong to a column of table `id`.
+    pub fn sequences_owned_by(&self, id: u64) -> impl Iterator<Item = &Arc<SequenceDef>> + '_ {
+        self.sequences
+            .values()
+            .filter(move |s| s.owned_by.as_ref().is_some_and(|o| o.table == id))
     }
 
     pub fn tables_in<'a>(

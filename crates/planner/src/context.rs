@@ -64,6 +64,7 @@ pub struct Database {
     pub(crate) rowids: crate::table::RowIdGenerator,
     pub(crate) transactions: Arc<TransactionRegistry>,
     pub(crate) topics: Arc<crate::topic::TopicCounters>,
+    pub(crate) sequences: Arc<crate::sequence::SequenceAllocator>,
     /// What every session's DataFusion context starts from.
     template: SessionTemplate,
 }
@@ -83,10 +84,14 @@ impl Database {
         catalog.refresh(snapshot.as_ref())?;
         let db = Arc::new_cyclic(|db: &std::sync::Weak<Database>| Database {
             template: SessionTemplate::new(db.clone(), &raft, &catalog),
+            sequences: Arc::new(crate::sequence::SequenceAllocator::new(
+                raft.clone(),
+                catalog.clone(),
+            )),
             raft,
             catalog,
             parser: PostgresCompatibilityParser::new(),
-            expr_context: SessionContext::new_with_config(base_config()),
+            expr_context: expression_context(),
             defaults: Mutex::default(),
             rowids: crate::table::RowIdGenerator::new(),
             transactions: Arc::default(),
@@ -180,6 +185,14 @@ impl Database {
     }
 }
 
+/// The context DEFAULT expressions compile in: the sequence functions are
+/// the only ones not built in.
+fn expression_context() -> SessionContext {
+    let ctx = SessionContext::new_with_config(base_config());
+    crate::sequence::register(&ctx);
+    ctx
+}
+
 /// A DataFusion context with Sluice's planner extensions: correlated
 /// subqueries DataFusion cannot decorrelate are evaluated per outer row
 /// ([`crate::apply`]).
@@ -241,6 +254,7 @@ impl SessionTemplate {
             tracing::error!("sluice_catalog setup failed: {e}");
         }
         crate::functions::register(&ctx);
+        crate::sequence::register(&ctx);
         SessionTemplate {
             state: ctx.state(),
             catalog,
@@ -248,12 +262,20 @@ impl SessionTemplate {
     }
 
     /// The template's state whose only catalog is `catalog`, given the
-    /// template's system schemas.
-    fn session_state(&self, catalog: &Arc<SessionCatalog>) -> SessionState {
+    /// template's system schemas, carrying the session's face of the
+    /// sequences for the sequence functions.
+    fn session_state(
+        &self,
+        catalog: &Arc<SessionCatalog>,
+        sequences: crate::sequence::SequenceSession,
+    ) -> SessionState {
         catalog.share_system_schemas(&self.catalog);
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog(CATALOG_NAME.to_string(), catalog.clone());
+        let mut config = self.state.config().clone();
+        config.options_mut().extensions.insert(sequences);
         SessionStateBuilder::new_from_existing(self.state.clone())
+            .with_config(config)
             .with_catalog_list(catalogs)
             .build()
     }
@@ -302,7 +324,9 @@ impl Context {
             db.catalog.clone(),
             Arc::new(move |def: &Arc<TableDef>| defaults_db.defaults_for(def)),
         ));
-        let planning_state = db.template.session_state(&catalog);
+        let sequences =
+            crate::sequence::SequenceSession::new(db.sequences.clone(), catalog.clone());
+        let planning_state = db.template.session_state(&catalog, sequences);
         let mut settings = default_settings();
         let mut requested: Vec<(String, String)> = Vec::new();
         for (name, value) in startup {
@@ -506,7 +530,8 @@ impl Context {
         let (ApplyError::Conflict { key }
         | ApplyError::ReadConflict { key }
         | ApplyError::DuplicateKey { key }
-        | ApplyError::CorruptLog { log: key }) = conflict;
+        | ApplyError::CorruptLog { log: key }
+        | ApplyError::SequenceExhausted { key, .. }) = conflict;
         let what = self.catalog_state().describe_data_key(key);
         let (message, detail) = match conflict {
             ApplyError::ReadConflict { .. } => (

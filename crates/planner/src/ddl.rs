@@ -16,8 +16,9 @@ use sluice_raftstore::{Command, Mutation};
 
 use crate::api::{CommandTag, Output};
 use crate::catalog::{
-    encode_json, next_table_id_key, read_counter, schema_key, table_key, version_key, CatalogState,
-    ColumnDef, SchemaDef, TableDef, KEY_COLUMN, ROWID_COLUMN, SYSTEM_SCHEMAS,
+    encode_json, next_table_id_key, read_counter, schema_key, sequence_key, table_key, version_key,
+    CatalogState, ColumnDef, SchemaDef, SequenceDef, TableDef, KEY_COLUMN, ROWID_COLUMN,
+    SYSTEM_SCHEMAS,
 };
 use crate::context::Context;
 use crate::error::{from_datafusion, raft_error, sqlstate, Error, Result};
@@ -63,12 +64,18 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
         }
         ast::Statement::CreateTable(create) => {
             let def = table_definition(session, &catalog, create)?;
-            let Some(def) = def else {
+            let Some(NewTable { def, sequences }) = def else {
                 return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
             };
             let id = change.allocate_id(snapshot.as_ref())?;
             let def = TableDef { id, ..def };
             change.put(table_key(id), encode_json(&def));
+            for mut sequence in sequences {
+                if let Some(owner) = &mut sequence.owned_by {
+                    owner.table = id;
+                }
+                change.create_sequence(sequence, snapshot.as_ref())?;
+            }
             "CREATE TABLE"
         }
         ast::Statement::Drop {
@@ -81,7 +88,7 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
             ast::ObjectType::Table => {
                 for name in names {
                     match resolve::find(&catalog, name, Access::Ddl)? {
-                        Some(def) => change.drop_table(&def, snapshot.as_ref())?,
+                        Some(def) => change.drop_table(&def, &catalog, snapshot.as_ref())?,
                         None if *if_exists => {}
                         None => return Err(resolve::missing(name, Access::Ddl)),
                     }
@@ -103,7 +110,7 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
                     let tables: Vec<Arc<TableDef>> = catalog.tables_in(&schema).cloned().collect();
                     if !tables.is_empty() && !cascade {
                         return Err(Error::new(
-                            "2BP01",
+                            sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
                             format!(
                                 "cannot drop schema {schema} because other objects depend on it"
                             ),
@@ -111,7 +118,7 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
                         .with_detail("Use DROP ... CASCADE to drop the dependent objects too."));
                     }
                     for table in tables {
-                        change.drop_table(&table, snapshot.as_ref())?;
+                        change.drop_table(&table, &catalog, snapshot.as_ref())?;
                     }
                     change.mutations.push(Mutation::Delete {
                         key: schema_key(&schema),
@@ -220,6 +227,8 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
 /// and bumped, and the writes it makes.
 pub(crate) struct CatalogChange {
     version: u64,
+    /// The next free object id once one is allocated.
+    next_id: Option<u64>,
     mutations: Vec<Mutation>,
 }
 
@@ -228,6 +237,7 @@ impl CatalogChange {
         let (version, version_bytes) = read_counter(snapshot, &version_key())?;
         Ok(CatalogChange {
             version,
+            next_id: None,
             mutations: vec![Mutation::Check {
                 key: version_key(),
                 expected: version_bytes,
@@ -240,26 +250,64 @@ impl CatalogChange {
         session.propose_ddl(self.mutations).await
     }
 
-    /// Allocates an id for a new table or index.
+    /// Allocates an id for a new table, index or sequence.
     pub(crate) fn allocate_id(&mut self, snapshot: &dyn Snapshot) -> Result<u64> {
-        let (next_id, next_bytes) = read_counter(snapshot, &next_table_id_key())?;
-        // Ids start at 1 and are never reused, even after DROP TABLE.
-        let id = next_id.max(1);
-        self.mutations.push(Mutation::Check {
-            key: next_table_id_key(),
-            expected: next_bytes,
-        });
+        let id = match self.next_id {
+            Some(id) => id,
+            None => {
+                let (next_id, next_bytes) = read_counter(snapshot, &next_table_id_key())?;
+                self.mutations.push(Mutation::Check {
+                    key: next_table_id_key(),
+                    expected: next_bytes,
+                });
+                // Ids start at 1 and are never reused, even after DROP TABLE.
+                next_id.max(1)
+            }
+        };
+        self.next_id = Some(id + 1);
+        // The last put of the counter is the one that counts.
         self.put(next_table_id_key(), (id + 1).to_be_bytes().to_vec());
         Ok(id)
+    }
+
+    /// Writes a new sequence's definition under a fresh id and nonce.
+    pub(crate) fn create_sequence(
+        &mut self,
+        mut def: SequenceDef,
+        snapshot: &dyn Snapshot,
+    ) -> Result<()> {
+        def.id = self.allocate_id(snapshot)?;
+        def.nonce = crate::sequence::new_nonce();
+        self.put(sequence_key(def.id), encode_json(&def));
+        Ok(())
+    }
+
+    /// Deletes a sequence's definition and its state.
+    pub(crate) fn drop_sequence(&mut self, def: &SequenceDef) {
+        self.mutations.push(Mutation::Delete {
+            key: sequence_key(def.id),
+        });
+        self.mutations.push(Mutation::Delete {
+            key: def.state_key(),
+        });
     }
 
     pub(crate) fn put(&mut self, key: Vec<u8>, value: Vec<u8>) {
         self.mutations.push(Mutation::Put { key, value });
     }
 
-    /// Drops a table or topic with its rows, index entries and, for a topic,
-    /// its records and every group's committed offsets of it.
-    pub(crate) fn drop_table(&mut self, def: &TableDef, snapshot: &dyn Snapshot) -> Result<()> {
+    /// Drops a table or topic with its rows, index entries, the sequences
+    /// its columns own and, for a topic, its records and every group's
+    /// committed offsets of it.
+    pub(crate) fn drop_table(
+        &mut self,
+        def: &TableDef,
+        catalog: &CatalogState,
+        snapshot: &dyn Snapshot,
+    ) -> Result<()> {
+        for sequence in catalog.sequences_owned_by(def.id) {
+            self.drop_sequence(sequence);
+        }
         let (start, end) = range_bounds(&def.rows_range());
         self.mutations.push(Mutation::DeleteRange { start, end });
         if def.is_topic() {
@@ -289,13 +337,20 @@ fn range_bounds(range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
-/// The definition CREATE TABLE asks for (id filled in later), or `None` when
-/// IF NOT EXISTS found the table already there.
+/// What CREATE TABLE makes: the table (its id filled in later) and the
+/// sequences its `serial` and identity columns own (ids and owner too).
+pub(crate) struct NewTable {
+    pub def: TableDef,
+    pub sequences: Vec<SequenceDef>,
+}
+
+/// The definition CREATE TABLE asks for, or `None` when IF NOT EXISTS found
+/// the table already there.
 pub(crate) fn table_definition(
     session: &Context,
     catalog: &CatalogState,
     create: &ast::CreateTable,
-) -> Result<Option<TableDef>> {
+) -> Result<Option<NewTable>> {
     let (schema, name) = resolve::qualified_name(&create.name)?;
     if create.query.is_some() {
         return Err(Error::new(
@@ -315,7 +370,7 @@ pub(crate) fn table_definition(
             format!("schema \"{schema}\" does not exist"),
         ));
     }
-    if catalog.table(&schema, &name).is_some() {
+    if catalog.relation_exists(&schema, &name) {
         if create.if_not_exists {
             return Ok(None);
         }
@@ -332,8 +387,17 @@ pub(crate) fn table_definition(
     }
     let mut columns: Vec<ColumnDef> = Vec::new();
     let mut primary_key: Vec<usize> = Vec::new();
+    let mut sequences: Vec<SequenceDef> = Vec::new();
     for column in &create.columns {
-        let (def, is_primary) = column_definition(column)?;
+        let (mut def, is_primary, generated) = column_definition(column)?;
+        if let Some(options) = generated {
+            let taken: Vec<String> = sequences.iter().map(|s| s.name.clone()).collect();
+            let sequence = crate::sequence::for_column(
+                catalog, &taken, &schema, &name, &def.name, def.ty, &options,
+            )?;
+            def.default = Some(crate::sequence::nextval_default(&sequence));
+            sequences.push(sequence);
+        }
         if columns.iter().any(|c| c.name == def.name) {
             return Err(Error::new(
                 sqlstate::DUPLICATE_COLUMN,
@@ -380,7 +444,7 @@ pub(crate) fn table_definition(
         topic: None,
     };
     validate_defaults(session, &def)?;
-    Ok(Some(def))
+    Ok(Some(NewTable { def, sequences }))
 }
 
 fn multiple_primary_keys(table: &str) -> Error {
@@ -397,27 +461,78 @@ fn unsupported_constraint(constraint: &impl std::fmt::Display) -> Error {
     )
 }
 
-/// A column definition and whether it declares itself the primary key.
-fn column_definition(column: &ast::ColumnDef) -> Result<(ColumnDef, bool)> {
-    let ty = SqlType::from_ast(&column.data_type)?;
+/// A column definition, whether it declares itself the primary key, and
+/// for a `serial` or identity column the options of the sequence it owns.
+fn column_definition(
+    column: &ast::ColumnDef,
+) -> Result<(ColumnDef, bool, Option<Vec<ast::SequenceOptions>>)> {
+    let serial = crate::sequence::serial_type(&column.data_type);
+    let ty = match serial {
+        Some(ty) => ty,
+        None => SqlType::from_ast(&column.data_type)?,
+    };
     let mut def = ColumnDef {
         name: identifier(&column.name),
         ty,
-        nullable: true,
+        nullable: serial.is_none(),
         default: None,
         missing_value: None,
     };
+    let mut generated = serial.map(|_| Vec::new());
     let mut primary = false;
     for option in &column.options {
         match &option.option {
+            ast::ColumnOption::Null if generated.is_some() => {
+                return Err(Error::new(
+                    sqlstate::SYNTAX_ERROR,
+                    format!(
+                        "conflicting NULL/NOT NULL declarations for column \"{}\"",
+                        def.name
+                    ),
+                ))
+            }
             ast::ColumnOption::Null => def.nullable = true,
             ast::ColumnOption::NotNull => def.nullable = false,
+            ast::ColumnOption::Default(_) if generated.is_some() => {
+                return Err(Error::new(
+                    sqlstate::SYNTAX_ERROR,
+                    format!(
+                        "multiple default values specified for column \"{}\"",
+                        def.name
+                    ),
+                ))
+            }
             ast::ColumnOption::Default(expr) => def.default = Some(expr.to_string()),
             ast::ColumnOption::PrimaryKey(_) => primary = true,
+            ast::ColumnOption::Generated {
+                generated_as: ast::GeneratedAs::ByDefault,
+                sequence_options,
+                generation_expr: None,
+                ..
+            } if serial.is_none() && def.default.is_none() => {
+                if !matches!(ty, SqlType::Int2 | SqlType::Int4 | SqlType::Int8) {
+                    return Err(Error::new(
+                        sqlstate::INVALID_PARAMETER_VALUE,
+                        "identity column type must be smallint, integer, or bigint",
+                    ));
+                }
+                def.nullable = false;
+                generated = Some(sequence_options.clone().unwrap_or_default());
+            }
+            ast::ColumnOption::Generated {
+                generated_as: ast::GeneratedAs::Always,
+                generation_expr: None,
+                ..
+            } => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "GENERATED ALWAYS AS IDENTITY is not supported yet (INSERT cannot say OVERRIDING SYSTEM VALUE); use GENERATED BY DEFAULT AS IDENTITY",
+                ))
+            }
             other => return Err(unsupported_constraint(other)),
         }
     }
-    Ok((def, primary))
+    Ok((def, primary, generated))
 }
 
 /// Plans every DEFAULT once so a bad one fails CREATE TABLE, not the first INSERT.
@@ -455,7 +570,13 @@ async fn alter_table(
             if_not_exists,
             ..
         } => {
-            let (mut column, primary) = column_definition(column_def)?;
+            let (mut column, primary, generated) = column_definition(column_def)?;
+            if generated.is_some() {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "adding a serial or identity column to a table is not supported yet",
+                ));
+            }
             if primary {
                 return Err(Error::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,

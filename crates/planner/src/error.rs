@@ -80,6 +80,9 @@ pub mod sqlstate {
     pub const UNDEFINED_OBJECT: &str = "42704";
     pub const UNDEFINED_PARAMETER: &str = "42P02";
     pub const DUPLICATE_TABLE: &str = "42P07";
+    pub const INVALID_NAME: &str = "42602";
+    pub const DEPENDENT_OBJECTS_STILL_EXIST: &str = "2BP01";
+    pub const SEQUENCE_GENERATOR_LIMIT_EXCEEDED: &str = "2200H";
     pub const WRONG_OBJECT_TYPE: &str = "42809";
     pub const GENERATED_ALWAYS: &str = "428C9";
     pub const DUPLICATE_CURSOR: &str = "42P03";
@@ -313,6 +316,14 @@ pub fn raft_error(error: sluice_raftstore::Error) -> Error {
         R::Apply(ApplyError::CorruptLog { .. }) => Error::new(
             sqlstate::DATA_CORRUPTED,
             "the state of a topic partition does not decode; the append was refused on every replica",
+        ),
+        R::Apply(ApplyError::SequenceExhausted { corrupt: true, .. }) => Error::new(
+            sqlstate::DATA_CORRUPTED,
+            "the state of a sequence does not decode; nextval was refused on every replica",
+        ),
+        R::Apply(ApplyError::SequenceExhausted { corrupt: false, .. }) => Error::new(
+            sqlstate::SEQUENCE_GENERATOR_LIMIT_EXCEEDED,
+            "nextval: reached the bound of a sequence",
         ),
         R::CommandTooLarge { bytes, limit } => Error::new(
             sqlstate::PROGRAM_LIMIT_EXCEEDED,

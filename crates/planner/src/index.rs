@@ -84,12 +84,11 @@ pub fn with_index_upkeep(table: &TableDef, mutations: Vec<Mutation>) -> Result<V
             Mutation::Check { .. } | Mutation::CheckRange { .. } => continue,
             Mutation::InsertIfAbsent { .. }
             | Mutation::DeleteRange { .. }
-            | Mutation::Append { .. } => {
-                return Err(Error::new(
-                    sqlstate::INTERNAL_ERROR,
-                    "conditional, range and append writes cannot maintain secondary indexes",
-                ))
-            }
+            | Mutation::Append { .. }
+            | Mutation::NextValues { .. } => return Err(Error::new(
+                sqlstate::INTERNAL_ERROR,
+                "conditional, range, append and sequence writes cannot maintain secondary indexes",
+            )),
         };
         let old = match old_rows.get(key.as_slice()) {
             Some(old) => entries(key, old)?,

@@ -50,6 +50,7 @@
 //! | | [`system_views`], [`pg_overlay`] | `sluice_catalog`'s views; `pg_catalog` corrected from the catalog |
 //! | | [`provider`] | the `CatalogProvider` over tables, topics and the system schemas |
 //! | | [`functions`], [`subplan`] | functions DataFusion lacks; the correlated-subquery operator |
+//! | | [`sequence`] | a directory: sequence definitions, the node's blocks of values and `nextval` and friends, CREATE/DROP SEQUENCE (its `ddl` is a statement) |
 //! | | [`cached_plan`], [`transaction`], [`runtime`] | plans kept by prepared statements; transaction blocks; where plans run |
 //! | context | [`context`] | `Database` and a session's `Context`: settings, the transaction block, read views, propose, plan and run |
 //! | statements | [`dml`], [`literal_insert`], [`copy`], [`ddl`], [`cluster`], [`offsets`] | INSERT/UPDATE/DELETE, literal inserts, COPY, DDL, membership calls, consumer offsets and groups |
@@ -80,6 +81,7 @@ mod pg_overlay;
 mod provider;
 mod resolve;
 mod runtime;
+mod sequence;
 mod session;
 mod settings;
 mod stream_sql;

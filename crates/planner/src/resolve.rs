@@ -123,6 +123,29 @@ pub fn missing(name: &ast::ObjectName, access: Access) -> Error {
     Error::new(sqlstate::UNDEFINED_TABLE, message)
 }
 
+/// The table `schema.table` that has `column`, with PostgreSQL's errors
+/// for a missing table (42P01) or column (42703).
+pub fn table_with_column<'a>(
+    catalog: &'a CatalogState,
+    schema: &str,
+    table: &str,
+    column: &str,
+) -> Result<&'a Arc<TableDef>> {
+    let def = catalog.table(schema, table).ok_or_else(|| {
+        Error::new(
+            sqlstate::UNDEFINED_TABLE,
+            format!("relation \"{table}\" does not exist"),
+        )
+    })?;
+    if def.column_index(column).is_none() {
+        return Err(Error::new(
+            sqlstate::UNDEFINED_COLUMN,
+            format!("column \"{column}\" of relation \"{table}\" does not exist"),
+        ));
+    }
+    Ok(def)
+}
+
 #[cfg(test)]
 mod tests {
     use datafusion::sql::sqlparser::dialect::PostgreSqlDialect;

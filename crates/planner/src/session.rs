@@ -303,6 +303,7 @@ impl Session {
             | ast::Statement::Drop { .. }
             | ast::Statement::AlterTable(_)
             | ast::Statement::CreateIndex(_)
+            | ast::Statement::CreateSequence { .. }
             | ast::Statement::Truncate(_) => (PreparedKind::Ddl, None, Vec::new()),
             ast::Statement::Set(ast::Set::SetTransaction {
                 modes,
@@ -580,6 +581,9 @@ impl Session {
                 literal_insert::execute(&self.cx, insert, params).await
             }
             PreparedKind::Ddl => match prepared.statement.sql() {
+                Some(ast) if crate::sequence::is_sequence_ddl(ast) => {
+                    crate::sequence::execute(&mut self.cx, ast).await
+                }
                 Some(ast) => ddl::execute(&mut self.cx, ast).await,
                 None => Err(Error::new(
                     sqlstate::INTERNAL_ERROR,

@@ -350,6 +350,13 @@ impl Transaction {
                 // if this block had committed after them.
                 Mutation::DeleteRange { .. } => {}
                 Mutation::Append { .. } => unreachable!("partitioned out above"),
+                // Sequences are not transactional: nextval proposes its own command.
+                Mutation::NextValues { .. } => {
+                    return Err(Error::new(
+                        sqlstate::INTERNAL_ERROR,
+                        "a statement put a sequence advance into a transaction block",
+                    ))
+                }
                 // Only COMMIT proposes range checks, from the recorded reads.
                 Mutation::CheckRange { .. } => {
                     return Err(Error::new(

@@ -110,12 +110,11 @@ impl SqlType {
                     "int8" => SqlType::Int8,
                     "float4" => SqlType::Float4,
                     "float8" => SqlType::Float8,
-                    "serial" | "bigserial" | "smallserial" => {
+                    // Only a column's type (crate::sequence::serial_type).
+                    "serial" | "bigserial" | "smallserial" | "serial2" | "serial4" | "serial8" => {
                         return Err(Error::new(
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            format!(
-                                "type {name} is not supported yet (sequences are not implemented)"
-                            ),
+                            sqlstate::UNDEFINED_OBJECT,
+                            format!("type \"{name}\" does not exist"),
                         ))
                     }
                     other => {

@@ -77,6 +77,19 @@ pub enum Mutation {
         stamp: u64,
         index_interval: u64,
     },
+    /// Takes up to `count` values from the integer sequence whose state
+    /// ([`sequence::SequenceState`]) is at `key`, by the rules of `bounds`;
+    /// an absent state starts at `bounds.start`. Only apply assigns the
+    /// values, so every replica hands out the same block and no two
+    /// proposals, from whichever node, get the same value. The block ends
+    /// early at the bound; the next one cycles or fails with
+    /// [`ApplyError::SequenceExhausted`].
+    NextValues {
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        bounds: sequence::SequenceBounds,
+        count: u64,
+    },
 }
 
 /// A batch of mutations applied all together or not at all.
@@ -97,6 +110,9 @@ pub struct ApplyOutcome {
     /// The first sequence number of each `Append`, in mutation order.
     #[serde(default)]
     pub appended: Vec<u64>,
+    /// The block each `NextValues` took, in mutation order.
+    #[serde(default)]
+    pub values: Vec<sequence::ValueBlock>,
 }
 
 /// Why a command was rejected at apply. The same on every replica.
@@ -113,6 +129,10 @@ pub enum ApplyError {
     /// The state of the sequence log under `log` does not decode.
     #[error("corrupt sequence log state")]
     CorruptLog { log: Vec<u8> },
+    /// A `NextValues` found its sequence at its bound, without `cycle`;
+    /// or its state does not decode (`corrupt`).
+    #[error("sequence exhausted")]
+    SequenceExhausted { key: Vec<u8>, corrupt: bool },
 }
 
 /// The state machine's response to one log entry.
@@ -230,6 +250,110 @@ pub mod seqlog {
     pub fn number_of(key: &[u8]) -> Option<u64> {
         let tail = key.len().checked_sub(8).map(|at| &key[at..])?;
         Some(u64::from_be_bytes(tail.try_into().ok()?))
+    }
+}
+
+/// Integer sequences (SQL's `CREATE SEQUENCE`): the state apply keeps under
+/// a sequence's key, the bounds a `NextValues` carries, and the rule that
+/// turns one into the next.
+pub mod sequence {
+    use serde::{Deserialize, Serialize};
+
+    /// PostgreSQL's `last_value` and `is_called`: the next value is
+    /// `last + increment` once called, else `last` itself (a fresh or
+    /// `setval(…, false)` sequence).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct SequenceState {
+        pub last: i64,
+        pub called: bool,
+    }
+
+    impl SequenceState {
+        pub fn encode(&self) -> Vec<u8> {
+            let mut out = self.last.to_be_bytes().to_vec();
+            out.push(u8::from(self.called));
+            out
+        }
+
+        /// `None` for bytes that are not a state (corruption).
+        pub fn decode(bytes: &[u8]) -> Option<SequenceState> {
+            let (last, called) = bytes.split_at_checked(8)?;
+            let called = match called {
+                [0] => false,
+                [1] => true,
+                _ => return None,
+            };
+            Some(SequenceState {
+                last: i64::from_be_bytes(last.try_into().ok()?),
+                called,
+            })
+        }
+    }
+
+    /// What a sequence's definition says about the values it hands out.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct SequenceBounds {
+        pub start: i64,
+        /// Never 0.
+        pub increment: i64,
+        pub min: i64,
+        pub max: i64,
+        pub cycle: bool,
+    }
+
+    /// `count` values from `first`, `increment` apart.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct ValueBlock {
+        pub first: i64,
+        pub count: u64,
+    }
+
+    impl SequenceBounds {
+        /// The block of at most `count` values after `state`, and the state
+        /// after it; `None` when the sequence is at its bound and does not
+        /// cycle.
+        pub fn next_block(
+            &self,
+            state: Option<SequenceState>,
+            count: u64,
+        ) -> Option<(ValueBlock, SequenceState)> {
+            let ascending = self.increment > 0;
+            let within = |v: i64| v >= self.min && v <= self.max;
+            let first = match state {
+                None => Some(self.start),
+                Some(SequenceState {
+                    last,
+                    called: false,
+                }) => Some(last),
+                Some(SequenceState { last, called: true }) => last.checked_add(self.increment),
+            };
+            let first = match first.filter(|&v| within(v)) {
+                Some(first) => first,
+                None if self.cycle => {
+                    if ascending {
+                        self.min
+                    } else {
+                        self.max
+                    }
+                }
+                None => return None,
+            };
+            // Values left before the bound, counting `first`.
+            let room = if ascending {
+                (self.max as i128 - first as i128) / self.increment as i128 + 1
+            } else {
+                (first as i128 - self.min as i128) / -(self.increment as i128) + 1
+            };
+            let taken = (count.max(1) as i128).min(room) as u64;
+            let last = (first as i128 + (taken as i128 - 1) * self.increment as i128) as i64;
+            Some((
+                ValueBlock {
+                    first,
+                    count: taken,
+                },
+                SequenceState { last, called: true },
+            ))
+        }
     }
 }
 
@@ -380,5 +504,58 @@ mod tests {
             assert_eq!(encoded, postcard::to_allocvec(&before).unwrap(), "{now:?}");
             assert_eq!(postcard::from_bytes::<Mutation>(&encoded).unwrap(), now);
         }
+    }
+
+    #[test]
+    fn sequence_blocks_stop_at_the_bound_then_cycle_or_end() {
+        use sequence::{SequenceBounds, SequenceState, ValueBlock};
+        let up = SequenceBounds {
+            start: 5,
+            increment: 10,
+            min: 1,
+            max: 40,
+            cycle: false,
+        };
+        let (block, state) = up.next_block(None, 32).unwrap();
+        assert_eq!(block, ValueBlock { first: 5, count: 4 });
+        assert_eq!(
+            state,
+            SequenceState {
+                last: 35,
+                called: true
+            }
+        );
+        assert_eq!(up.next_block(Some(state), 1), None);
+        let cycling = SequenceBounds { cycle: true, ..up };
+        let (block, _) = cycling.next_block(Some(state), 2).unwrap();
+        assert_eq!(block, ValueBlock { first: 1, count: 2 });
+        // setval(…, false): the stored value itself comes next.
+        let fresh = SequenceState {
+            last: 20,
+            called: false,
+        };
+        assert_eq!(up.next_block(Some(fresh), 1).unwrap().0.first, 20);
+        let down = SequenceBounds {
+            start: -1,
+            increment: -1,
+            min: i64::MIN,
+            max: -1,
+            cycle: false,
+        };
+        let near_end = SequenceState {
+            last: i64::MIN + 1,
+            called: true,
+        };
+        let (block, state) = down.next_block(Some(near_end), 5).unwrap();
+        assert_eq!(
+            block,
+            ValueBlock {
+                first: i64::MIN,
+                count: 1
+            }
+        );
+        assert_eq!(down.next_block(Some(state), 1), None);
+        assert_eq!(SequenceState::decode(&state.encode()), Some(state));
+        assert_eq!(SequenceState::decode(&[0; 8]), None);
     }
 }

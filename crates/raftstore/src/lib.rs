@@ -73,7 +73,7 @@ mod watch;
 mod write_set;
 
 pub use command::{
-    seqlog, ApplyError, ApplyOutcome, Command, CommandBatch, CommandResponse, Mutation,
+    seqlog, sequence, ApplyError, ApplyOutcome, Command, CommandBatch, CommandResponse, Mutation,
 };
 pub use error::{Error, Result};
 pub use network::FaultFilter;

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use sluice_engine::{Error as EngineError, KeyRange, Keyspace, KvPair, Snapshot, WriteOp};
 
 use crate::command::seqlog::{self, LogState};
+use crate::command::sequence::SequenceState;
 use crate::command::{ApplyError, ApplyOutcome, Mutation};
 
 /// Pending writes to `Keyspace::Data`, by key.
@@ -254,6 +255,29 @@ pub fn plan_mutations<E>(
                     ops.push(op);
                 }
                 continue;
+            }
+            Mutation::NextValues { key, bounds, count } => {
+                let state = match current(&local, &key)? {
+                    None => None,
+                    Some(bytes) => match SequenceState::decode(&bytes) {
+                        Some(state) => Some(state),
+                        None => {
+                            return Ok(Err(ApplyError::SequenceExhausted { key, corrupt: true }))
+                        }
+                    },
+                };
+                let Some((block, state)) = bounds.next_block(state, count) else {
+                    return Ok(Err(ApplyError::SequenceExhausted {
+                        key,
+                        corrupt: false,
+                    }));
+                };
+                outcome.values.push(block);
+                WriteOp::Put {
+                    keyspace: Keyspace::Data,
+                    key,
+                    value: state.encode(),
+                }
             }
         };
         local.apply(&op);

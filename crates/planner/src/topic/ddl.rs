@@ -7,7 +7,7 @@ use datafusion::sql::sqlparser::ast;
 use crate::api::{CommandTag, Output};
 use crate::catalog::{encode_json, table_key, ColumnDef, TableDef};
 use crate::context::Context;
-use crate::ddl::{table_definition, CatalogChange};
+use crate::ddl::{table_definition, CatalogChange, NewTable};
 use crate::error::{sqlstate, Error, Result};
 use crate::resolve::{self, Access};
 use crate::types::SqlType;
@@ -27,9 +27,15 @@ pub(crate) async fn create_topic(
     let snapshot = session.read_view().await?;
     let catalog = session.catalog_state();
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
-    let Some(mut def) = table_definition(session, &catalog, create)? else {
+    let Some(NewTable { mut def, sequences }) = table_definition(session, &catalog, create)? else {
         return Ok(Output::Command(CommandTag::new("CREATE TOPIC")));
     };
+    if !sequences.is_empty() {
+        return Err(Error::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            "a topic's columns cannot be serial or identity columns",
+        ));
+    }
     if def.has_primary_key() {
         return Err(Error::new(
             sqlstate::INVALID_TABLE_DEFINITION,
@@ -165,7 +171,7 @@ pub(crate) async fn drop_topics(
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     for name in names {
         match resolve::find(&catalog, name, Access::TopicDdl)? {
-            Some(def) => change.drop_table(&def, snapshot.as_ref())?,
+            Some(def) => change.drop_table(&def, &catalog, snapshot.as_ref())?,
             None if if_exists => {}
             None => return Err(resolve::missing(name, Access::TopicDdl)),
         }
