@@ -207,6 +207,54 @@ async fn sequence_functions_follow_postgres_rules_and_errors() {
 }
 
 #[tokio::test]
+async fn defaults_name_sequences_as_postgres_and_pg_dump_write_them() {
+    let server = TestServer::start();
+    let client = server.client().await;
+    // `'name'::regclass`, as PostgreSQL shows a serial column's default,
+    // and a default set after the table, as pg_dump restores one.
+    batch(
+        &client,
+        "CREATE SEQUENCE public.z_id_seq AS integer START WITH 1 INCREMENT BY 1 NO MINVALUE NO MAXVALUE CACHE 1;
+         CREATE TABLE z (id integer NOT NULL, v int DEFAULT 7);
+         ALTER TABLE ONLY z ALTER COLUMN id SET DEFAULT nextval('public.z_id_seq'::regclass)",
+    )
+    .await;
+    let row = client
+        .query_one("INSERT INTO z (v) VALUES (1) RETURNING id, v", &[])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (1, 1));
+    assert_eq!(
+        ids(&client, "SELECT nextval('z_id_seq'::regclass)").await,
+        [2]
+    );
+    batch(&client, "ALTER TABLE z ALTER COLUMN v DROP DEFAULT").await;
+    let row = client
+        .query_one("INSERT INTO z (id) VALUES (10) RETURNING v", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<i32>>(0), None);
+    batch(&client, "ALTER TABLE z ALTER COLUMN v SET DEFAULT 40 + 2").await;
+    let row = client
+        .query_one("INSERT INTO z (id) VALUES (11) RETURNING v", &[])
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Option<i32>>(0), Some(42));
+    expect_sqlstate(
+        client
+            .batch_execute("ALTER TABLE z ALTER COLUMN nosuch SET DEFAULT 1")
+            .await,
+        "42703",
+    );
+    expect_sqlstate(
+        client
+            .batch_execute("ALTER TABLE z ALTER COLUMN v SET DEFAULT nosuch")
+            .await,
+        "42703",
+    );
+}
+
+#[tokio::test]
 async fn values_are_not_transactional_and_never_reused() {
     let mut server = TestServer::start();
     let client = server.client().await;

@@ -652,6 +652,43 @@ async fn alter_table(
             }
             Ok(())
         }
+        ast::AlterTableOperation::AlterColumn { column_name, op } => {
+            let name = identifier(column_name);
+            let index = def.column_index(&name).ok_or_else(|| {
+                Error::new(
+                    sqlstate::UNDEFINED_COLUMN,
+                    format!(
+                        "column \"{name}\" of relation \"{}\" does not exist",
+                        def.name
+                    ),
+                )
+            })?;
+            match op {
+                // Rows already stored keep their values; only later INSERTs
+                // read the new default, as in PostgreSQL.
+                ast::AlterColumnOperation::SetDefault { value } => {
+                    def.columns[index].default = Some(value.to_string());
+                    validate_defaults(session, def)
+                }
+                ast::AlterColumnOperation::DropDefault => {
+                    def.columns[index].default = None;
+                    Ok(())
+                }
+                // Nothing stored can violate it.
+                ast::AlterColumnOperation::DropNotNull if !def.primary_key.contains(&index) => {
+                    def.columns[index].nullable = true;
+                    Ok(())
+                }
+                ast::AlterColumnOperation::DropNotNull => Err(Error::new(
+                    sqlstate::INVALID_TABLE_DEFINITION,
+                    format!("column \"{name}\" is in a primary key"),
+                )),
+                other => Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("ALTER TABLE … ALTER COLUMN {name} {other} is not supported yet"),
+                )),
+            }
+        }
         other => Err(Error::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
             format!("ALTER TABLE {other} is not supported yet"),

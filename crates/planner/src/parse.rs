@@ -319,7 +319,10 @@ pub(crate) fn reads_system_catalog(statement: &ast::Statement) -> bool {
 ///   functions live in that schema and clients call them by either name
 ///   (SQLAlchemy's first query is `SELECT pg_catalog.version()`), while
 ///   DataFusion looks functions up by their bare name. Other qualifiers stay,
-///   so a function of a schema that has none is still not found.
+///   so a function of a schema that has none is still not found;
+/// - the sequence functions' `'name'::regclass` argument becomes `'name'`:
+///   they take the name as text (`crate::sequence`), and PostgreSQL's own
+///   column defaults and pg_dump write the cast.
 pub(crate) fn check_and_normalize(statement: &mut ast::Statement) -> Result<()> {
     let mut refused = None;
     let _ = ast::visit_expressions_mut(statement, |expr: &mut ast::Expr| {
@@ -345,6 +348,13 @@ pub(crate) fn check_and_normalize(statement: &mut ast::Statement) -> Result<()> 
                 if in_pg_catalog {
                     parts.remove(0);
                 }
+                let takes_sequence = parts.len() == 1
+                    && parts[0].as_ident().is_some_and(|name| {
+                        matches!(identifier(name).as_str(), "nextval" | "currval" | "setval")
+                    });
+                if takes_sequence {
+                    strip_regclass_cast(&mut function.args);
+                }
             }
             _ => {}
         }
@@ -362,9 +372,60 @@ pub(crate) fn check_and_normalize(statement: &mut ast::Statement) -> Result<()> 
     }
 }
 
+/// Drops a `::regclass` cast of a string literal first argument.
+fn strip_regclass_cast(args: &mut ast::FunctionArguments) {
+    let ast::FunctionArguments::List(list) = args else {
+        return;
+    };
+    let Some(ast::FunctionArg::Unnamed(ast::FunctionArgExpr::Expr(first))) = list.args.first_mut()
+    else {
+        return;
+    };
+    if let ast::Expr::Cast {
+        expr,
+        data_type: ast::DataType::Regclass,
+        ..
+    } = first
+    {
+        if matches!(
+            expr.as_ref(),
+            ast::Expr::Value(ast::ValueWithSpan {
+                value: ast::Value::SingleQuotedString(_),
+                ..
+            })
+        ) {
+            *first = expr.as_ref().clone();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::respell_copy_booleans;
+
+    #[test]
+    fn sequence_functions_take_their_regclass_argument_as_text() {
+        use datafusion::sql::sqlparser::parser::Parser;
+        let dialect = crate::dialect::SluiceDialect::default();
+        let normalized = |sql: &str| {
+            let mut statement = Parser::parse_sql(&dialect, sql).unwrap().remove(0);
+            super::check_and_normalize(&mut statement).unwrap();
+            statement.to_string()
+        };
+        assert_eq!(
+            normalized("SELECT pg_catalog.nextval('public.s'::regclass), currval('s'::regclass)"),
+            "SELECT nextval('public.s'), currval('s')"
+        );
+        assert_eq!(
+            normalized("CREATE TABLE t (id int DEFAULT nextval('t_id_seq'::regclass))"),
+            "CREATE TABLE t (id INT DEFAULT nextval('t_id_seq'))"
+        );
+        // Other functions and other casts keep theirs.
+        assert_eq!(
+            normalized("SELECT f('s'::regclass), nextval(x::regclass)"),
+            "SELECT f('s'::REGCLASS), nextval(x::REGCLASS)"
+        );
+    }
 
     #[test]
     fn copy_booleans_are_respelled_only_where_sqlparser_needs_it() {
