@@ -87,6 +87,33 @@ async fn serial_and_identity_columns_number_rows_and_return_them() {
         value(&client, "SELECT pg_get_serial_sequence('orders', 'item')").await,
         None
     );
+    // Introspection as Django's does it: pg_attrdef joined to pg_attribute,
+    // the default's text through pg_get_expr.
+    let defaults: Vec<(String, bool, Option<String>)> = client
+        .query(
+            "SELECT a.attname::text, a.atthasdef, pg_get_expr(ad.adbin, ad.adrelid) \
+             FROM pg_catalog.pg_attribute a \
+             JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+             LEFT JOIN pg_catalog.pg_attrdef ad ON a.attrelid = ad.adrelid AND a.attnum = ad.adnum \
+             WHERE c.relname = 'orders' AND a.attnum > 0 ORDER BY a.attnum",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        defaults,
+        [
+            (
+                "id".to_string(),
+                true,
+                Some("nextval('orders_id_seq')".to_string())
+            ),
+            ("item".to_string(), false, None)
+        ]
+    );
     // A serial column is NOT NULL and its sequence belongs to it.
     expect_sqlstate(
         client

@@ -31,6 +31,9 @@ pub fn register(ctx: &SessionContext) {
         std::env::consts::ARCH
     );
     ctx.register_udf(ScalarUDF::new_from_impl(PgTypeof::default()));
+    // datafusion-pg-catalog's answers '' for everything; the catalog views
+    // that feed it (crate::pg_overlay) hold expressions as SQL text already.
+    ctx.register_udf(ScalarUDF::new_from_impl(PgGetExpr::default()));
     ctx.register_udf(create_udf(
         "version",
         Vec::new(),
@@ -83,6 +86,48 @@ impl ScalarUDFImpl for PgTypeof {
             .first()
             .map_or_else(|| "unknown".to_string(), |f| pg_type_name(f.data_type()));
         Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(name))))
+    }
+}
+
+/// `pg_get_expr(expr_text, relation [, pretty]) -> text`: the expression
+/// text itself (see `crate::pg_overlay`).
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct PgGetExpr {
+    signature: Signature,
+}
+
+impl Default for PgGetExpr {
+    fn default() -> Self {
+        Self {
+            signature: Signature::one_of(
+                vec![
+                    datafusion::logical_expr::TypeSignature::Any(2),
+                    datafusion::logical_expr::TypeSignature::Any(3),
+                ],
+                Volatility::Stable,
+            ),
+        }
+    }
+}
+
+impl ScalarUDFImpl for PgGetExpr {
+    fn name(&self) -> &str {
+        "pg_get_expr"
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> datafusion::common::Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(
+        &self,
+        args: ScalarFunctionArgs,
+    ) -> datafusion::common::Result<ColumnarValue> {
+        args.args[0].cast_to(&DataType::Utf8, None)
     }
 }
 

@@ -1,12 +1,17 @@
 //! `pg_catalog` as datafusion-pg-catalog provides it, with `pg_attribute`
-//! corrected from the Sluice catalog.
+//! and `pg_attrdef` corrected from the Sluice catalog.
 //!
 //! datafusion-pg-catalog derives a column's type from its Arrow type alone,
 //! without type modifiers, so `\d` would show `numeric` for `numeric(12,2)`
-//! and `text` for `varchar(20)`, `uuid` or `json`. This overlay replaces
-//! `pg_attribute` by a view over the original that takes `atttypid` and
-//! `atttypmod` from the declared SQL types, matched by schema, table and
-//! column name. Every other table is the original.
+//! and `text` for `varchar(20)`, `uuid` or `json`; and it knows no column
+//! defaults. This overlay replaces `pg_attribute` by a view over the
+//! original that takes `atttypid`, `atttypmod` and `atthasdef` from the
+//! declared columns, matched by schema, table and column name, and
+//! `pg_attrdef` by a view of the declared defaults. Its `adbin` holds the
+//! default's SQL text, which `pg_get_expr` returns as it is
+//! ([`crate::functions`]): PostgreSQL stores a parsed tree there and
+//! `pg_get_expr` prints it, so clients see the same text either way. Every
+//! other table is the original.
 
 use std::fmt;
 use std::sync::Arc;
@@ -15,10 +20,10 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Int32Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::catalog::{SchemaProvider, TableProvider};
-use datafusion::common::{Column, Result};
+use datafusion::common::{Column, Result, ScalarValue};
 use datafusion::datasource::{provider_as_source, MemTable, ViewTable};
 use datafusion::functions::expr_fn::coalesce;
-use datafusion::logical_expr::{Expr, JoinType, LogicalPlanBuilder};
+use datafusion::logical_expr::{cast, lit, Expr, JoinType, LogicalPlanBuilder};
 
 use crate::catalog::SharedCatalog;
 use crate::types::SqlType;
@@ -39,11 +44,13 @@ impl PgCatalogOverlay {
         Self { inner, catalog }
     }
 
-    /// (schema, table, column, type oid, type modifier) of every Sluice column.
-    fn declared_types(&self) -> Result<RecordBatch> {
+    /// (schema, table, column, type oid, type modifier, default) of every
+    /// Sluice column.
+    fn declared_columns(&self) -> Result<RecordBatch> {
         let state = self.catalog.current();
         let (mut schemas, mut tables, mut columns, mut oids, mut modifiers) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut defaults = Vec::new();
         for table in state.tables.values() {
             for column in &table.columns {
                 let (oid, modifier) = pg_type(column.ty);
@@ -52,6 +59,7 @@ impl PgCatalogOverlay {
                 columns.push(column.name.clone());
                 oids.push(oid);
                 modifiers.push(modifier);
+                defaults.push(column.default.clone());
             }
         }
         let schema = Arc::new(Schema::new(vec![
@@ -60,6 +68,7 @@ impl PgCatalogOverlay {
             Field::new("attname", DataType::Utf8, false),
             Field::new("typid", DataType::Int32, false),
             Field::new("typmod", DataType::Int32, false),
+            Field::new("adsrc", DataType::Utf8, true),
         ]));
         Ok(RecordBatch::try_new(
             schema,
@@ -69,21 +78,25 @@ impl PgCatalogOverlay {
                 Arc::new(StringArray::from(columns)),
                 Arc::new(Int32Array::from(oids)),
                 Arc::new(Int32Array::from(modifiers)),
+                Arc::new(StringArray::from(defaults)),
             ],
         )?)
     }
 
-    async fn attribute_view(&self) -> Result<Option<Arc<dyn TableProvider>>> {
-        let Some(attribute) = self.inner.table("pg_attribute").await? else {
-            return Ok(None);
-        };
-        let (Some(class), Some(namespace)) = (
+    /// The original `pg_attribute` (as `a`) joined to its class (`c`),
+    /// namespace (`n`) and the declared columns (`m`); `None` when the
+    /// original tables are missing.
+    async fn attributes_with_declared(
+        &self,
+    ) -> Result<Option<(Arc<dyn TableProvider>, LogicalPlanBuilder)>> {
+        let (Some(attribute), Some(class), Some(namespace)) = (
+            self.inner.table("pg_attribute").await?,
             self.inner.table("pg_class").await?,
             self.inner.table("pg_namespace").await?,
         ) else {
-            return Ok(Some(attribute));
+            return Ok(None);
         };
-        let declared = self.declared_types()?;
+        let declared = self.declared_columns()?;
         let declared = MemTable::try_new(declared.schema(), vec![vec![declared]])?;
         let scan = |name: &str, table: Arc<dyn TableProvider>| {
             LogicalPlanBuilder::scan(name, provider_as_source(table), None)?.build()
@@ -110,7 +123,13 @@ impl PgCatalogOverlay {
                 ),
                 None,
             )?;
-        let column = |qualifier: &str, name: &str| Expr::Column(Column::new(Some(qualifier), name));
+        Ok(Some((attribute, plan)))
+    }
+
+    async fn attribute_view(&self) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some((attribute, plan)) = self.attributes_with_declared().await? else {
+            return self.inner.table("pg_attribute").await;
+        };
         let projection: Vec<Expr> = attribute
             .schema()
             .fields()
@@ -121,12 +140,51 @@ impl PgCatalogOverlay {
                 }
                 "atttypmod" => coalesce(vec![column("m", "typmod"), column("a", "atttypmod")])
                     .alias("atttypmod"),
+                "atthasdef" => column("m", "adsrc")
+                    .is_not_null()
+                    .or(column("a", "atthasdef"))
+                    .alias("atthasdef"),
                 name => column("a", name).alias(name),
             })
             .collect();
         let plan = plan.project(projection)?.build()?;
         Ok(Some(Arc::new(ViewTable::new(plan, None))))
     }
+
+    /// `pg_attrdef`: one row per declared default, in the original's columns.
+    async fn attrdef_view(&self) -> Result<Option<Arc<dyn TableProvider>>> {
+        let Some(original) = self.inner.table("pg_attrdef").await? else {
+            return Ok(None);
+        };
+        let Some((_, plan)) = self.attributes_with_declared().await? else {
+            return Ok(Some(original));
+        };
+        let projection: Vec<Expr> = original
+            .schema()
+            .fields()
+            .iter()
+            .map(|field| {
+                let value = match field.name().as_str() {
+                    // Unique per column, as PostgreSQL's row oid is.
+                    "oid" => column("a", "attrelid") * lit(1000) + column("a", "attnum"),
+                    "adrelid" => column("a", "attrelid"),
+                    "adnum" => column("a", "attnum"),
+                    "adbin" => column("m", "adsrc"),
+                    _ => lit(ScalarValue::Null),
+                };
+                cast(value, field.data_type().clone()).alias(field.name())
+            })
+            .collect();
+        let plan = plan
+            .filter(column("m", "adsrc").is_not_null())?
+            .project(projection)?
+            .build()?;
+        Ok(Some(Arc::new(ViewTable::new(plan, None))))
+    }
+}
+
+fn column(qualifier: &str, name: &str) -> Expr {
+    Expr::Column(Column::new(Some(qualifier), name))
 }
 
 /// PostgreSQL's type oid and `atttypmod` for a declared type.
@@ -167,8 +225,10 @@ impl SchemaProvider for PgCatalogOverlay {
     }
 
     async fn table(&self, name: &str) -> Result<Option<Arc<dyn TableProvider>>> {
-        if name == "pg_attribute" {
-            return self.attribute_view().await;
+        match name {
+            "pg_attribute" => return self.attribute_view().await,
+            "pg_attrdef" => return self.attrdef_view().await,
+            _ => {}
         }
         self.inner.table(name).await
     }
