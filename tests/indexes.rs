@@ -11,6 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::SinkExt;
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use common::{batch, describe, expect_sqlstate, simple_rows, TestServer};
@@ -181,7 +182,9 @@ async fn index_statements_report_postgres_errors() {
         "42P01",
     );
     expect_sqlstate(
-        client.batch_execute("CREATE UNIQUE INDEX x ON t (a)").await,
+        client
+            .batch_execute("CREATE UNIQUE INDEX x ON t (a) WHERE a > 0")
+            .await,
         "0A000",
     );
     expect_sqlstate(
@@ -204,4 +207,69 @@ async fn index_statements_report_postgres_errors() {
     batch(&client, "DROP INDEX t_a_idx").await;
     // DROP TABLE removes its indexes' names with it.
     batch(&client, "DROP TABLE t; CREATE TABLE t_a (x int)").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unique_constraints_admit_one_of_concurrent_duplicates() {
+    let server = TestServer::start();
+    let setup = server.client().await;
+    batch(
+        &setup,
+        "CREATE TABLE users (id serial PRIMARY KEY, email text UNIQUE, org int, handle text, \
+         CONSTRAINT users_org_handle UNIQUE (org, handle))",
+    )
+    .await;
+    // Two sessions insert the same email at once, twenty times: one wins each.
+    let (a, b) = (server.client().await, server.client().await);
+    for round in 0..20 {
+        let email = format!("u{round}@x");
+        let insert = "INSERT INTO users (email, org, handle) VALUES ($1, 1, $2)";
+        let handle_a = format!("a{round}");
+        let handle_b = format!("b{round}");
+        let (params_a, params_b): ([&(dyn ToSql + Sync); 2], [&(dyn ToSql + Sync); 2]) =
+            ([&email, &handle_a], [&email, &handle_b]);
+        let (first, second) =
+            tokio::join!(a.execute(insert, &params_a), b.execute(insert, &params_b));
+        let outcomes = [first, second];
+        let won = outcomes.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {outcomes:?}");
+        let lost = outcomes.into_iter().find_map(Result::err).unwrap();
+        let db = lost.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "23505", "{}", describe(&lost));
+        assert_eq!(
+            db.message(),
+            "duplicate key value violates unique constraint \"users_email_key\""
+        );
+        assert_eq!(
+            db.detail(),
+            Some(format!("Key (email)=({email}) already exists.").as_str())
+        );
+    }
+    // A multi-column constraint; NULLs never collide; counts are of rows.
+    let inserted = setup
+        .execute(
+            "INSERT INTO users (email, org, handle) VALUES (NULL, 1, NULL), (NULL, 1, NULL), ('n@x', 2, 'a0')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(inserted, 3);
+    expect_sqlstate(
+        setup
+            .execute(
+                "UPDATE users SET org = 2, handle = 'a0' WHERE email = 'u1@x'",
+                &[],
+            )
+            .await,
+        "23505",
+    );
+    // Swapping values in one statement is not a duplicate.
+    batch(
+        &setup,
+        "UPDATE users SET email = CASE email WHEN 'u0@x' THEN 'u1@x' ELSE 'u0@x' END \
+         WHERE email IN ('u0@x', 'u1@x')",
+    )
+    .await;
+    let rows = simple_rows(&setup, "SELECT count(*) FROM users").await;
+    assert_eq!(rows[0][0].as_deref(), Some("23"));
 }

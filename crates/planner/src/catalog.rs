@@ -631,6 +631,12 @@ pub struct IndexDef {
     pub name: String,
     pub columns: Vec<IndexColumn>,
     pub state: IndexState,
+    /// A UNIQUE constraint or index: rows whose indexed values hold no NULL
+    /// share one entry key, written with `Insert`, so a second such row
+    /// fails at apply. Omitted from the stored JSON when false, so older
+    /// definitions keep their bytes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unique: bool,
 }
 
 impl IndexDef {
@@ -638,17 +644,50 @@ impl IndexDef {
         index_prefix(self.id)
     }
 
-    /// The entry of the row stored at `row_key` with `values`.
-    pub fn entry_key(&self, table: &TableDef, values: &[Value], row_key: &[u8]) -> Result<Vec<u8>> {
+    /// The entry of the row stored at `row_key` with `values`, and whether
+    /// it is a unique entry (the values alone, no row key suffix): a unique
+    /// index's entry for values without NULL, which PostgreSQL never counts
+    /// as equal.
+    pub fn entry(
+        &self,
+        table: &TableDef,
+        values: &[Value],
+        row_key: &[u8],
+    ) -> Result<(Vec<u8>, bool)> {
         let mut key = self.prefix();
         for column in &self.columns {
             encode_indexed(&mut key, &values[column.column], column.descending)?;
+        }
+        if self.unique && self.columns.iter().all(|c| !values[c.column].is_null()) {
+            return Ok((key, true));
         }
         let suffix = row_key
             .get(table.rows_prefix().len()..)
             .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "row key outside its table"))?;
         key.extend_from_slice(suffix);
-        Ok(key)
+        Ok((key, false))
+    }
+
+    /// The indexed values of an entry key, as `(a, b)=(1, 2)` for an error's
+    /// detail; `None` if they do not decode.
+    pub fn describe_entry(&self, table: &TableDef, key: &[u8]) -> Option<String> {
+        if self.columns.iter().any(|c| c.descending) {
+            return None;
+        }
+        let encoded = key.get(self.prefix().len()..)?;
+        let kinds: Vec<ValueKind> = self
+            .columns
+            .iter()
+            .map(|c| table.columns[c.column].ty.value_kind())
+            .collect();
+        let values = keycode::decode_key(encoded, &kinds).ok()?;
+        let names: Vec<&str> = self
+            .columns
+            .iter()
+            .map(|c| table.columns[c.column].name.as_str())
+            .collect();
+        let rendered: Vec<String> = values.iter().map(render_value).collect();
+        Some(format!("({})=({})", names.join(", "), rendered.join(", ")))
     }
 }
 

@@ -845,6 +845,14 @@ impl Context {
             return Ok(Default::default());
         }
         let mutations = crate::index::with_index_upkeep(table, mutations)?;
+        // Unique index entries are `Insert`s too; the count is of rows.
+        let entry_inserts = mutations
+            .iter()
+            .filter(|m| {
+                matches!(m, sluice_raftstore::Mutation::Insert { key, .. }
+                    if table.indexes.iter().any(|index| key.starts_with(&index.prefix())))
+            })
+            .count() as u64;
         let result = if self.transaction_state() == TransactionState::Idle {
             self.db.raft().propose(Command { mutations }).await
         } else {
@@ -852,16 +860,12 @@ impl Context {
                 .map_err(sluice_raftstore::Error::Apply)
         };
         match result {
-            Ok(outcome) => Ok(outcome),
+            Ok(mut outcome) => {
+                outcome.inserted = outcome.inserted.saturating_sub(entry_inserts);
+                Ok(outcome)
+            }
             Err(sluice_raftstore::Error::Apply(ApplyError::DuplicateKey { key })) => {
-                Err(Error::new(
-                    sqlstate::UNIQUE_VIOLATION,
-                    format!(
-                        "duplicate key value violates unique constraint \"{}_pkey\"",
-                        table.name
-                    ),
-                )
-                .with_detail(format!("Key {} already exists.", table.describe_key(&key))))
+                Err(crate::index::duplicate_key_error(table, &key))
             }
             Err(e) => Err(raft_error(e)),
         }

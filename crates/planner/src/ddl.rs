@@ -68,7 +68,10 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
                 return Ok(Output::Command(CommandTag::new("CREATE TABLE")));
             };
             let id = change.allocate_id(snapshot.as_ref())?;
-            let def = TableDef { id, ..def };
+            let mut def = TableDef { id, ..def };
+            for index in &mut def.indexes {
+                index.id = change.allocate_id(snapshot.as_ref())?;
+            }
             change.put(table_key(id), encode_json(&def));
             for mut sequence in sequences {
                 if let Some(owner) = &mut sequence.owned_by {
@@ -388,8 +391,13 @@ pub(crate) fn table_definition(
     let mut columns: Vec<ColumnDef> = Vec::new();
     let mut primary_key: Vec<usize> = Vec::new();
     let mut sequences: Vec<SequenceDef> = Vec::new();
+    // UNIQUE constraints: their columns and the name given, if any.
+    let mut uniques: Vec<(Vec<usize>, Option<String>)> = Vec::new();
     for column in &create.columns {
-        let (mut def, is_primary, generated) = column_definition(column)?;
+        let (mut def, is_primary, generated, unique) = column_definition(column)?;
+        if let Some(constraint_name) = unique {
+            uniques.push((vec![columns.len()], constraint_name));
+        }
         if let Some(options) = generated {
             let taken: Vec<String> = sequences.iter().map(|s| s.name.clone()).collect();
             let sequence = crate::sequence::for_column(
@@ -420,11 +428,60 @@ pub(crate) fn table_definition(
                 }
                 primary_key = key_columns(&columns, pk)?;
             }
+            ast::TableConstraint::Unique(unique) => uniques.push((
+                constraint_columns(&columns, &unique.columns, "unique")?,
+                unique.name.as_ref().map(identifier),
+            )),
             other => return Err(unsupported_constraint(other)),
         }
     }
     for &index in &primary_key {
         columns[index].nullable = false;
+    }
+    // PostgreSQL's names: table_columns_key, numbered while taken.
+    let mut indexes: Vec<IndexDef> = Vec::new();
+    for (unique_columns, given) in uniques {
+        let taken = |candidate: &str| {
+            catalog.relation_exists(&schema, candidate)
+                || catalog
+                    .tables_in(&schema)
+                    .any(|t| t.index(candidate).is_some())
+                || indexes.iter().any(|i| i.name == candidate)
+                || sequences.iter().any(|s| s.name == candidate)
+        };
+        let index_name = match given {
+            Some(given) if taken(&given) => {
+                return Err(Error::new(
+                    sqlstate::DUPLICATE_TABLE,
+                    format!("relation \"{given}\" already exists"),
+                ))
+            }
+            Some(given) => given,
+            None => {
+                let names: Vec<&str> = unique_columns
+                    .iter()
+                    .map(|&c| columns[c].name.as_str())
+                    .collect();
+                let base = format!("{name}_{}_key", names.join("_"));
+                std::iter::once(base.clone())
+                    .chain((1..).map(|n| format!("{base}{n}")))
+                    .find(|candidate| !taken(candidate))
+                    .expect("some numbered name is free")
+            }
+        };
+        indexes.push(IndexDef {
+            id: 0,
+            name: index_name,
+            columns: unique_columns
+                .into_iter()
+                .map(|column| IndexColumn {
+                    column,
+                    descending: false,
+                })
+                .collect(),
+            state: IndexState::Public,
+            unique: true,
+        });
     }
     for column in &columns {
         if column.name == KEY_COLUMN || column.name == ROWID_COLUMN {
@@ -440,7 +497,7 @@ pub(crate) fn table_definition(
         name,
         columns,
         primary_key,
-        indexes: Vec::new(),
+        indexes,
         topic: None,
     };
     validate_defaults(session, &def)?;
@@ -457,15 +514,22 @@ fn multiple_primary_keys(table: &str) -> Error {
 fn unsupported_constraint(constraint: &impl std::fmt::Display) -> Error {
     Error::new(
         sqlstate::FEATURE_NOT_SUPPORTED,
-        format!("constraint {constraint} is not supported yet (UNIQUE, CHECK and FOREIGN KEY need secondary indexes)"),
+        format!("constraint {constraint} is not supported yet (CHECK and FOREIGN KEY constraints are not implemented)"),
     )
 }
 
-/// A column definition, whether it declares itself the primary key, and
-/// for a `serial` or identity column the options of the sequence it owns.
-fn column_definition(
-    column: &ast::ColumnDef,
-) -> Result<(ColumnDef, bool, Option<Vec<ast::SequenceOptions>>)> {
+/// What a column's definition says of it and its constraints: its
+/// definition, whether it is the primary key, for a `serial` or identity
+/// column the options of the sequence it owns, and whether it is UNIQUE
+/// (with the constraint's name, if given).
+type ColumnSpec = (
+    ColumnDef,
+    bool,
+    Option<Vec<ast::SequenceOptions>>,
+    Option<Option<String>>,
+);
+
+fn column_definition(column: &ast::ColumnDef) -> Result<ColumnSpec> {
     let serial = crate::sequence::serial_type(&column.data_type);
     let ty = match serial {
         Some(ty) => ty,
@@ -480,6 +544,7 @@ fn column_definition(
     };
     let mut generated = serial.map(|_| Vec::new());
     let mut primary = false;
+    let mut unique = None;
     for option in &column.options {
         match &option.option {
             ast::ColumnOption::Null if generated.is_some() => {
@@ -504,6 +569,9 @@ fn column_definition(
             }
             ast::ColumnOption::Default(expr) => def.default = Some(expr.to_string()),
             ast::ColumnOption::PrimaryKey(_) => primary = true,
+            ast::ColumnOption::Unique(constraint) => {
+                unique = Some(constraint.name.as_ref().or(option.name.as_ref()).map(identifier))
+            }
             ast::ColumnOption::Generated {
                 generated_as: ast::GeneratedAs::ByDefault,
                 sequence_options,
@@ -532,7 +600,7 @@ fn column_definition(
             other => return Err(unsupported_constraint(other)),
         }
     }
-    Ok((def, primary, generated))
+    Ok((def, primary, generated, unique))
 }
 
 /// Plans every DEFAULT once so a bad one fails CREATE TABLE, not the first INSERT.
@@ -570,7 +638,13 @@ async fn alter_table(
             if_not_exists,
             ..
         } => {
-            let (mut column, primary, generated) = column_definition(column_def)?;
+            let (mut column, primary, generated, unique) = column_definition(column_def)?;
+            if unique.is_some() {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "adding a UNIQUE column to a table is not supported yet; add the column, then CREATE UNIQUE INDEX",
+                ));
+            }
             if generated.is_some() {
                 return Err(Error::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
@@ -698,14 +772,23 @@ async fn alter_table(
 
 /// The columns a PRIMARY KEY constraint names, in key order.
 fn key_columns(columns: &[ColumnDef], pk: &ast::PrimaryKeyConstraint) -> Result<Vec<usize>> {
-    let mut key = Vec::with_capacity(pk.columns.len());
-    for index_column in &pk.columns {
+    constraint_columns(columns, &pk.columns, "primary key")
+}
+
+/// The columns a PRIMARY KEY or UNIQUE constraint names, in order.
+fn constraint_columns(
+    columns: &[ColumnDef],
+    named: &[ast::IndexColumn],
+    constraint: &str,
+) -> Result<Vec<usize>> {
+    let mut key = Vec::with_capacity(named.len());
+    for index_column in named {
         let column_name = match &index_column.column.expr {
             ast::Expr::Identifier(ident) => identifier(ident),
             other => {
                 return Err(Error::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("primary key on expression {other}"),
+                    format!("{constraint} on expression {other}"),
                 ))
             }
         };
@@ -721,7 +804,7 @@ fn key_columns(columns: &[ColumnDef], pk: &ast::PrimaryKeyConstraint) -> Result<
         if key.contains(&index) {
             return Err(Error::new(
                 sqlstate::DUPLICATE_COLUMN,
-                format!("column \"{column_name}\" appears twice in primary key constraint"),
+                format!("column \"{column_name}\" appears twice in {constraint} constraint"),
             ));
         }
         key.push(index);
@@ -813,7 +896,7 @@ fn move_rows(
             .with_detail(format!("Key {} is duplicated.", new.describe_key(&key))));
         }
         for index in &new.indexes {
-            change.put(index.entry_key(new, &values, &key)?, key.clone());
+            change.put(index.entry(new, &values, &key)?.0, key.clone());
         }
         change.put(key, bytes);
     }
@@ -864,9 +947,6 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
             format!("{what} is not supported"),
         ))
     };
-    if create.unique {
-        return unsupported("CREATE UNIQUE INDEX (use a primary key)");
-    }
     if create.predicate.is_some() {
         return unsupported("a partial index (CREATE INDEX … WHERE)");
     }
@@ -924,7 +1004,8 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
                 .iter()
                 .map(|c| table.columns[c.column].name.as_str())
                 .collect();
-            let base = format!("{}_{}_idx", table.name, names.join("_"));
+            let suffix = if create.unique { "key" } else { "idx" };
+            let base = format!("{}_{}_{suffix}", table.name, names.join("_"));
             std::iter::once(base.clone())
                 .chain((1..).map(|n| format!("{base}{n}")))
                 .find(|candidate| !taken(candidate))
@@ -932,20 +1013,22 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
         }
     };
 
+    let index = IndexDef {
+        id: 0,
+        name,
+        columns,
+        state: IndexState::WriteOnly,
+        unique: create.unique,
+    };
     if session.transaction_state() != TransactionState::Idle {
-        return create_index_in_block(session, &table, snapshot.as_ref(), name, columns).await;
+        return create_index_in_block(session, &table, snapshot.as_ref(), index).await;
     }
 
     // 1. The index appears write-only: every write from now on maintains it.
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
     let id = change.allocate_id(snapshot.as_ref())?;
     let mut building = table.as_ref().clone();
-    building.indexes.push(IndexDef {
-        id,
-        name,
-        columns,
-        state: IndexState::WriteOnly,
-    });
+    building.indexes.push(IndexDef { id, ..index });
     change.put(table_key(building.id), encode_json(&building));
     change.commit(session).await?;
 
@@ -956,9 +1039,30 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
             if let Err(cleanup) = abandon_index(session, &building, id).await {
                 tracing::warn!(error = %cleanup, "could not remove the unfinished index {id}");
             }
-            Err(error)
+            Err(duplicate_in_build(error, &building, id))
         }
     }
+}
+
+/// A build's duplicate key, worded as PostgreSQL words a failed unique
+/// index build; any other error as it is.
+fn duplicate_in_build(error: Error, table: &TableDef, index_id: u64) -> Error {
+    if error.code != sqlstate::UNIQUE_VIOLATION {
+        return error;
+    }
+    let Some(index) = table.indexes.iter().find(|i| i.id == index_id) else {
+        return error;
+    };
+    Error::new(
+        sqlstate::UNIQUE_VIOLATION,
+        format!("could not create unique index \"{}\"", index.name),
+    )
+    .with_detail(
+        error
+            .detail
+            .map(|d| d.replace("already exists", "is duplicated"))
+            .unwrap_or_default(),
+    )
 }
 
 /// CREATE INDEX inside a transaction block: the index is public at once and
@@ -969,8 +1073,7 @@ async fn create_index_in_block(
     session: &Context,
     table: &TableDef,
     snapshot: &dyn Snapshot,
-    name: String,
-    columns: Vec<IndexColumn>,
+    index: IndexDef,
 ) -> Result<Output> {
     refuse_unless_created_in_block(
         session,
@@ -984,9 +1087,8 @@ async fn create_index_in_block(
     let mut built = table.clone();
     built.indexes.push(IndexDef {
         id,
-        name,
-        columns,
         state: IndexState::Public,
+        ..index
     });
     let index = built.indexes.last().expect("the index was just added");
     let (entries, rest) =
@@ -994,7 +1096,10 @@ async fn create_index_in_block(
     debug_assert!(rest.is_none(), "one page holds every row");
     change.mutations.extend(entries);
     change.put(table_key(built.id), encode_json(&built));
-    change.commit(session).await?;
+    change
+        .commit(session)
+        .await
+        .map_err(|e| duplicate_in_build(e, &built, id))?;
     Ok(Output::Command(CommandTag::new("CREATE INDEX")))
 }
 
@@ -1033,6 +1138,9 @@ async fn backfill_and_publish(session: &Context, table: &TableDef, index_id: u64
                     "could not build the index: the table kept changing, or its definition changed; retry",
                 ))
             }
+            Err(sluice_raftstore::Error::Apply(sluice_raftstore::ApplyError::DuplicateKey {
+                key,
+            })) => return Err(index::duplicate_key_error(table, &key)),
             Err(e) => return Err(raft_error(e)),
         }
     }
@@ -1118,11 +1226,32 @@ mod tests {
             rows(&mut s, "SELECT id FROM t WHERE email = 'b@x'").await,
             vec![vec!["3".to_string()]]
         );
-        // Unique indexes are not built yet, and say so.
+        // A unique index built over distinct values holds every later write to them.
+        exec(&mut s, "CREATE UNIQUE INDEX u ON t (email)").await;
+        for duplicate in [
+            "INSERT INTO t VALUES (4, 'a@x')",
+            "UPDATE t SET email = 'a@x' WHERE id = 3",
+        ] {
+            assert_eq!(sqlstate_of(&mut s, duplicate).await, "23505", "{duplicate}");
+        }
+        exec(&mut s, "UPDATE t SET email = 'z@x' WHERE id = 1").await;
+        exec(
+            &mut s,
+            "INSERT INTO t VALUES (4, 'a@x'), (5, NULL), (6, NULL)",
+        )
+        .await;
+        // Over duplicates the build fails and leaves no index behind.
+        run(
+            &mut s,
+            "CREATE TABLE d (a int); INSERT INTO d VALUES (1), (1)",
+        )
+        .await
+        .unwrap();
         assert_eq!(
-            sqlstate_of(&mut s, "CREATE UNIQUE INDEX u ON t (email)").await,
-            "0A000"
+            sqlstate_of(&mut s, "CREATE UNIQUE INDEX ON d (a)").await,
+            "23505"
         );
+        exec(&mut s, "INSERT INTO d VALUES (1)").await;
     }
 
     #[tokio::test]

@@ -11,7 +11,11 @@
 //! bytes are inverted (every byte `!b`), which reverses its order because
 //! the encoding is self-delimiting (and puts NULLs first, PostgreSQL's
 //! default for `DESC`). The row key suffix (the primary key, or the hidden
-//! row id) makes every entry unique and orders equal values by key.
+//! row id) makes every entry unique and orders equal values by key. A
+//! unique index leaves the suffix off when no indexed value is NULL, and
+//! writes such an entry with `Insert`: a second row with the same values
+//! fails the command at apply with a duplicate key, on every replica, even
+//! when the two writes came from different nodes at once.
 //!
 //! Upkeep is one mechanism for every writer: [`with_index_upkeep`] looks at
 //! the row mutations a statement is about to propose and adds the index
@@ -67,12 +71,12 @@ pub fn with_index_upkeep(table: &TableDef, mutations: Vec<Mutation>) -> Result<V
             _ => None,
         })
         .collect();
-    let entries = |row_key: &[u8], bytes: &[u8]| -> Result<Vec<Vec<u8>>> {
+    let entries = |row_key: &[u8], bytes: &[u8]| -> Result<Vec<(Vec<u8>, bool)>> {
         let values = table.decode_row(&kinds, bytes)?;
         table
             .indexes
             .iter()
-            .map(|index| index.entry_key(table, &values, row_key))
+            .map(|index| index.entry(table, &values, row_key))
             .collect()
     };
     let mut removed = Vec::new();
@@ -106,7 +110,7 @@ pub fn with_index_upkeep(table: &TableDef, mutations: Vec<Mutation>) -> Result<V
         };
         for entry in &old {
             if !new.contains(entry) {
-                removed.push(entry.clone());
+                removed.push(entry.0.clone());
             }
         }
         for entry in new {
@@ -117,14 +121,41 @@ pub fn with_index_upkeep(table: &TableDef, mutations: Vec<Mutation>) -> Result<V
     }
     out.extend(mutations);
     // Every removal before any addition: a row moving onto another row's
-    // old key may produce the very entry the other row gives up.
+    // old key may produce the very entry the other row gives up (and a
+    // unique entry another row gives up may be taken in the same command).
     out.extend(removed.into_iter().map(|key| Mutation::Delete { key }));
-    out.extend(
-        added
-            .into_iter()
-            .map(|(key, value)| Mutation::Put { key, value }),
-    );
+    out.extend(added.into_iter().map(|((key, unique), value)| {
+        if unique {
+            Mutation::Insert { key, value }
+        } else {
+            Mutation::Put { key, value }
+        }
+    }));
     Ok(out)
+}
+
+/// The 23505 for a write whose row key or unique index entry `key` already
+/// exists, naming the constraint and the values as PostgreSQL does.
+pub fn duplicate_key_error(table: &TableDef, key: &[u8]) -> Error {
+    let (constraint, values) = match table
+        .indexes
+        .iter()
+        .find(|index| key.starts_with(&index.prefix()))
+    {
+        Some(index) => (index.name.clone(), index.describe_entry(table, key)),
+        None => (
+            format!("{}_pkey", table.name),
+            Some(table.describe_key(key)),
+        ),
+    };
+    let error = Error::new(
+        sqlstate::UNIQUE_VIOLATION,
+        format!("duplicate key value violates unique constraint \"{constraint}\""),
+    );
+    match values {
+        Some(values) => error.with_detail(format!("Key {values} already exists.")),
+        None => error,
+    }
 }
 
 /// Removes every entry of the table's indexes (DROP TABLE, TRUNCATE).
@@ -164,10 +195,26 @@ pub fn backfill_page(
             key: key.clone(),
             expected: Some(bytes.clone()),
         });
-        mutations.push(Mutation::Put {
-            key: index.entry_key(table, &values, key)?,
-            value: key.clone(),
-        });
+        let (entry, unique) = index.entry(table, &values, key)?;
+        if !unique {
+            mutations.push(Mutation::Put {
+                key: entry,
+                value: key.clone(),
+            });
+            continue;
+        }
+        // A row written since the index became write-only has its entry
+        // already; any other row's entry there is a duplicate, which the
+        // `Insert` reports at apply.
+        let existing = snapshot
+            .get(Keyspace::Data, &entry)
+            .map_err(crate::error::storage_error)?;
+        if existing.as_deref() != Some(key.as_slice()) {
+            mutations.push(Mutation::Insert {
+                key: entry,
+                value: key.clone(),
+            });
+        }
     }
     let rest = match page.last() {
         Some((last, _)) if page.len() == limit => Some(range.resume_after(last)),

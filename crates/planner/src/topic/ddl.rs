@@ -30,10 +30,10 @@ pub(crate) async fn create_topic(
     let Some(NewTable { mut def, sequences }) = table_definition(session, &catalog, create)? else {
         return Ok(Output::Command(CommandTag::new("CREATE TOPIC")));
     };
-    if !sequences.is_empty() {
+    if !sequences.is_empty() || !def.indexes.is_empty() {
         return Err(Error::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
-            "a topic's columns cannot be serial or identity columns",
+            "a topic's columns cannot be serial, identity or UNIQUE columns",
         ));
     }
     if def.has_primary_key() {
