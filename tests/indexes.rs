@@ -244,6 +244,10 @@ async fn unique_constraints_admit_one_of_concurrent_duplicates() {
             db.detail(),
             Some(format!("Key (email)=({email}) already exists.").as_str())
         );
+        assert_eq!(
+            (db.schema(), db.table(), db.constraint()),
+            (Some("public"), Some("users"), Some("users_email_key"))
+        );
     }
     // A multi-column constraint; NULLs never collide; counts are of rows.
     let inserted = setup

@@ -30,6 +30,11 @@ pub(crate) fn fatal(error: Error) -> PgWireError {
 fn info(error: Error, severity: &str) -> ErrorInfo {
     let mut info = ErrorInfo::new(severity.to_owned(), error.code.to_owned(), error.message);
     info.detail = error.detail;
+    if let Some(object) = error.object {
+        info.schema = object.schema;
+        info.table = object.table;
+        info.constraint = object.constraint;
+    }
     info
 }
 

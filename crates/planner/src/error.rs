@@ -18,6 +18,18 @@ pub struct Error {
     pub code: &'static str,
     pub message: String,
     pub detail: Option<String>,
+    /// The object the error is about, for the error's schema, table and
+    /// constraint fields (drivers expose them, e.g. psycopg's
+    /// `diag.constraint_name`). Boxed: most errors have none.
+    pub object: Option<Box<ErrorObject>>,
+}
+
+/// The database object an error names, as PostgreSQL reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorObject {
+    pub schema: Option<String>,
+    pub table: Option<String>,
+    pub constraint: Option<String>,
 }
 
 impl Error {
@@ -26,11 +38,17 @@ impl Error {
             code,
             message: message.into(),
             detail: None,
+            object: None,
         }
     }
 
     pub fn with_detail(mut self, detail: impl Into<String>) -> Self {
         self.detail = Some(detail.into());
+        self
+    }
+
+    pub fn with_object(mut self, object: ErrorObject) -> Self {
+        self.object = Some(Box::new(object));
         self
     }
 

@@ -38,7 +38,7 @@ use sluice_raftstore::Mutation;
 
 pub use crate::catalog::{encode_indexed, index_prefix, IndexColumn, IndexDef, IndexState};
 use crate::catalog::{encode_json, table_key, TableDef};
-use crate::error::{sqlstate, Error, Result};
+use crate::error::{sqlstate, Error, ErrorObject, Result};
 
 /// The `Check` that pins a statement to the table definition it was planned with.
 pub fn definition_check(table: &TableDef) -> Mutation {
@@ -151,7 +151,12 @@ pub fn duplicate_key_error(table: &TableDef, key: &[u8]) -> Error {
     let error = Error::new(
         sqlstate::UNIQUE_VIOLATION,
         format!("duplicate key value violates unique constraint \"{constraint}\""),
-    );
+    )
+    .with_object(ErrorObject {
+        schema: Some(table.schema.clone()),
+        table: Some(table.name.clone()),
+        constraint: Some(constraint),
+    });
     match values {
         Some(values) => error.with_detail(format!("Key {values} already exists.")),
         None => error,
