@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,12 +15,35 @@ use tempfile::TempDir;
 use tokio_postgres::Client;
 
 /// Ports chosen up front: a member's peer address is part of the membership,
-/// so it must stay the same when the node restarts.
+/// so it must stay the same when the node restarts. They come from below the
+/// kernel's ephemeral range: a port from inside it (what binding port 0
+/// gives) may be taken, while a killed node is down, as the local port of
+/// any outgoing connection or `:0` listener, and the node then cannot come
+/// back. Each call of this process takes the next port from a per-process
+/// start, skipping ports something else holds.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("pick a free port")
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    const LOW: u16 = 20_000;
+    let ephemeral_start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_start.saturating_sub(LOW).max(1);
+    // Processes running at once start apart.
+    let _ = NEXT.compare_exchange(
+        0,
+        (std::process::id() % u32::from(span)) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..span {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % span;
+        let port = LOW + offset;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 struct Cluster {

@@ -276,4 +276,27 @@ async fn unique_constraints_admit_one_of_concurrent_duplicates() {
     .await;
     let rows = simple_rows(&setup, "SELECT count(*) FROM users").await;
     assert_eq!(rows[0][0].as_deref(), Some("23"));
+    // Alembic's create_unique_constraint: an ALTER TABLE that builds the index.
+    batch(
+        &setup,
+        "CREATE TABLE tags (id int PRIMARY KEY, label text, kind text); \
+         INSERT INTO tags VALUES (1, 'a', 'x'), (2, 'b', 'x'); \
+         ALTER TABLE tags ADD CONSTRAINT uq_tags_label UNIQUE (label)",
+    )
+    .await;
+    let duplicate = setup
+        .execute("INSERT INTO tags VALUES (3, 'a', 'y')", &[])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        duplicate.as_db_error().and_then(|e| e.constraint()),
+        Some("uq_tags_label")
+    );
+    // Over duplicates the constraint is refused, as its index build is.
+    expect_sqlstate(
+        setup
+            .batch_execute("ALTER TABLE tags ADD UNIQUE (kind)")
+            .await,
+        "23505",
+    );
 }

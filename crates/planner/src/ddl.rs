@@ -32,6 +32,10 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
     if let ast::Statement::CreateIndex(create) = statement {
         return create_index(session, create).await;
     }
+    if let Some(create) = unique_constraint_as_index(statement)? {
+        create_index(session, &create).await?;
+        return Ok(Output::Command(CommandTag::new("ALTER TABLE")));
+    }
     let snapshot = session.read_view().await?;
     let catalog = session.catalog_state();
     let mut change = CatalogChange::begin(snapshot.as_ref())?;
@@ -224,6 +228,44 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
     };
     change.commit(session).await?;
     Ok(Output::Command(CommandTag::new(tag)))
+}
+
+/// `ALTER TABLE t ADD [CONSTRAINT name] UNIQUE (columns)` as the CREATE
+/// UNIQUE INDEX it is (PostgreSQL builds the same index for both), so that
+/// it builds online like one; `None` for any other statement.
+fn unique_constraint_as_index(statement: &ast::Statement) -> Result<Option<ast::CreateIndex>> {
+    let ast::Statement::AlterTable(alter) = statement else {
+        return Ok(None);
+    };
+    let [ast::AlterTableOperation::AddConstraint {
+        constraint: ast::TableConstraint::Unique(unique),
+        ..
+    }] = alter.operations.as_slice()
+    else {
+        return Ok(None);
+    };
+    let name = unique
+        .name
+        .as_ref()
+        .map(|name| format!("{name} "))
+        .unwrap_or_default();
+    let columns: Vec<String> = unique.columns.iter().map(ToString::to_string).collect();
+    let sql = format!(
+        "CREATE UNIQUE INDEX {name}ON {} ({})",
+        alter.name,
+        columns.join(", ")
+    );
+    let dialect = crate::dialect::SluiceDialect::default();
+    match datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, &sql) {
+        Ok(mut parsed) => match parsed.pop() {
+            Some(ast::Statement::CreateIndex(create)) => Ok(Some(create)),
+            _ => Ok(None),
+        },
+        Err(e) => Err(Error::new(
+            sqlstate::SYNTAX_ERROR,
+            format!("ADD CONSTRAINT … UNIQUE: {e}"),
+        )),
+    }
 }
 
 /// One DDL command: the catalog version it was planned against, checked
