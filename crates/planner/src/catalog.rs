@@ -460,6 +460,15 @@ impl CatalogState {
         self.table(schema, name).is_some() || self.sequence(schema, name).is_some()
     }
 
+    /// Whether a table of `schema` has an index named `name`.
+    pub fn index_named(&self, schema: &str, name: &str) -> bool {
+        self.tables_in(schema).any(|t| t.index(name).is_some())
+    }
+
+    pub fn table_by_id(&self, id: u64) -> Option<&Arc<TableDef>> {
+        self.tables.values().find(|t| t.id == id)
+    }
+
     /// The sequences that belong to a column of table `id`.
     pub fn sequences_owned_by(&self, id: u64) -> impl Iterator<Item = &Arc<SequenceDef>> + '_ {
         self.sequences

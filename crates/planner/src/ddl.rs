@@ -23,7 +23,7 @@ use crate::catalog::{
 use crate::context::Context;
 use crate::error::{from_datafusion, raft_error, sqlstate, Error, Result};
 use crate::index::{self, IndexColumn, IndexDef, IndexState};
-use crate::names::identifier;
+use crate::names::{first_free_name, identifier};
 use crate::resolve::{self, Access};
 use crate::transaction::TransactionState;
 use crate::types::{value_at, SqlType};
@@ -32,8 +32,8 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
     if let ast::Statement::CreateIndex(create) = statement {
         return create_index(session, create).await;
     }
-    if let Some(create) = unique_constraint_as_index(statement)? {
-        create_index(session, &create).await?;
+    if let Some(request) = added_unique_constraint(statement) {
+        build_index(session, request).await?;
         return Ok(Output::Command(CommandTag::new("ALTER TABLE")));
     }
     let snapshot = session.read_view().await?;
@@ -230,42 +230,27 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
     Ok(Output::Command(CommandTag::new(tag)))
 }
 
-/// `ALTER TABLE t ADD [CONSTRAINT name] UNIQUE (columns)` as the CREATE
-/// UNIQUE INDEX it is (PostgreSQL builds the same index for both), so that
-/// it builds online like one; `None` for any other statement.
-fn unique_constraint_as_index(statement: &ast::Statement) -> Result<Option<ast::CreateIndex>> {
+/// `ALTER TABLE t ADD [CONSTRAINT name] UNIQUE (columns)` as the unique
+/// index it means (PostgreSQL builds the same index for both), so that it
+/// builds online like CREATE UNIQUE INDEX; `None` for any other statement.
+fn added_unique_constraint(statement: &ast::Statement) -> Option<IndexRequest<'_>> {
     let ast::Statement::AlterTable(alter) = statement else {
-        return Ok(None);
+        return None;
     };
     let [ast::AlterTableOperation::AddConstraint {
         constraint: ast::TableConstraint::Unique(unique),
         ..
     }] = alter.operations.as_slice()
     else {
-        return Ok(None);
+        return None;
     };
-    let name = unique
-        .name
-        .as_ref()
-        .map(|name| format!("{name} "))
-        .unwrap_or_default();
-    let columns: Vec<String> = unique.columns.iter().map(ToString::to_string).collect();
-    let sql = format!(
-        "CREATE UNIQUE INDEX {name}ON {} ({})",
-        alter.name,
-        columns.join(", ")
-    );
-    let dialect = crate::dialect::SluiceDialect::default();
-    match datafusion::sql::sqlparser::parser::Parser::parse_sql(&dialect, &sql) {
-        Ok(mut parsed) => match parsed.pop() {
-            Some(ast::Statement::CreateIndex(create)) => Ok(Some(create)),
-            _ => Ok(None),
-        },
-        Err(e) => Err(Error::new(
-            sqlstate::SYNTAX_ERROR,
-            format!("ADD CONSTRAINT … UNIQUE: {e}"),
-        )),
-    }
+    Some(IndexRequest {
+        table: &alter.name,
+        name: unique.name.as_ref().map(identifier),
+        columns: &unique.columns,
+        unique: true,
+        if_not_exists: false,
+    })
 }
 
 /// One DDL command: the catalog version it was planned against, checked
@@ -485,9 +470,7 @@ pub(crate) fn table_definition(
     for (unique_columns, given) in uniques {
         let taken = |candidate: &str| {
             catalog.relation_exists(&schema, candidate)
-                || catalog
-                    .tables_in(&schema)
-                    .any(|t| t.index(candidate).is_some())
+                || catalog.index_named(&schema, candidate)
                 || indexes.iter().any(|i| i.name == candidate)
                 || sequences.iter().any(|s| s.name == candidate)
         };
@@ -504,11 +487,7 @@ pub(crate) fn table_definition(
                     .iter()
                     .map(|&c| columns[c].name.as_str())
                     .collect();
-                let base = format!("{name}_{}_key", names.join("_"));
-                std::iter::once(base.clone())
-                    .chain((1..).map(|n| format!("{base}{n}")))
-                    .find(|candidate| !taken(candidate))
-                    .expect("some numbered name is free")
+                first_free_name(&format!("{name}_{}_key", names.join("_")), taken)
             }
         };
         indexes.push(IndexDef {
@@ -1000,14 +979,46 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
             return unsupported(&format!("index method {using}"));
         }
     }
+    let name = match &create.name {
+        Some(name) => Some(resolve::qualified_name(name)?.1),
+        None => None,
+    };
+    build_index(
+        session,
+        IndexRequest {
+            table: &create.table_name,
+            name,
+            columns: &create.columns,
+            unique: create.unique,
+            if_not_exists: create.if_not_exists,
+        },
+    )
+    .await
+}
+
+/// The index CREATE INDEX or ADD CONSTRAINT … UNIQUE asks for.
+struct IndexRequest<'a> {
+    table: &'a ast::ObjectName,
+    name: Option<String>,
+    columns: &'a [ast::IndexColumn],
+    unique: bool,
+    if_not_exists: bool,
+}
+
+async fn build_index(session: &mut Context, request: IndexRequest<'_>) -> Result<Output> {
     let snapshot = session.read_view().await?;
     let catalog = session.catalog_state();
-    let table = resolve::require(&catalog, &create.table_name, Access::Ddl)?;
-    let mut columns = Vec::with_capacity(create.columns.len());
-    for indexed in &create.columns {
+    let table = resolve::require(&catalog, request.table, Access::Ddl)?;
+    let mut columns = Vec::with_capacity(request.columns.len());
+    for indexed in request.columns {
         let name = match &indexed.column.expr {
             ast::Expr::Identifier(ident) => identifier(ident),
-            other => return unsupported(&format!("an index on the expression {other}")),
+            other => {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!("an index on the expression {other} is not supported"),
+                ))
+            }
         };
         let column = table.column_index(&name).ok_or_else(|| {
             Error::new(
@@ -1021,16 +1032,12 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
         });
     }
     let taken = |name: &str| {
-        catalog.table(&table.schema, name).is_some()
-            || catalog
-                .tables_in(&table.schema)
-                .any(|t| t.index(name).is_some())
+        catalog.table(&table.schema, name).is_some() || catalog.index_named(&table.schema, name)
     };
-    let name = match &create.name {
+    let name = match request.name {
         Some(name) => {
-            let (_, name) = resolve::qualified_name(name)?;
             if taken(&name) {
-                if create.if_not_exists {
+                if request.if_not_exists {
                     return Ok(Output::Command(CommandTag::new("CREATE INDEX")));
                 }
                 return Err(Error::new(
@@ -1046,12 +1053,11 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
                 .iter()
                 .map(|c| table.columns[c.column].name.as_str())
                 .collect();
-            let suffix = if create.unique { "key" } else { "idx" };
-            let base = format!("{}_{}_{suffix}", table.name, names.join("_"));
-            std::iter::once(base.clone())
-                .chain((1..).map(|n| format!("{base}{n}")))
-                .find(|candidate| !taken(candidate))
-                .expect("some numbered name is free")
+            let suffix = if request.unique { "key" } else { "idx" };
+            first_free_name(
+                &format!("{}_{}_{suffix}", table.name, names.join("_")),
+                taken,
+            )
         }
     };
 
@@ -1060,7 +1066,7 @@ async fn create_index(session: &mut Context, create: &ast::CreateIndex) -> Resul
         name,
         columns,
         state: IndexState::WriteOnly,
-        unique: create.unique,
+        unique: request.unique,
     };
     if session.transaction_state() != TransactionState::Idle {
         return create_index_in_block(session, &table, snapshot.as_ref(), index).await;

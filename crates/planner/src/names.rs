@@ -230,6 +230,15 @@ pub(crate) fn identifier(ident: &ast::Ident) -> String {
     }
 }
 
+/// PostgreSQL's choice of a generated object name: `base`, else `base1`,
+/// `base2`, … whichever is first not `taken`.
+pub(crate) fn first_free_name(base: &str, taken: impl Fn(&str) -> bool) -> String {
+    std::iter::once(base.to_string())
+        .chain((1..).map(|n| format!("{base}{n}")))
+        .find(|candidate| !taken(candidate))
+        .expect("some numbered name is free")
+}
+
 /// `name` as PostgreSQL's `quote_ident` writes it: bare when it reads back
 /// as itself (lower case letters, digits and underscores, not starting with
 /// a digit), else in double quotes.

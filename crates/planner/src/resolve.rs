@@ -34,15 +34,7 @@ pub enum Access {
 /// `schema.name` (or `catalog.schema.name`) as stored: unquoted parts fold
 /// to lower case, and an unqualified name is in the default schema.
 pub fn qualified_name(name: &ast::ObjectName) -> Result<(String, String)> {
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .map(|part| match part.as_ident() {
-            Some(ident) => identifier(ident),
-            None => part.to_string(),
-        })
-        .collect();
-    match parts.as_slice() {
+    match name_parts(name).as_slice() {
         [table] => Ok((DEFAULT_SCHEMA.to_string(), table.clone())),
         [schema, table] | [_, schema, table] => Ok((schema.clone(), table.clone())),
         _ => Err(Error::new(
@@ -50,6 +42,17 @@ pub fn qualified_name(name: &ast::ObjectName) -> Result<(String, String)> {
             format!("improper qualified name: {name}"),
         )),
     }
+}
+
+/// The parts of a dotted name as stored: unquoted parts fold to lower case.
+pub fn name_parts(name: &ast::ObjectName) -> Vec<String> {
+    name.0
+        .iter()
+        .map(|part| match part.as_ident() {
+            Some(ident) => identifier(ident),
+            None => part.to_string(),
+        })
+        .collect()
 }
 
 /// A name that must have one part: a schema's.

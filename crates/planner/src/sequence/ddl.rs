@@ -8,7 +8,6 @@ use crate::catalog::{encode_json, table_key, SequenceOwner, TableDef};
 use crate::context::Context;
 use crate::ddl::CatalogChange;
 use crate::error::{sqlstate, Error, Result};
-use crate::names::identifier;
 use crate::resolve;
 use crate::sequence::def::from_options;
 use crate::types::SqlType;
@@ -94,7 +93,7 @@ pub(crate) async fn execute(session: &mut Context, statement: &ast::Statement) -
                 let user = def
                     .owned_by
                     .as_ref()
-                    .and_then(|owner| owner_of(&catalog.tables, owner));
+                    .and_then(|owner| catalog.table_by_id(owner.table));
                 if let Some(table) = user {
                     let column = def.owned_by.as_ref().map_or("", |o| o.column.as_str());
                     if !cascade {
@@ -131,27 +130,13 @@ pub(crate) async fn execute(session: &mut Context, statement: &ast::Statement) -
     Ok(Output::Command(CommandTag::new(tag)))
 }
 
-fn owner_of<'a>(
-    tables: &'a std::collections::BTreeMap<(String, String), std::sync::Arc<TableDef>>,
-    owner: &SequenceOwner,
-) -> Option<&'a std::sync::Arc<TableDef>> {
-    tables.values().find(|t| t.id == owner.table)
-}
-
 /// `OWNED BY table.column` (same schema as the sequence) or `OWNED BY NONE`.
 fn owner_column(
     session: &Context,
     owner: &ast::ObjectName,
     sequence_schema: &str,
 ) -> Result<Option<SequenceOwner>> {
-    let parts: Vec<String> = owner
-        .0
-        .iter()
-        .map(|part| match part.as_ident() {
-            Some(ident) => identifier(ident),
-            None => part.to_string(),
-        })
-        .collect();
+    let parts = resolve::name_parts(owner);
     let (schema, table, column) = match parts.as_slice() {
         [none] if none == "none" => return Ok(None),
         [table, column] => (sequence_schema.to_string(), table, column),

@@ -8,7 +8,7 @@ use datafusion::sql::sqlparser::ast;
 
 use crate::catalog::{CatalogState, SequenceDef, SequenceOwner};
 use crate::error::{sqlstate, Error, Result};
-use crate::names::quote_ident_if_needed;
+use crate::names::{first_free_name, quote_ident_if_needed};
 use crate::types::SqlType;
 
 /// The integer type behind `serial`, `bigserial` and `smallserial` (and
@@ -146,14 +146,9 @@ pub fn for_column(
     ty: SqlType,
     options: &[ast::SequenceOptions],
 ) -> Result<SequenceDef> {
-    let base = format!("{table}_{column}_seq");
-    let name = (0..)
-        .map(|n| match n {
-            0 => base.clone(),
-            n => format!("{base}{n}"),
-        })
-        .find(|name| !catalog.relation_exists(schema, name) && !also_taken.contains(name))
-        .expect("some suffix is free");
+    let name = first_free_name(&format!("{table}_{column}_seq"), |name| {
+        catalog.relation_exists(schema, name) || also_taken.iter().any(|t| t == name)
+    });
     let mut def = from_options(schema, &name, ty, options)?;
     def.owned_by = Some(SequenceOwner {
         table: 0,

@@ -372,7 +372,7 @@ fn current_table(
     id: u64,
 ) -> Result<Option<Arc<TableDef>>> {
     let catalog = db.catalog.refresh(snapshot)?;
-    Ok(catalog.tables.values().find(|t| t.id == id).cloned())
+    Ok(catalog.table_by_id(id).cloned())
 }
 
 /// A cursor over every partition of a topic also reads the partitions that
