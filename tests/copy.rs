@@ -250,15 +250,16 @@ async fn malformed_copy_fails_whole_and_session_survives() {
     let server = TestServer::start();
     let client = server.client().await;
     client
-        .batch_execute("CREATE TABLE target (id int PRIMARY KEY, n int)")
+        .batch_execute("CREATE TABLE target (id int PRIMARY KEY, n int CHECK (n <> 13))")
         .await
         .unwrap_or_else(|e| panic!("create: {}", describe(&e)));
 
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 5] = [
         ("1\t10\n2\tabc\n", &["22P02"]),
         ("1\t10\n3\t1\t2\n", &["22P04"]),
         ("1\t10\n4\n", &["22P04"]),
         ("1\t10\n5\t99999999999\n", &["22003"]),
+        ("1\t10\n6\t13\n", &["23514"]),
     ];
     for (data, codes) in cases {
         let err = match copy_in(&client, "COPY target FROM STDIN", data.as_bytes()).await {
@@ -270,6 +271,13 @@ async fn malformed_copy_fails_whole_and_session_survives() {
             "COPY of {data:?}: expected SQLSTATE {codes:?}, got {}",
             describe(&err)
         );
+        if codes == ["23514"] {
+            assert_eq!(
+                err.as_db_error().and_then(|e| e.constraint()),
+                Some("target_n_check"),
+                "a check violation names its constraint"
+            );
+        }
         assert_eq!(
             simple_rows(&client, "SELECT count(*) FROM target").await,
             vec![vec![Some("0".to_string())]],

@@ -46,4 +46,40 @@ with psycopg.connect(dsn, autocommit=True) as check:
     rows = check.execute("SELECT name FROM account WHERE email = 'ada@example.com'").fetchall()
     assert rows == [("ada",)], rows
 
+# A third migration declares what ORM models declare: a serial key, a foreign key with
+# ON DELETE CASCADE, UNIQUE and CHECK constraints; the application then sees PostgreSQL's
+# errors with the constraint named in psycopg's diagnostics.
+with psycopg.connect(dsn) as conn:
+    conn.execute(
+        "CREATE TABLE orders (id serial PRIMARY KEY, "
+        "account_id bigint NOT NULL REFERENCES account (id) ON DELETE CASCADE, "
+        "ref varchar(20) UNIQUE, amount numeric(10,2) CHECK (amount > 0))"
+    )
+    conn.execute("ALTER TABLE account ADD CONSTRAINT account_name_nonempty CHECK (name <> '')")
+    conn.execute("UPDATE alembic_version SET version_num = '0003'")
+    conn.commit()
+
+with psycopg.connect(dsn) as conn:
+    order_id = conn.execute(
+        "INSERT INTO orders (account_id, ref, amount) VALUES (1, 'A-1', 9.50) RETURNING id"
+    ).fetchone()[0]
+    conn.commit()
+    for sql, error, constraint in [
+        ("INSERT INTO orders (account_id, amount) VALUES (42, 1)", errors.ForeignKeyViolation, "orders_account_id_fkey"),
+        ("INSERT INTO orders (account_id, ref, amount) VALUES (1, 'A-1', 1)", errors.UniqueViolation, "orders_ref_key"),
+        ("INSERT INTO orders (account_id, amount) VALUES (1, -3)", errors.CheckViolation, "orders_amount_check"),
+        ("UPDATE account SET name = '' WHERE id = 1", errors.CheckViolation, "account_name_nonempty"),
+    ]:
+        try:
+            conn.execute(sql)
+            raise AssertionError(f"{sql} was accepted")
+        except error as e:
+            assert e.diag.constraint_name == constraint, (sql, e.diag.constraint_name)
+            conn.rollback()
+    # Deleting the account takes its orders with it, in the same transaction.
+    conn.execute("DELETE FROM account WHERE id = 1")
+    assert conn.execute("SELECT count(*) FROM orders WHERE id = %s", (order_id,)).fetchone() == (0,)
+    conn.rollback()
+    assert conn.execute("SELECT count(*) FROM orders").fetchone() == (1,)
+
 print("ok")

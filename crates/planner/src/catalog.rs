@@ -127,11 +127,47 @@ pub struct TableDef {
     /// `_timestamp`, assigned at append. Omitted for tables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic: Option<sluice_stream::TopicOptions>,
+    /// CHECK constraints ([`crate::check`]), omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckDef>,
+    /// FOREIGN KEY constraints of this (referencing) table
+    /// ([`crate::foreign_key`]), omitted when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub foreign_keys: Vec<ForeignKeyDef>,
 }
 
 impl TableDef {
     pub fn qualified_name(&self) -> String {
         format!("{}.{}", self.schema, self.name)
+    }
+
+    /// Whether a constraint of the table (primary key, UNIQUE index, CHECK)
+    /// has this name.
+    pub fn constraint_named(&self, name: &str) -> bool {
+        (self.has_primary_key() && name == format!("{}_pkey", self.name))
+            || self.indexes.iter().any(|index| index.name == name)
+            || self.checks.iter().any(|check| check.name == name)
+            || self.foreign_keys.iter().any(|fk| fk.name == name)
+    }
+
+    /// Whether `key` is one of this table's rows or index entries.
+    pub fn owns_key(&self, key: &[u8]) -> bool {
+        key.starts_with(&self.rows_prefix())
+            || self
+                .indexes
+                .iter()
+                .any(|index| key.starts_with(&index.prefix()))
+    }
+
+    /// The 23502 for a NULL in NOT NULL `column`.
+    pub fn not_null_violation(&self, column: &str) -> Error {
+        Error::new(
+            sqlstate::NOT_NULL_VIOLATION,
+            format!(
+                "null value in column \"{column}\" of relation \"{}\" violates not-null constraint",
+                self.name
+            ),
+        )
     }
 
     pub fn types(&self) -> Vec<SqlType> {
@@ -293,7 +329,7 @@ impl TableDef {
     }
 }
 
-fn render_value(value: &Value) -> String {
+pub(crate) fn render_value(value: &Value) -> String {
     match value {
         Value::Null => "NULL".into(),
         Value::Bool(v) => if *v { "t" } else { "f" }.into(),
@@ -586,6 +622,8 @@ pub fn members_table() -> TableDef {
         primary_key: vec![0, 1, 2],
         indexes: Vec::new(),
         topic: None,
+        checks: Vec::new(),
+        foreign_keys: Vec::new(),
     }
 }
 
@@ -610,6 +648,8 @@ pub fn offsets_table() -> TableDef {
         primary_key: vec![0, 1, 2],
         indexes: Vec::new(),
         topic: None,
+        checks: Vec::new(),
+        foreign_keys: Vec::new(),
     }
 }
 
@@ -631,6 +671,37 @@ pub struct IndexColumn {
     /// Position in the table's columns.
     pub column: usize,
     pub descending: bool,
+}
+
+/// A FOREIGN KEY constraint as stored in the referencing table's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForeignKeyDef {
+    pub name: String,
+    /// The referencing columns, in the constraint's order.
+    pub columns: Vec<usize>,
+    /// The referenced table's id (this table's own for a self-reference).
+    pub parent: u64,
+    /// The referenced columns, paired with `columns`: the parent's primary
+    /// key or the columns of one of its UNIQUE constraints.
+    pub parent_columns: Vec<usize>,
+    pub on_delete: ReferentialAction,
+    pub on_update: ReferentialAction,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReferentialAction {
+    NoAction,
+    Restrict,
+    Cascade,
+    SetNull,
+}
+
+/// A CHECK constraint as stored in its table's definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckDef {
+    pub name: String,
+    /// The expression's SQL text, as sqlparser prints it.
+    pub expr: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,7 +9,7 @@
 //! commit live here too. This module names no statement module: the
 //! dispatch from statements to their modules is [`crate::session`]'s.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,7 +28,7 @@ use datafusion::sql::sqlparser::ast;
 use datafusion_pg_catalog::pg_catalog::context::EmptyContextProvider;
 use datafusion_pg_catalog::sql::PostgresCompatibilityParser;
 use futures::StreamExt;
-use sluice_engine::Snapshot;
+use sluice_engine::{Snapshot, Value};
 use sluice_raftstore::RaftNode;
 
 use crate::api::{CommandTag, Output};
@@ -40,7 +40,7 @@ use crate::provider::SessionCatalog;
 use crate::runtime::{is_point_sized, query_runtime};
 use crate::settings::{
     canonical_setting, default_settings, on_off, parse_bool_setting, parse_bytes,
-    parse_duration_ms, startup_options, ReadConsistency, REPORTED,
+    parse_duration_ms, startup_options, validated, ReadConsistency, SessionSettings, REPORTED,
 };
 use crate::subplan::{ApplyCorrelatedSubqueries, SluiceQueryPlanner};
 use crate::table::ReadView;
@@ -51,7 +51,15 @@ use crate::transaction::{
 use sluice_raftstore::{ApplyError, Command};
 
 /// Compiled DEFAULT expressions per table id, with the definition they were compiled from.
-type DefaultsCache = HashMap<u64, (Arc<TableDef>, HashMap<String, Expr>)>;
+/// What a table's definition compiles to, cached per definition: its
+/// DEFAULT expressions and its CHECK constraints.
+#[derive(Clone)]
+struct TableExpressions {
+    defaults: HashMap<String, Expr>,
+    checks: Arc<Vec<crate::check::CompiledCheck>>,
+}
+
+type ExpressionCache = HashMap<u64, (Arc<TableDef>, TableExpressions)>;
 
 /// State shared by every session of a node.
 pub struct Database {
@@ -60,7 +68,7 @@ pub struct Database {
     parser: PostgresCompatibilityParser,
     /// Evaluates DEFAULT expressions; kept apart from sessions' settings.
     expr_context: SessionContext,
-    defaults: Mutex<DefaultsCache>,
+    expressions: Mutex<ExpressionCache>,
     pub(crate) rowids: crate::table::RowIdGenerator,
     pub(crate) transactions: Arc<TransactionRegistry>,
     pub(crate) topics: Arc<crate::topic::TopicCounters>,
@@ -92,7 +100,7 @@ impl Database {
             catalog,
             parser: PostgresCompatibilityParser::new(),
             expr_context: expression_context(),
-            defaults: Mutex::default(),
+            expressions: Mutex::default(),
             rowids: crate::table::RowIdGenerator::new(),
             transactions: Arc::default(),
             topics: Arc::default(),
@@ -124,15 +132,49 @@ impl Database {
 
     /// DataFusion expressions of a table's DEFAULT clauses, cached per definition.
     fn defaults_for(&self, def: &Arc<TableDef>) -> HashMap<String, Expr> {
-        let mut cache = self.defaults.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((cached_def, exprs)) = cache.get(&def.id) {
+        self.expressions_for(def).defaults
+    }
+
+    /// A table's CHECK constraints, compiled, cached per definition.
+    pub(crate) fn checks_for(&self, def: &Arc<TableDef>) -> Arc<Vec<crate::check::CompiledCheck>> {
+        self.expressions_for(def).checks
+    }
+
+    /// Fails with 23514 when a row to write breaks a CHECK of `def`.
+    pub(crate) fn enforce_checks<R: AsRef<[Value]>>(
+        &self,
+        def: &Arc<TableDef>,
+        rows: &[R],
+    ) -> Result<()> {
+        if def.checks.is_empty() {
+            return Ok(());
+        }
+        crate::check::enforce(def, &self.checks_for(def), rows)
+    }
+
+    fn expressions_for(&self, def: &Arc<TableDef>) -> TableExpressions {
+        let mut cache = self.expressions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((cached_def, expressions)) = cache.get(&def.id) {
             if Arc::ptr_eq(cached_def, def) {
-                return exprs.clone();
+                return expressions.clone();
             }
         }
-        let exprs = self.compile_defaults(def);
-        cache.insert(def.id, (def.clone(), exprs.clone()));
-        exprs
+        let expressions = TableExpressions {
+            defaults: self.compile_defaults(def),
+            checks: Arc::new(crate::check::compile(&self.expr_context, def)),
+        };
+        cache.insert(def.id, (def.clone(), expressions.clone()));
+        expressions
+    }
+
+    /// A definition's checks, compiled afresh (for definitions not yet stored).
+    pub(crate) fn compile_checks(&self, def: &TableDef) -> Vec<crate::check::CompiledCheck> {
+        crate::check::compile(&self.expr_context, def)
+    }
+
+    /// Fails unless `sql` can be a CHECK constraint of `def`.
+    pub(crate) fn validate_check(&self, def: &TableDef, sql: &str) -> Result<()> {
+        crate::check::validate(&self.expr_context, def, sql)
     }
 
     fn compile_defaults(&self, def: &TableDef) -> HashMap<String, Expr> {
@@ -185,11 +227,12 @@ impl Database {
     }
 }
 
-/// The context DEFAULT expressions compile in: the sequence functions are
-/// the only ones not built in.
+/// The context DEFAULT expressions compile in: the sequence and setting
+/// functions are the only ones not built in.
 fn expression_context() -> SessionContext {
     let ctx = SessionContext::new_with_config(base_config());
     crate::sequence::register(&ctx);
+    crate::settings::register(&ctx);
     ctx
 }
 
@@ -255,6 +298,7 @@ impl SessionTemplate {
         }
         crate::functions::register(&ctx);
         crate::sequence::register(&ctx);
+        crate::settings::register(&ctx);
         SessionTemplate {
             state: ctx.state(),
             catalog,
@@ -268,12 +312,14 @@ impl SessionTemplate {
         &self,
         catalog: &Arc<SessionCatalog>,
         sequences: crate::sequence::SequenceSession,
+        settings: SessionSettings,
     ) -> SessionState {
         catalog.share_system_schemas(&self.catalog);
         let catalogs = Arc::new(MemoryCatalogProviderList::new());
         catalogs.register_catalog(CATALOG_NAME.to_string(), catalog.clone());
         let mut config = self.state.config().clone();
         config.options_mut().extensions.insert(sequences);
+        config.options_mut().extensions.insert(settings);
         SessionStateBuilder::new_from_existing(self.state.clone())
             .with_config(config)
             .with_catalog_list(catalogs)
@@ -307,8 +353,8 @@ pub(crate) struct Context {
     /// planned from a clone that marks its own start (see [`Self::run_plan`]).
     planning_state: SessionState,
     pub(crate) catalog: Arc<SessionCatalog>,
-    settings: BTreeMap<String, String>,
-    changed: Vec<(String, String)>,
+    /// Shared with `current_setting` and `set_config` (see [`SessionSettings`]).
+    settings: SessionSettings,
     /// The open transaction block, if any (see [`crate::transaction`]).
     /// Behind a lock only so that `&Context` code paths can write into it;
     /// the session itself is used by one task at a time.
@@ -326,7 +372,6 @@ impl Context {
         ));
         let sequences =
             crate::sequence::SequenceSession::new(db.sequences.clone(), catalog.clone());
-        let planning_state = db.template.session_state(&catalog, sequences);
         let mut settings = default_settings();
         let mut requested: Vec<(String, String)> = Vec::new();
         for (name, value) in startup {
@@ -345,12 +390,15 @@ impl Context {
                 settings.insert(canonical, value);
             }
         }
+        let settings = SessionSettings::new(settings, max_transaction_bytes(&db));
+        let planning_state = db
+            .template
+            .session_state(&catalog, sequences, settings.clone());
         Context {
             db,
             planning_state,
             catalog,
             settings,
-            changed: Vec::new(),
             txn: Mutex::new(None),
             notices: Vec::new(),
         }
@@ -376,7 +424,7 @@ impl Context {
     }
 
     pub(crate) fn take_parameter_changes(&mut self) -> Vec<(String, String)> {
-        std::mem::take(&mut self.changed)
+        self.settings.take_changes()
     }
 
     pub(crate) fn statement_timeout(&self) -> Option<Duration> {
@@ -406,19 +454,7 @@ impl Context {
     }
 
     pub(crate) fn setting(&self, name: &str) -> String {
-        if name == "transaction_isolation" {
-            if let Some(txn) = &*self.txn.lock().expect("transaction lock") {
-                return txn.isolation.name().to_string();
-            }
-            return self.setting("default_transaction_isolation");
-        }
-        if name == "transaction_read_only" {
-            if let Some(txn) = &*self.txn.lock().expect("transaction lock") {
-                return on_off(txn.read_only).to_string();
-            }
-            return self.setting("default_transaction_read_only");
-        }
-        self.settings.get(name).cloned().unwrap_or_default()
+        self.settings.get(name).unwrap_or_default()
     }
 
     /// Where the session's transaction block stands.
@@ -496,13 +532,25 @@ impl Context {
 
     pub(crate) async fn commit(&mut self) -> Result<Output> {
         let txn = self.txn.lock().expect("transaction lock").take();
-        let Some(mut txn) = txn else {
+        let Some(txn) = txn else {
             self.no_transaction_notice();
             return Ok(Output::Command(CommandTag::new("COMMIT")));
         };
         if txn.failed {
+            self.settings.restore(txn.settings_at_begin.clone());
             return Ok(Output::Command(CommandTag::new("ROLLBACK")));
         }
+        let settings_at_begin = txn.settings_at_begin.clone();
+        let committed = self.commit_writes(txn).await;
+        match &committed {
+            Ok(()) => self.settings.end_transaction(),
+            Err(_) => self.settings.restore(settings_at_begin),
+        }
+        committed.map(|()| Output::Command(CommandTag::new("COMMIT")))
+    }
+
+    /// Proposes a block's writes, if it made any, as one command.
+    async fn commit_writes(&self, mut txn: Transaction) -> Result<()> {
         let changed_catalog = txn.catalog.is_some();
         if let Some(mutations) = txn.commit_command()? {
             let appended = crate::topic::append_size(&mutations);
@@ -521,7 +569,7 @@ impl Context {
         if changed_catalog {
             self.reload_catalog().await;
         }
-        Ok(Output::Command(CommandTag::new("COMMIT")))
+        Ok(())
     }
 
     /// The 40001 for a commit that a transaction committed first invalidated:
@@ -690,6 +738,8 @@ impl Context {
             Some(read_only) => txn.read_only = read_only,
             None => {}
         }
+        drop(guard);
+        self.show_transaction_modes();
         Ok(())
     }
 
@@ -712,28 +762,12 @@ impl Context {
             .map_err(from_datafusion)
     }
 
-    /// `sluice.max_transaction_bytes` in bytes: a block's writes, the old
-    /// values it checks and the reads it records must fit in one Raft
-    /// command, so at most three quarters of the command limit.
-    fn transaction_limit_of(&self, value: &str) -> Result<usize> {
-        let most = self.db.raft().max_command_bytes() / 4 * 3;
-        match parse_bytes(value) {
-            Some(bytes) if (1024..=most).contains(&bytes) => Ok(bytes),
-            _ => Err(Error::new(
-                sqlstate::INVALID_PARAMETER_VALUE,
-                format!(
-                    "invalid value for parameter \"sluice.max_transaction_bytes\": \"{value}\""
-                ),
-            )
-            .with_detail(format!(
-                "Give a size from 1kB to {}MB (three quarters of the Raft command limit).",
-                most >> 20
-            ))),
-        }
-    }
-
+    /// `sluice.max_transaction_bytes` in bytes (see [`max_transaction_bytes`]);
+    /// checked again here, as a startup option sets it unchecked.
     pub(crate) fn transaction_limit(&self) -> Result<usize> {
-        self.transaction_limit_of(&self.setting("sluice.max_transaction_bytes"))
+        let name = "sluice.max_transaction_bytes";
+        let value = validated(name, self.setting(name), max_transaction_bytes(&self.db))?;
+        Ok(parse_bytes(&value).expect("a checked size parses"))
     }
 
     pub(crate) fn default_isolation(&self) -> Result<IsolationLevel> {
@@ -756,11 +790,18 @@ impl Context {
         let limit = self.transaction_limit()?;
         let mut txn = self.txn.lock().expect("transaction lock");
         if txn.is_none() {
-            let mut implicit =
-                Transaction::new(self.db.transactions.clone(), isolation, read_only, limit);
+            let mut implicit = Transaction::new(
+                self.db.transactions.clone(),
+                isolation,
+                read_only,
+                limit,
+                self.settings.snapshot(),
+            );
             implicit.implicit = true;
             *txn = Some(implicit);
         }
+        drop(txn);
+        self.show_transaction_modes();
         Ok(())
     }
 
@@ -778,7 +819,7 @@ impl Context {
         if succeeded {
             self.commit().await?;
         } else {
-            self.txn.lock().expect("transaction lock").take();
+            self.rollback();
         }
         Ok(())
     }
@@ -816,20 +857,66 @@ impl Context {
             isolation,
             read_only,
             limit,
+            self.settings.snapshot(),
         ));
+        drop(txn);
+        self.show_transaction_modes();
         Ok(())
     }
 
     /// ROLLBACK: discards the open block, warning when there is none.
     pub(crate) fn rollback(&mut self) {
-        if self.txn.lock().expect("transaction lock").take().is_none() {
-            self.no_transaction_notice();
+        let txn = self.txn.lock().expect("transaction lock").take();
+        match txn {
+            Some(txn) => self.settings.restore(txn.settings_at_begin),
+            None => self.no_transaction_notice(),
         }
     }
 
-    /// Every setting back to its default (DISCARD ALL).
+    /// `ROLLBACK TO SAVEPOINT name`: the block's writes and the settings as
+    /// they were at the savepoint.
+    pub(crate) fn rollback_to_savepoint(&mut self, name: &str) -> Result<()> {
+        let mut settings = None;
+        self.in_block("ROLLBACK TO SAVEPOINT", |txn| {
+            settings = Some(txn.rollback_to(name)?);
+            Ok(())
+        })?;
+        if let Some(settings) = settings {
+            self.settings.restore(settings);
+        }
+        Ok(())
+    }
+
+    /// `SAVEPOINT name`.
+    pub(crate) fn savepoint(&mut self, name: &str) -> Result<()> {
+        let settings = self.settings.snapshot();
+        self.in_block("SAVEPOINT", |txn| {
+            txn.savepoint(name.to_string(), settings);
+            Ok(())
+        })
+    }
+
+    /// Every setting back to its default (DISCARD ALL, RESET ALL).
     pub(crate) fn reset_settings(&mut self) {
-        self.settings = default_settings();
+        self.settings.reset();
+        self.show_transaction_modes();
+    }
+
+    /// Statements outside a block are transactions of their own: a
+    /// `set_config(…, true)` of the last one has ended with it.
+    pub(crate) fn statement_starts(&self) {
+        if self.transaction_state() == TransactionState::Idle {
+            self.settings.end_transaction();
+        }
+    }
+
+    /// Keeps `transaction_isolation` and `transaction_read_only` showing the
+    /// open block's modes: they are the transaction's own layer of settings.
+    fn show_transaction_modes(&self) {
+        if let Some(txn) = &*self.txn.lock().expect("transaction lock") {
+            self.settings
+                .show_transaction_modes(txn.isolation.name(), on_off(txn.read_only));
+        }
     }
 
     /// Proposes row mutations of `table` with their index upkeep: through
@@ -841,10 +928,27 @@ impl Context {
         table: &TableDef,
         mutations: Vec<sluice_raftstore::Mutation>,
     ) -> Result<sluice_raftstore::ApplyOutcome> {
+        self.propose_moving(table, mutations, Vec::new()).await
+    }
+
+    /// [`Self::propose`] for writes where the rows `moves` names (old key,
+    /// new key) change key: foreign keys that refer to them see updates.
+    pub(crate) async fn propose_moving(
+        &self,
+        table: &TableDef,
+        mutations: Vec<sluice_raftstore::Mutation>,
+        moves: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<sluice_raftstore::ApplyOutcome> {
         if mutations.is_empty() {
             return Ok(Default::default());
         }
-        let mutations = crate::index::with_index_upkeep(table, mutations)?;
+        let catalog = self.catalog_state();
+        let mutations = if crate::foreign_key::involved(&catalog, table) {
+            // Boxed: its future is large, and every writer's future holds it.
+            Box::pin(self.with_reference_upkeep(&catalog, table, mutations, moves)).await?
+        } else {
+            crate::index::with_index_upkeep(table, mutations)?
+        };
         // Unique index entries are `Insert`s too; the count is of rows.
         let entry_inserts = mutations
             .iter()
@@ -865,9 +969,111 @@ impl Context {
                 Ok(outcome)
             }
             Err(sluice_raftstore::Error::Apply(ApplyError::DuplicateKey { key })) => {
-                Err(crate::index::duplicate_key_error(table, &key))
+                // A cascade may have written another table's key.
+                let owner = catalog
+                    .tables
+                    .values()
+                    .find(|t| t.owns_key(&key))
+                    .map(Arc::as_ref)
+                    .unwrap_or(table);
+                Err(crate::index::duplicate_key_error(owner, &key))
             }
             Err(e) => Err(raft_error(e)),
+        }
+    }
+
+    /// Index upkeep plus what foreign keys imply ([`crate::foreign_key`]),
+    /// for `table`'s mutations and the writes they cascade to, as one list.
+    /// Referencing rows are looked up through a recorder over committed
+    /// state: outside a block its `CheckRange`s join the command; inside
+    /// one they join the block's commit.
+    async fn with_reference_upkeep(
+        &self,
+        catalog: &CatalogState,
+        table: &TableDef,
+        mutations: Vec<sluice_raftstore::Mutation>,
+        moves: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<Vec<sluice_raftstore::Mutation>> {
+        // A cascade that never ends is a cycle of rows referring to each
+        // other in a way `done` cannot see; stop it rather than spin.
+        const MOST_CASCADE_STEPS: usize = 10_000;
+        let idle = self.transaction_state() == TransactionState::Idle;
+        let view = self.read_view().await?;
+        let committed = if idle {
+            view.clone()
+        } else {
+            self.block_committed_view()?
+        };
+        let recorder = sluice_raftstore::ReadRecorder::new(committed);
+        let reader = if idle {
+            crate::foreign_key::Reader {
+                view: &recorder,
+                guard: None,
+            }
+        } else {
+            crate::foreign_key::Reader {
+                view: view.as_ref(),
+                guard: Some(&recorder),
+            }
+        };
+        let mut command = crate::foreign_key::CommandState::default();
+        let mut checks = Vec::new();
+        let mut writes = Vec::new();
+        let mut pending = vec![crate::foreign_key::Cascade {
+            table: Arc::new(table.clone()),
+            mutations,
+            moves,
+        }];
+        let mut steps = 0;
+        while let Some(write) = pending.pop() {
+            steps += 1;
+            if steps > MOST_CASCADE_STEPS {
+                return Err(Error::new(
+                    sqlstate::PROGRAM_LIMIT_EXCEEDED,
+                    "foreign key cascades went on for too long",
+                ));
+            }
+            let references = crate::foreign_key::upkeep(catalog, &reader, &write, &mut command)?;
+            checks.extend(references.checks);
+            pending.extend(references.cascaded);
+            writes.extend(crate::index::with_index_upkeep(
+                &write.table,
+                write.mutations,
+            )?);
+        }
+        // The view shares the block's write set: release it before the
+        // writes join that set (see `dml::execute`).
+        drop(view);
+        let guards = recorder.checks();
+        if idle {
+            checks.extend(guards);
+        } else {
+            self.guard_block_ranges(guards)?;
+        }
+        checks.extend(writes);
+        Ok(checks)
+    }
+
+    /// Inside a block: the committed state its statement reads under the
+    /// block's own writes.
+    pub(crate) fn block_committed_view(&self) -> Result<Arc<dyn Snapshot>> {
+        self.txn
+            .lock()
+            .expect("transaction lock")
+            .as_ref()
+            .and_then(Transaction::committed_snapshot)
+            .ok_or_else(|| Error::new(sqlstate::INTERNAL_ERROR, "no block snapshot to guard"))
+    }
+
+    /// Range checks (from a recorder over [`Self::block_committed_view`])
+    /// the open block's commit must pass.
+    pub(crate) fn guard_block_ranges(&self, guards: Vec<sluice_raftstore::Mutation>) -> Result<()> {
+        match &mut *self.txn.lock().expect("transaction lock") {
+            Some(txn) => txn.guard_ranges(guards),
+            None => Err(Error::new(
+                sqlstate::INTERNAL_ERROR,
+                "no transaction block is open",
+            )),
         }
     }
 
@@ -968,88 +1174,54 @@ impl Context {
         Ok(builder.build())
     }
 
-    pub(crate) fn apply_set(&mut self, name: &str, value: Option<String>) -> Result<()> {
-        let mut value = match value {
-            Some(v) => v,
-            None => default_settings().get(name).cloned().unwrap_or_default(),
-        };
+    /// SET, SET LOCAL and RESET of one setting (`value` `None` for its default).
+    pub(crate) fn apply_set(
+        &mut self,
+        name: &str,
+        value: Option<String>,
+        local: bool,
+    ) -> Result<()> {
         match name {
-            "transaction_isolation" => {
-                return self.set_transaction_modes(TransactionModes {
-                    isolation: Some(IsolationLevel::parse(&value)?),
-                    read_only: None,
-                });
-            }
-            "transaction_read_only" => {
-                return self.set_transaction_modes(TransactionModes {
-                    isolation: None,
-                    read_only: Some(parse_bool_setting(name, &value)?),
-                });
-            }
-            "default_transaction_read_only" => {
-                value = on_off(parse_bool_setting(name, &value)?).to_string();
-            }
-            "default_transaction_isolation" => {
-                IsolationLevel::parse(&value)?;
-            }
-            "sluice.max_transaction_bytes" => {
-                self.transaction_limit_of(&value)?;
-            }
-            "sluice.read_consistency" => {
-                ReadConsistency::parse(&value)?;
-            }
-            "statement_timeout"
-            | "lock_timeout"
-            | "idle_in_transaction_session_timeout"
-            | "sluice.fetch_timeout"
-                if parse_duration_ms(&value).is_none() =>
-            {
-                return Err(Error::new(
-                    sqlstate::INVALID_PARAMETER_VALUE,
-                    format!("invalid value for parameter \"{name}\": \"{value}\""),
-                ));
-            }
-            "TimeZone"
-                if !matches!(
-                    value.to_ascii_uppercase().as_str(),
-                    "UTC" | "GMT" | "Z" | "ETC/UTC" | "+00:00"
-                ) =>
-            {
-                return Err(Error::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("time zone \"{value}\" is not supported yet; sessions run in UTC"),
-                ));
-            }
-            "client_encoding"
-                if !matches!(
-                    value.to_ascii_uppercase().replace('-', "").as_str(),
-                    "UTF8" | "UNICODE"
-                ) =>
-            {
-                return Err(Error::new(
-                    sqlstate::FEATURE_NOT_SUPPORTED,
-                    format!("client_encoding \"{value}\" is not supported; only UTF8"),
-                ));
-            }
-            "server_version"
-            | "server_encoding"
-            | "integer_datetimes"
-            | "server_version_num"
-            | "max_identifier_length"
-            | "is_superuser" => {
-                return Err(Error::new(
-                    sqlstate::INVALID_PARAMETER_VALUE,
-                    format!("parameter \"{name}\" cannot be changed"),
-                ));
+            "transaction_isolation" | "transaction_read_only" => {
+                let Some(value) = value else {
+                    // RESET of a transaction mode changes nothing in PostgreSQL.
+                    return Ok(());
+                };
+                let modes = if name == "transaction_isolation" {
+                    TransactionModes {
+                        isolation: Some(IsolationLevel::parse(&value)?),
+                        read_only: None,
+                    }
+                } else {
+                    TransactionModes {
+                        isolation: None,
+                        read_only: Some(parse_bool_setting(name, &value)?),
+                    }
+                };
+                return self.set_transaction_modes(modes);
             }
             _ => {}
         }
-        if REPORTED.contains(&name) && self.settings.get(name) != Some(&value) {
-            self.changed.push((name.to_string(), value.clone()));
+        if local && self.transaction_state() == TransactionState::Idle {
+            self.notices.push(Error::new(
+                sqlstate::NO_ACTIVE_SQL_TRANSACTION,
+                "SET LOCAL can only be used in transaction blocks",
+            ));
+            // PostgreSQL still checks the value, and then forgets it.
+            self.settings.set(name, value, true)?;
+            self.settings.end_transaction();
+            return Ok(());
         }
-        self.settings.insert(name.to_string(), value);
+        self.settings.set(name, value, local)?;
         Ok(())
     }
+}
+
+/// The largest `sluice.max_transaction_bytes`: a block's writes, the old
+/// values it checks and the reads it records must fit in one Raft command,
+/// so at most three quarters of the command limit.
+fn max_transaction_bytes(db: &Database) -> usize {
+    db.raft().max_command_bytes() / 4 * 3
 }
 
 #[cfg(test)]

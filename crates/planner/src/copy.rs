@@ -20,7 +20,7 @@ use crate::api::{CopyIn, CopyOptions};
 use crate::catalog::TableDef;
 use crate::context::Context;
 use crate::ddl::evaluate_constant;
-use crate::dml::{keyed_rows, not_null_violation, quote_ident};
+use crate::dml::{keyed_rows, quote_ident};
 use crate::error::{from_datafusion, sqlstate, Error, Result};
 use crate::resolve::Access;
 use crate::types::{decode_bytea, text_value, value_at, SqlType};
@@ -342,6 +342,7 @@ pub async fn insert_rows(
     for row in &values {
         check_not_null(&table, row)?;
     }
+    session.db.enforce_checks(&table, &values)?;
     write_rows(session, &table, &values).await
 }
 
@@ -372,7 +373,7 @@ pub(crate) fn parse_rows(
 pub(crate) fn check_not_null(table: &TableDef, row: &[Value]) -> Result<()> {
     for (index, (column, value)) in table.columns.iter().zip(row).enumerate() {
         if value.is_null() && !column.nullable && !table.is_system_column(index) {
-            return Err(not_null_violation(table, &column.name));
+            return Err(table.not_null_violation(&column.name));
         }
     }
     Ok(())

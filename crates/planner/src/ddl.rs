@@ -73,6 +73,12 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
             };
             let id = change.allocate_id(snapshot.as_ref())?;
             let mut def = TableDef { id, ..def };
+            // A self-reference was declared before the table had its id.
+            for fk in &mut def.foreign_keys {
+                if fk.parent == 0 {
+                    fk.parent = id;
+                }
+            }
             for index in &mut def.indexes {
                 index.id = change.allocate_id(snapshot.as_ref())?;
             }
@@ -93,12 +99,17 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
             ..
         } => match object_type {
             ast::ObjectType::Table => {
+                let mut dropped = Vec::new();
                 for name in names {
                     match resolve::find(&catalog, name, Access::Ddl)? {
-                        Some(def) => change.drop_table(&def, &catalog, snapshot.as_ref())?,
+                        Some(def) => dropped.push(def),
                         None if *if_exists => {}
                         None => return Err(resolve::missing(name, Access::Ddl)),
                     }
+                }
+                drop_references(&catalog, &dropped, *cascade, &mut change)?;
+                for def in &dropped {
+                    change.drop_table(def, &catalog, snapshot.as_ref())?;
                 }
                 "DROP TABLE"
             }
@@ -124,6 +135,7 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
                         )
                         .with_detail("Use DROP ... CASCADE to drop the dependent objects too."));
                     }
+                    drop_references(&catalog, &tables, true, &mut change)?;
                     for table in tables {
                         change.drop_table(&table, &catalog, snapshot.as_ref())?;
                     }
@@ -162,6 +174,7 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
                         .position(|i| i.name == index_name)
                         .expect("the index was found on this table");
                     let dropped = table.indexes.remove(position);
+                    refuse_if_referenced(&catalog, &table, &dropped)?;
                     change.mutations.push(index::delete_all(dropped.id));
                     changed.push(table);
                 }
@@ -178,25 +191,27 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
             }
         },
         ast::Statement::Truncate(truncate) => {
+            let mut targets = Vec::new();
             for target in &truncate.table_names {
                 match resolve::find(&catalog, &target.name, Access::Ddl)? {
-                    Some(def) if def.is_topic() => {
-                        // Offsets continue after a TRUNCATE, as after retention:
-                        // each partition keeps its state and newest batch key range.
-                        return Err(Error::new(
-                            sqlstate::FEATURE_NOT_SUPPORTED,
-                            format!("cannot truncate topic \"{}\"", def.name),
-                        )
-                        .with_detail("Records leave a topic by retention (ALTER TOPIC … SET (retention = …)) or with DROP TOPIC."));
-                    }
-                    Some(def) => {
-                        let range = def.rows_range();
-                        let (start, end) = range_bounds(&range);
-                        change.mutations.push(Mutation::DeleteRange { start, end });
-                        change.mutations.extend(index::drop_entries(&def));
-                    }
+                    Some(def) => targets.push(def),
                     None => return Err(resolve::missing(&target.name, Access::Ddl)),
                 }
+            }
+            let cascade = matches!(truncate.cascade, Some(ast::CascadeOption::Cascade));
+            for def in truncated_with_references(&catalog, targets, cascade)? {
+                if def.is_topic() {
+                    // Offsets continue after a TRUNCATE, as after retention:
+                    // each partition keeps its state and newest batch key range.
+                    return Err(Error::new(
+                        sqlstate::FEATURE_NOT_SUPPORTED,
+                        format!("cannot truncate topic \"{}\"", def.name),
+                    )
+                    .with_detail("Records leave a topic by retention (ALTER TOPIC … SET (retention = …)) or with DROP TOPIC."));
+                }
+                let (start, end) = range_bounds(&def.rows_range());
+                change.mutations.push(Mutation::DeleteRange { start, end });
+                change.mutations.extend(index::drop_entries(&def));
             }
             // No definition changes; the version bump still orders TRUNCATE against concurrent DDL.
             "TRUNCATE TABLE"
@@ -216,6 +231,22 @@ pub async fn execute(session: &mut Context, statement: &ast::Statement) -> Resul
             if def.has_primary_key() && !original.has_primary_key() {
                 rekey_rows(session, &original, &def, &snapshot, &mut change)?;
             }
+            for dropped in original
+                .indexes
+                .iter()
+                .filter(|index| def.indexes.iter().all(|kept| kept.id != index.id))
+            {
+                change.mutations.push(index::delete_all(dropped.id));
+            }
+            validate_added_checks(session, &original, &def, &snapshot, &mut change)?;
+            validate_added_foreign_keys(
+                session,
+                &catalog,
+                &original,
+                &def,
+                &snapshot,
+                &mut change,
+            )?;
             change.put(table_key(def.id), encode_json(&def));
             "ALTER TABLE"
         }
@@ -367,6 +398,89 @@ fn range_bounds(range: &KeyRange) -> (Vec<u8>, Vec<u8>) {
     (start, end)
 }
 
+/// DROP of `dropped` tables against the foreign keys that refer to them
+/// from other tables: refused (2BP01) without CASCADE, as PostgreSQL does;
+/// with it, those constraints go (the referencing tables stay).
+fn drop_references(
+    catalog: &CatalogState,
+    dropped: &[Arc<TableDef>],
+    cascade: bool,
+    change: &mut CatalogChange,
+) -> Result<()> {
+    let ids: Vec<u64> = dropped.iter().map(|t| t.id).collect();
+    let mut changed: std::collections::BTreeMap<u64, TableDef> = Default::default();
+    let mut dependents = Vec::new();
+    for parent in dropped {
+        for (child, fk) in crate::foreign_key::referencing(catalog, parent.id) {
+            if ids.contains(&child.id) {
+                continue;
+            }
+            dependents.push(format!(
+                "constraint {} on table {} depends on table {}",
+                fk.name, child.name, parent.name
+            ));
+            changed
+                .entry(child.id)
+                .or_insert_with(|| child.as_ref().clone())
+                .foreign_keys
+                .retain(|kept| kept.name != fk.name);
+        }
+    }
+    if dependents.is_empty() {
+        return Ok(());
+    }
+    if !cascade {
+        let names: Vec<&str> = dropped.iter().map(|t| t.name.as_str()).collect();
+        return Err(Error::new(
+            sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+            format!(
+                "cannot drop table {} because other objects depend on it",
+                names.join(", ")
+            ),
+        )
+        .with_detail(format!(
+            "{}\nUse DROP ... CASCADE to drop the dependent objects too.",
+            dependents.join("\n")
+        )));
+    }
+    for child in changed.into_values() {
+        change.put(table_key(child.id), encode_json(&child));
+    }
+    Ok(())
+}
+
+/// The tables TRUNCATE empties: `targets`, and with CASCADE every table
+/// that refers to one of them, transitively. Without it, a table referred
+/// to from outside the list is refused (0A000), as in PostgreSQL.
+fn truncated_with_references(
+    catalog: &CatalogState,
+    mut targets: Vec<Arc<TableDef>>,
+    cascade: bool,
+) -> Result<Vec<Arc<TableDef>>> {
+    let mut next = 0;
+    while next < targets.len() {
+        let parent = targets[next].clone();
+        next += 1;
+        for (child, _) in crate::foreign_key::referencing(catalog, parent.id) {
+            if targets.iter().any(|t| t.id == child.id) {
+                continue;
+            }
+            if !cascade {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "cannot truncate a table referenced in a foreign key constraint",
+                )
+                .with_detail(format!(
+                    "Table \"{}\" references \"{}\". Truncate table \"{}\" at the same time, or use TRUNCATE ... CASCADE.",
+                    child.name, parent.name, child.name
+                )));
+            }
+            targets.push(child);
+        }
+    }
+    Ok(targets)
+}
+
 /// What CREATE TABLE makes: the table (its id filled in later) and the
 /// sequences its `serial` and identity columns own (ids and owner too).
 pub(crate) struct NewTable {
@@ -420,8 +534,24 @@ pub(crate) fn table_definition(
     let mut sequences: Vec<SequenceDef> = Vec::new();
     // UNIQUE constraints: their columns and the name given, if any.
     let mut uniques: Vec<(Vec<usize>, Option<String>)> = Vec::new();
+    let mut new_checks: Vec<NewCheck> = Vec::new();
+    // Foreign keys, with the column a REFERENCES option was declared on.
+    let mut references: Vec<(ast::ForeignKeyConstraint, Option<String>)> = Vec::new();
     for column in &create.columns {
-        let (mut def, is_primary, generated, unique) = column_definition(column)?;
+        let ColumnSpec {
+            mut def,
+            primary: is_primary,
+            generated,
+            unique,
+            checks,
+            references: column_references,
+        } = column_definition(column)?;
+        new_checks.extend(checks);
+        references.extend(
+            column_references
+                .into_iter()
+                .map(|reference| (reference, Some(def.name.clone()))),
+        );
         if let Some(constraint_name) = unique {
             uniques.push((vec![columns.len()], constraint_name));
         }
@@ -459,6 +589,14 @@ pub(crate) fn table_definition(
                 constraint_columns(&columns, &unique.columns, "unique")?,
                 unique.name.as_ref().map(identifier),
             )),
+            ast::TableConstraint::Check(check) => new_checks.push(NewCheck {
+                name: check.name.as_ref().map(identifier),
+                expr: check.expr.to_string(),
+                column: None,
+            }),
+            ast::TableConstraint::ForeignKey(reference) => {
+                references.push((reference.clone(), None))
+            }
             other => return Err(unsupported_constraint(other)),
         }
     }
@@ -512,7 +650,7 @@ pub(crate) fn table_definition(
             ));
         }
     }
-    let def = TableDef {
+    let mut def = TableDef {
         id: 0,
         schema,
         name,
@@ -520,8 +658,17 @@ pub(crate) fn table_definition(
         primary_key,
         indexes,
         topic: None,
+        checks: Vec::new(),
+        foreign_keys: Vec::new(),
     };
     validate_defaults(session, &def)?;
+    for check in new_checks {
+        add_check(session, &mut def, check)?;
+    }
+    for (reference, column) in references {
+        let fk = crate::foreign_key::define(catalog, &def, &reference, column.as_deref())?;
+        def.foreign_keys.push(fk);
+    }
     Ok(Some(NewTable { def, sequences }))
 }
 
@@ -535,20 +682,63 @@ fn multiple_primary_keys(table: &str) -> Error {
 fn unsupported_constraint(constraint: &impl std::fmt::Display) -> Error {
     Error::new(
         sqlstate::FEATURE_NOT_SUPPORTED,
-        format!("constraint {constraint} is not supported yet (CHECK and FOREIGN KEY constraints are not implemented)"),
+        format!("constraint {constraint} is not supported yet"),
     )
 }
 
-/// What a column's definition says of it and its constraints: its
-/// definition, whether it is the primary key, for a `serial` or identity
-/// column the options of the sequence it owns, and whether it is UNIQUE
-/// (with the constraint's name, if given).
-type ColumnSpec = (
-    ColumnDef,
-    bool,
-    Option<Vec<ast::SequenceOptions>>,
-    Option<Option<String>>,
-);
+/// Adds a CHECK to `def` under its given name, or under PostgreSQL's
+/// (`<table>_<column>_check` for a column's, `<table>_check` for the
+/// table's, numbered while taken), after checking its expression.
+fn add_check(session: &Context, def: &mut TableDef, check: NewCheck) -> Result<()> {
+    let taken = |candidate: &str| def.constraint_named(candidate);
+    let name = match check.name {
+        Some(given) if taken(&given) => {
+            return Err(Error::new(
+                sqlstate::DUPLICATE_OBJECT,
+                format!(
+                    "constraint \"{given}\" for relation \"{}\" already exists",
+                    def.name
+                ),
+            ))
+        }
+        Some(given) => given,
+        None => {
+            let base = match &check.column {
+                Some(column) => format!("{}_{column}_check", def.name),
+                None => format!("{}_check", def.name),
+            };
+            first_free_name(&base, taken)
+        }
+    };
+    session.db.validate_check(def, &check.expr)?;
+    def.checks.push(crate::catalog::CheckDef {
+        name,
+        expr: check.expr,
+    });
+    Ok(())
+}
+
+/// What a column's definition says of it and its constraints.
+struct ColumnSpec {
+    def: ColumnDef,
+    primary: bool,
+    /// For a `serial` or identity column, the options of the sequence it owns.
+    generated: Option<Vec<ast::SequenceOptions>>,
+    /// UNIQUE, with the constraint's name if given.
+    unique: Option<Option<String>>,
+    /// CHECKs on the column.
+    checks: Vec<NewCheck>,
+    /// REFERENCES on the column.
+    references: Vec<ast::ForeignKeyConstraint>,
+}
+
+/// A CHECK as declared: its name if given, and its expression.
+struct NewCheck {
+    name: Option<String>,
+    expr: String,
+    /// The column it was declared on, which PostgreSQL names it after.
+    column: Option<String>,
+}
 
 fn column_definition(column: &ast::ColumnDef) -> Result<ColumnSpec> {
     let serial = crate::sequence::serial_type(&column.data_type);
@@ -566,6 +756,8 @@ fn column_definition(column: &ast::ColumnDef) -> Result<ColumnSpec> {
     let mut generated = serial.map(|_| Vec::new());
     let mut primary = false;
     let mut unique = None;
+    let mut checks = Vec::new();
+    let mut references = Vec::new();
     for option in &column.options {
         match &option.option {
             ast::ColumnOption::Null if generated.is_some() => {
@@ -593,6 +785,16 @@ fn column_definition(column: &ast::ColumnDef) -> Result<ColumnSpec> {
             ast::ColumnOption::Unique(constraint) => {
                 unique = Some(constraint.name.as_ref().or(option.name.as_ref()).map(identifier))
             }
+            ast::ColumnOption::ForeignKey(reference) => {
+                let mut reference = reference.clone();
+                reference.name = reference.name.or_else(|| option.name.clone());
+                references.push(reference);
+            }
+            ast::ColumnOption::Check(check) => checks.push(NewCheck {
+                name: check.name.as_ref().or(option.name.as_ref()).map(identifier),
+                expr: check.expr.to_string(),
+                column: Some(def.name.clone()),
+            }),
             ast::ColumnOption::Generated {
                 generated_as: ast::GeneratedAs::ByDefault,
                 sequence_options,
@@ -621,7 +823,14 @@ fn column_definition(column: &ast::ColumnDef) -> Result<ColumnSpec> {
             other => return Err(unsupported_constraint(other)),
         }
     }
-    Ok((def, primary, generated, unique))
+    Ok(ColumnSpec {
+        def,
+        primary,
+        generated,
+        unique,
+        checks,
+        references,
+    })
 }
 
 /// Plans every DEFAULT once so a bad one fails CREATE TABLE, not the first INSERT.
@@ -659,7 +868,14 @@ async fn alter_table(
             if_not_exists,
             ..
         } => {
-            let (mut column, primary, generated, unique) = column_definition(column_def)?;
+            let ColumnSpec {
+                def: mut column,
+                primary,
+                generated,
+                unique,
+                checks,
+                references,
+            } = column_definition(column_def)?;
             if unique.is_some() {
                 return Err(Error::new(
                     sqlstate::FEATURE_NOT_SUPPORTED,
@@ -726,7 +942,77 @@ async fn alter_table(
             }
             column.missing_value = existing;
             def.columns.push(column);
+            for check in checks {
+                add_check(session, def, check)?;
+            }
+            for reference in references {
+                let fk = crate::foreign_key::define(
+                    &session.catalog_state(),
+                    def,
+                    &reference,
+                    Some(&column_def.name.value),
+                )?;
+                def.foreign_keys.push(fk);
+            }
             Ok(())
+        }
+        ast::AlterTableOperation::AddConstraint {
+            constraint: ast::TableConstraint::ForeignKey(reference),
+            ..
+        } => {
+            let fk = crate::foreign_key::define(&session.catalog_state(), def, reference, None)?;
+            def.foreign_keys.push(fk);
+            Ok(())
+        }
+        ast::AlterTableOperation::AddConstraint {
+            constraint: ast::TableConstraint::Check(check),
+            ..
+        } => add_check(
+            session,
+            def,
+            NewCheck {
+                name: check.name.as_ref().map(identifier),
+                expr: check.expr.to_string(),
+                column: None,
+            },
+        ),
+        ast::AlterTableOperation::DropConstraint {
+            if_exists,
+            name,
+            drop_behavior: _,
+        } => {
+            let name = identifier(name);
+            if let Some(position) = def.checks.iter().position(|c| c.name == name) {
+                def.checks.remove(position);
+                return Ok(());
+            }
+            if let Some(position) = def.foreign_keys.iter().position(|fk| fk.name == name) {
+                def.foreign_keys.remove(position);
+                return Ok(());
+            }
+            // A UNIQUE constraint is its index; its entries go with it (see
+            // `dropped_indexes`).
+            if let Some(position) = def.indexes.iter().position(|i| i.unique && i.name == name) {
+                let index = def.indexes.remove(position);
+                refuse_if_referenced(&session.catalog_state(), def, &index)?;
+                return Ok(());
+            }
+            if def.has_primary_key() && name == format!("{}_pkey", def.name) {
+                return Err(Error::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    "dropping a primary key is not supported: rows are stored by it",
+                ));
+            }
+            if *if_exists {
+                return Ok(());
+            }
+            Err(Error::new(
+                sqlstate::UNDEFINED_OBJECT,
+                format!(
+                    "constraint \"{name}\" of relation \"{}\" does not exist",
+                    def.name
+                ),
+            ))
         }
         ast::AlterTableOperation::AddConstraint {
             constraint: ast::TableConstraint::PrimaryKey(pk),
@@ -837,10 +1123,8 @@ fn constraint_columns(
 /// row moves to the key its values give, and its index entries with it, in
 /// the DDL's one command. A NULL or duplicate key refuses the whole change,
 /// as PostgreSQL's index build does. Rows committed by others after
-/// `snapshot` would be lost by the move, so outside a block the command
-/// checks that the rows range is still what was read (40001 otherwise);
-/// inside one, only a table the block created qualifies (no other session
-/// can write it).
+/// `snapshot` would be lost by the move, so they are read guarded
+/// ([`read_rows_guarded`]).
 fn rekey_rows(
     session: &Context,
     old: &TableDef,
@@ -848,20 +1132,127 @@ fn rekey_rows(
     snapshot: &Arc<dyn Snapshot>,
     change: &mut CatalogChange,
 ) -> Result<()> {
+    let rows = read_rows_guarded(session, old, snapshot, change)?;
+    move_rows(old, new, rows, change)
+}
+
+/// Every stored row of `table`, for a DDL that rewrites or validates them
+/// all. They are read through a recorder over committed state whose
+/// `CheckRange`s join the DDL's command outside a block, and the block's
+/// commit inside one (where the rows are read from the block's view, its
+/// own writes included): a row another session commits in between fails
+/// the DDL or the commit with 40001 instead of escaping it.
+fn read_rows_guarded(
+    session: &Context,
+    table: &TableDef,
+    snapshot: &Arc<dyn Snapshot>,
+    change: &mut CatalogChange,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     if session.transaction_state() == TransactionState::Idle {
         let recorder = Arc::new(sluice_raftstore::ReadRecorder::new(snapshot.clone()));
-        let rows = crate::catalog::scan_all(recorder.as_ref(), &old.rows_range())?;
+        let rows = crate::catalog::scan_all(recorder.as_ref(), &table.rows_range())?;
         change.mutations.extend(recorder.checks());
-        return move_rows(old, new, rows, change);
+        return Ok(rows);
     }
-    refuse_unless_created_in_block(
-        session,
-        old,
-        "ADD PRIMARY KEY",
-        "Run it outside BEGIN … COMMIT, or create the table in the same block.",
-    )?;
-    let rows = crate::catalog::scan_all(snapshot.as_ref(), &old.rows_range())?;
-    move_rows(old, new, rows, change)
+    let recorder = sluice_raftstore::ReadRecorder::new(session.block_committed_view()?);
+    crate::catalog::scan_all(&recorder, &table.rows_range())?;
+    session.guard_block_ranges(recorder.checks())?;
+    crate::catalog::scan_all(snapshot.as_ref(), &table.rows_range())
+}
+
+/// Checks the rows `old` holds against the CHECKs `new` adds, failing with
+/// 23514 on the first that breaks one (rows read by [`read_rows_guarded`]).
+fn validate_added_checks(
+    session: &Context,
+    old: &TableDef,
+    new: &TableDef,
+    snapshot: &Arc<dyn Snapshot>,
+    change: &mut CatalogChange,
+) -> Result<()> {
+    let added: Vec<crate::catalog::CheckDef> = new
+        .checks
+        .iter()
+        .filter(|check| !old.checks.contains(check))
+        .cloned()
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    let rows = read_rows_guarded(session, old, snapshot, change)?;
+    let kinds = new.kinds();
+    let mut with_added = new.clone();
+    with_added.checks = added;
+    let checks = session.db.compile_checks(&with_added);
+    for page in rows.chunks(1024) {
+        let values = page
+            .iter()
+            .map(|(_, bytes)| new.decode_row(&kinds, bytes))
+            .collect::<Result<Vec<_>>>()?;
+        if let Err(violation) = crate::check::enforce(&with_added, &checks, &values) {
+            let constraint = violation
+                .object
+                .as_ref()
+                .and_then(|object| object.constraint.clone())
+                .unwrap_or_default();
+            return Err(crate::check::violated_by_some_row(new, &constraint));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the rows `old` holds against the foreign keys `new` adds, failing
+/// with 23503 on the first whose parent is missing; the command `Check`s the
+/// parents found (rows read by [`read_rows_guarded`]).
+fn validate_added_foreign_keys(
+    session: &Context,
+    catalog: &CatalogState,
+    old: &TableDef,
+    new: &TableDef,
+    snapshot: &Arc<dyn Snapshot>,
+    change: &mut CatalogChange,
+) -> Result<()> {
+    let added: Vec<&crate::catalog::ForeignKeyDef> = new
+        .foreign_keys
+        .iter()
+        .filter(|fk| !old.foreign_keys.contains(fk))
+        .collect();
+    if added.is_empty() {
+        return Ok(());
+    }
+    let rows = read_rows_guarded(session, old, snapshot, change)?;
+    let reader = crate::foreign_key::Reader {
+        view: snapshot.as_ref(),
+        guard: None,
+    };
+    for fk in added {
+        let checks = crate::foreign_key::validate_rows(catalog, &reader, new, fk, &rows)?;
+        change.mutations.extend(checks);
+    }
+    Ok(())
+}
+
+/// Refuses (2BP01) to drop `index` of `table` while a foreign key refers to
+/// its columns and no other constraint could serve it, as PostgreSQL does.
+fn refuse_if_referenced(catalog: &CatalogState, table: &TableDef, index: &IndexDef) -> Result<()> {
+    let columns: Vec<usize> = index.columns.iter().map(|c| c.column).collect();
+    for (child, fk) in crate::foreign_key::referencing(catalog, table.id) {
+        let served = fk.parent_columns.len() == columns.len()
+            && fk.parent_columns.iter().all(|c| columns.contains(c));
+        if served && !crate::foreign_key::can_be_referenced(table, &fk.parent_columns) {
+            return Err(Error::new(
+                sqlstate::DEPENDENT_OBJECTS_STILL_EXIST,
+                format!(
+                    "cannot drop constraint {} on table {} because other objects depend on it",
+                    index.name, table.name
+                ),
+            )
+            .with_detail(format!(
+                "constraint {} on table {} depends on index {}",
+                fk.name, child.name, index.name
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses (0A000) a one-step rewrite of `table` inside a block unless the

@@ -343,6 +343,9 @@ pub async fn execute(
     for batch in &batches {
         rows.extend(batch_rows(table, batch, with_key)?);
     }
+    if plan.op != DmlOp::Delete {
+        session.db.enforce_checks(table, &rows)?;
+    }
     if table.is_topic() {
         drop(snapshot);
         let values: Vec<Vec<Value>> = rows.into_iter().map(|r| r.values).collect();
@@ -357,7 +360,9 @@ pub async fn execute(
     // must be released before the writes join that set, or the set is
     // copied whole (copy-on-write) by every statement.
     drop(snapshot);
-    let outcome = session.propose(table, planned.mutations).await?;
+    let outcome = session
+        .propose_moving(table, planned.mutations, planned.moves)
+        .await?;
     let count = planned.count.unwrap_or(outcome.inserted);
     let returned = planned.returned;
     match &plan.returning {
@@ -431,6 +436,12 @@ pub struct InputRow {
     pub source_key: Option<Vec<u8>>,
 }
 
+impl AsRef<[Value]> for InputRow {
+    fn as_ref(&self) -> &[Value] {
+        &self.values
+    }
+}
+
 /// Converts a batch shaped like the table (plus the key column when
 /// `with_key`) into typed rows, casting each column to its declared type.
 pub fn batch_rows(table: &TableDef, batch: &RecordBatch, with_key: bool) -> Result<Vec<InputRow>> {
@@ -486,7 +497,7 @@ pub fn batch_rows(table: &TableDef, batch: &RecordBatch, with_key: bool) -> Resu
         for (index, column) in table.columns.iter().enumerate() {
             let value = value_at(&arrays[index], row, column.ty, &column.name)?;
             if value.is_null() && !column.nullable && !table.is_system_column(index) {
-                return Err(not_null_violation(table, &column.name));
+                return Err(table.not_null_violation(&column.name));
             }
             values.push(value);
         }
@@ -494,16 +505,6 @@ pub fn batch_rows(table: &TableDef, batch: &RecordBatch, with_key: bool) -> Resu
         rows.push(InputRow { values, source_key });
     }
     Ok(rows)
-}
-
-pub fn not_null_violation(table: &TableDef, column: &str) -> Error {
-    Error::new(
-        sqlstate::NOT_NULL_VIOLATION,
-        format!(
-            "null value in column \"{column}\" of relation \"{}\" violates not-null constraint",
-            table.name
-        ),
-    )
 }
 
 /// Keys and encoded rows for new rows, drawing hidden row ids where needed.
@@ -536,6 +537,8 @@ struct PlannedWrites {
     returned: Vec<Vec<Value>>,
     /// The command tag's count; `None` when apply decides it (rows inserted).
     count: Option<u64>,
+    /// Rows that change key (old key, new key): updates, to foreign keys.
+    moves: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 async fn insert(
@@ -557,6 +560,7 @@ async fn insert(
                 mutations,
                 returned: values,
                 count: None,
+                moves: Vec::new(),
             })
         }
         OnConflict::DoNothing => {
@@ -586,6 +590,7 @@ async fn insert(
                 mutations,
                 returned,
                 count: None,
+                moves: Vec::new(),
             })
         }
         OnConflict::DoUpdate {
@@ -593,6 +598,7 @@ async fn insert(
             selection,
         } => {
             upsert(
+                session,
                 table,
                 keyed,
                 values,
@@ -609,6 +615,7 @@ async fn insert(
 /// exists get the assignments, evaluated with `excluded` bound to the
 /// proposed row, exactly as PostgreSQL scopes them.
 async fn upsert(
+    session: &Context,
     table: &Arc<TableDef>,
     keyed: Vec<(Vec<u8>, Vec<u8>)>,
     values: Vec<Vec<Value>>,
@@ -623,6 +630,7 @@ async fn upsert(
     let mut existing_rows = Vec::new();
     let mut excluded_rows = Vec::new();
     let mut conflict_keys = Vec::new();
+    let mut moves = Vec::new();
     for ((key, encoded), row) in keyed.into_iter().zip(values) {
         if !seen.insert(key.clone()) {
             return Err(Error::new(
@@ -657,6 +665,8 @@ async fn upsert(
             &excluded_rows,
         )
         .await?;
+        let updated_rows: Vec<&[Value]> = new_rows.iter().map(|(_, row)| row.as_slice()).collect();
+        session.db.enforce_checks(table, &updated_rows)?;
         for (ordinal, new_values) in new_rows {
             let (old_key, old_bytes) = &conflict_keys[ordinal];
             let new_key = table.key_for_row(&new_values)?;
@@ -665,6 +675,7 @@ async fn upsert(
                 expected: Some(old_bytes.clone()),
             });
             if &new_key != old_key {
+                moves.push((old_key.clone(), new_key.clone()));
                 mutations.push(Mutation::Delete {
                     key: old_key.clone(),
                 });
@@ -686,6 +697,7 @@ async fn upsert(
         mutations,
         returned,
         count: Some(inserted + updated),
+        moves,
     })
 }
 
@@ -800,6 +812,7 @@ fn update(
     let mut seen = HashSet::new();
     let mut checks = Vec::new();
     let mut moves = Vec::new();
+    let mut moved = Vec::new();
     let mut writes = Vec::new();
     let mut returned = Vec::new();
     for row in rows {
@@ -828,6 +841,7 @@ fn update(
             });
         } else {
             // All moved rows leave before any arrives, so `SET id = id + 1` works.
+            moved.push((old_key.clone(), new_key.clone()));
             moves.push(Mutation::Delete { key: old_key });
             writes.push(Mutation::Insert {
                 key: new_key,
@@ -844,6 +858,7 @@ fn update(
         mutations,
         returned,
         count: Some(count),
+        moves: moved,
     })
 }
 
@@ -871,6 +886,7 @@ fn delete(rows: Vec<InputRow>, snapshot: &dyn Snapshot) -> Result<PlannedWrites>
         mutations,
         returned,
         count: Some(count),
+        moves: Vec::new(),
     })
 }
 

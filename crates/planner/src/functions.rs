@@ -45,6 +45,17 @@ pub fn register(ctx: &SessionContext) {
             ))))
         }),
     ));
+    // Every replica serves reads and takes writes (a follower hands them to
+    // the leader), so none is a standby in recovery; pg_dump asks.
+    ctx.register_udf(create_udf(
+        "pg_is_in_recovery",
+        Vec::new(),
+        DataType::Boolean,
+        Volatility::Stable,
+        Arc::new(|_args: &[ColumnarValue]| {
+            Ok(ColumnarValue::Scalar(ScalarValue::Boolean(Some(false))))
+        }),
+    ));
 }
 
 /// `pg_typeof(any) -> text`: the PostgreSQL name of the argument's type, as
@@ -132,7 +143,7 @@ impl ScalarUDFImpl for PgGetExpr {
 }
 
 /// PostgreSQL's name for the type a value of `data_type` has on the wire.
-fn pg_type_name(data_type: &DataType) -> String {
+pub(crate) fn pg_type_name(data_type: &DataType) -> String {
     let name = match data_type {
         DataType::Null => "unknown",
         DataType::Boolean => "boolean",

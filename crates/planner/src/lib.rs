@@ -40,16 +40,18 @@
 //! |---|---|---|
 //! | leaves | [`api`] | what the frontend sees: outputs, command tags, COPY descriptions |
 //! | | [`error`] | every failure's SQLSTATE and PostgreSQL wording (the frontend's too) |
-//! | | [`settings`] | setting defaults and names; durations, sizes, booleans |
 //! | | [`types`], [`names`] | SQL types and their Arrow and storage faces; result column names |
 //! | | [`parse`], [`dialect`], [`values_scan`], [`stream_sql`] | SQL text to statements: the dialect, literal VALUES rows, the topic statements' grammar |
 //! | definitions | [`catalog`] | schema, table, index and built-in table definitions, their keys, the cached catalog |
 //! | | [`resolve`] | names to catalog objects: the one resolver, with PostgreSQL's messages |
 //! | | [`index`] | secondary index upkeep on every write, and the online build |
+//! | | [`check`] | CHECK constraints: their definitions, compiled expressions, and the 23514 |
+//! | | [`foreign_key`] | FOREIGN KEY constraints: declarations, and the parent and child checks and cascades of every write |
 //! | DataFusion face | [`table`] | a table as a `TableProvider`, and its key-range scan |
 //! | | [`system_views`], [`pg_overlay`] | `sluice_catalog`'s views; `pg_catalog` corrected from the catalog |
 //! | | [`provider`] | the `CatalogProvider` over tables, topics and the system schemas |
 //! | | [`functions`], [`subplan`] | functions DataFusion lacks; the correlated-subquery operator |
+//! | | [`settings`] | a directory: setting defaults, names and value checks; a session's values in their session and `SET LOCAL` layers; `current_setting` and `set_config` |
 //! | | [`sequence`] | a directory: sequence definitions, the node's blocks of values and `nextval` and friends, CREATE/DROP SEQUENCE (its `ddl` is a statement) |
 //! | | [`cached_plan`], [`transaction`], [`runtime`] | plans kept by prepared statements; transaction blocks; where plans run |
 //! | context | [`context`] | `Database` and a session's `Context`: settings, the transaction block, read views, propose, plan and run |
@@ -61,9 +63,46 @@
 //! [`Mutation`]: sluice_raftstore::Mutation
 //! [`Command`]: sluice_raftstore::Command
 
+/// Makes a session's handle (its sequences, its settings) a DataFusion
+/// config extension, so that functions find it in their `config_options`.
+/// The handle has no options of its own: setting one is refused.
+macro_rules! session_handle_extension {
+    ($handle:ty, $prefix:literal) => {
+        impl datafusion::common::config::ExtensionOptions for $handle {
+            fn as_any(&self) -> &dyn std::any::Any {
+                self
+            }
+
+            fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+                self
+            }
+
+            fn cloned(&self) -> Box<dyn datafusion::common::config::ExtensionOptions> {
+                Box::new(self.clone())
+            }
+
+            fn set(&mut self, key: &str, _value: &str) -> datafusion::common::Result<()> {
+                Err(datafusion::common::DataFusionError::Configuration(format!(
+                    "{}.{key} cannot be set",
+                    $prefix
+                )))
+            }
+
+            fn entries(&self) -> Vec<datafusion::common::config::ConfigEntry> {
+                Vec::new()
+            }
+        }
+
+        impl datafusion::common::config::ConfigExtension for $handle {
+            const PREFIX: &'static str = $prefix;
+        }
+    };
+}
+
 mod api;
 mod cached_plan;
 mod catalog;
+mod check;
 mod cluster;
 mod context;
 mod copy;
@@ -71,6 +110,7 @@ mod ddl;
 mod dialect;
 mod dml;
 mod error;
+mod foreign_key;
 mod functions;
 mod index;
 mod literal_insert;

@@ -369,6 +369,7 @@ pub(crate) async fn execute(
     for row in rows.iter() {
         crate::copy::check_not_null(table, row)?;
     }
+    session.db.enforce_checks(table, &rows)?;
     // Nothing is read, but a transaction block takes its snapshot before its first write
     // (its writes are validated against it), exactly as a planned INSERT does. The view
     // shares the block's write set, so it is released before the write joins it.

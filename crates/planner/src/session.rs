@@ -25,7 +25,7 @@ use crate::context::{Context, Database};
 use crate::error::{from_datafusion, sqlstate, Error, Result};
 use crate::names::identifier;
 use crate::parse::{Statement, StatementKind};
-use crate::settings::{canonical_setting, on_off, parse_set, unknown_setting};
+use crate::settings::{canonical_setting, on_off, parse_set, unknown_setting, SetRequest};
 use crate::transaction::{transaction_modes, IsolationLevel, TransactionModes, TransactionState};
 use crate::values_scan::MAX_PARAMETER_NUMBER;
 use crate::{copy, ddl, dml, literal_insert};
@@ -53,10 +53,9 @@ pub(crate) enum PreparedKind {
     /// An INSERT of literals and `$n` parameters, typed when prepared ([`literal_insert`]).
     LiteralInsert(Box<literal_insert::LiteralInsert>),
     Ddl,
-    Set {
-        name: String,
-        value: Option<String>,
-    },
+    Set(SetRequest),
+    /// RESET ALL.
+    ResetAll,
     Show(String),
     Begin(TransactionModes),
     Commit,
@@ -317,10 +316,19 @@ impl Session {
                 None,
                 Vec::new(),
             ),
-            ast::Statement::Set(set) => {
-                let (name, value) = parse_set(set)?;
-                (PreparedKind::Set { name, value }, None, Vec::new())
-            }
+            ast::Statement::Set(set) => (PreparedKind::Set(parse_set(set)?), None, Vec::new()),
+            ast::Statement::Reset(reset) => match &reset.reset {
+                ast::Reset::ALL => (PreparedKind::ResetAll, None, Vec::new()),
+                ast::Reset::ConfigurationParameter(name) => {
+                    let raw = name.to_string();
+                    let request = SetRequest {
+                        name: canonical_setting(&raw).ok_or_else(|| unknown_setting(&raw))?,
+                        value: None,
+                        local: false,
+                    };
+                    (PreparedKind::Set(request), None, Vec::new())
+                }
+            },
             ast::Statement::ShowVariable { variable } => {
                 let name = variable
                     .iter()
@@ -504,6 +512,7 @@ impl Session {
         if implicit {
             self.cx.begin_implicit()?;
         }
+        self.cx.statement_starts();
         self.cx.sync_block_catalog();
         let result = self.execute_in_block(prepared, params).await;
         self.cx.sync_block_catalog();
@@ -602,9 +611,14 @@ impl Session {
                 }
                 crate::cluster::execute(&self.cx, change).await
             }
-            PreparedKind::Set { name, value } => {
-                self.cx.apply_set(name, value.clone())?;
+            PreparedKind::Set(request) => {
+                self.cx
+                    .apply_set(&request.name, request.value.clone(), request.local)?;
                 Ok(Output::Command(CommandTag::new("SET")))
+            }
+            PreparedKind::ResetAll => {
+                self.cx.reset_settings();
+                Ok(Output::Command(CommandTag::new("RESET")))
             }
             PreparedKind::Show(name) => {
                 let schema = prepared
@@ -641,10 +655,7 @@ impl Session {
                 Ok(Output::Command(CommandTag::new("ROLLBACK")))
             }
             PreparedKind::Savepoint(name) => {
-                self.cx.in_block("SAVEPOINT", |txn| {
-                    txn.savepoint(name.clone());
-                    Ok(())
-                })?;
+                self.cx.savepoint(name)?;
                 Ok(Output::Command(CommandTag::new("SAVEPOINT")))
             }
             PreparedKind::ReleaseSavepoint(name) => {
@@ -653,8 +664,7 @@ impl Session {
                 Ok(Output::Command(CommandTag::new("RELEASE")))
             }
             PreparedKind::RollbackToSavepoint(name) => {
-                self.cx
-                    .in_block("ROLLBACK TO SAVEPOINT", |txn| txn.rollback_to(name))?;
+                self.cx.rollback_to_savepoint(name)?;
                 Ok(Output::Command(CommandTag::new("ROLLBACK")))
             }
             PreparedKind::SetTransaction { modes, session } => {
@@ -663,12 +673,14 @@ impl Session {
                         self.cx.apply_set(
                             "default_transaction_isolation",
                             Some(level.name().into()),
+                            false,
                         )?;
                     }
                     if let Some(read_only) = modes.read_only {
                         self.cx.apply_set(
                             "default_transaction_read_only",
                             Some(on_off(read_only).into()),
+                            false,
                         )?;
                     }
                 } else {

@@ -842,6 +842,8 @@ mod tests {
             primary_key: vec![0, 1],
             indexes: Vec::new(),
             topic: None,
+            checks: Vec::new(),
+            foreign_keys: Vec::new(),
         }
     }
 

@@ -49,43 +49,8 @@ use sluice_raftstore::{
 
 use crate::catalog::CatalogState;
 use crate::error::{sqlstate, storage_error, Error, Result};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IsolationLevel {
-    ReadCommitted,
-    RepeatableRead,
-    Serializable,
-}
-
-impl IsolationLevel {
-    /// Parses PostgreSQL's spelling (`read committed`, `REPEATABLE READ`, …).
-    pub fn parse(text: &str) -> Result<Self> {
-        match text
-            .trim()
-            .to_ascii_lowercase()
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .as_str()
-        {
-            "read committed" | "read uncommitted" => Ok(Self::ReadCommitted),
-            "repeatable read" => Ok(Self::RepeatableRead),
-            "serializable" => Ok(Self::Serializable),
-            other => Err(Error::new(
-                sqlstate::INVALID_PARAMETER_VALUE,
-                format!("invalid value for parameter \"transaction_isolation\": \"{other}\""),
-            )),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::ReadCommitted => "read committed",
-            Self::RepeatableRead => "repeatable read",
-            Self::Serializable => "serializable",
-        }
-    }
-}
+pub use crate::settings::IsolationLevel;
+use crate::settings::SettingsSnapshot;
 
 /// Where the session stands, for ReadyForQuery's status byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,7 +71,9 @@ struct Savepoint {
     expected_bytes: usize,
     appends: Arc<Vec<Mutation>>,
     appends_bytes: usize,
+    range_guards: Arc<Vec<Mutation>>,
     catalog: Option<Arc<CatalogState>>,
+    settings: SettingsSnapshot,
 }
 
 /// The node's transaction blocks, for metrics: the open ones (each holds a
@@ -210,6 +177,11 @@ pub(crate) struct Transaction {
     /// assigned at apply), after the writes.
     appends: Arc<Vec<Mutation>>,
     appends_bytes: usize,
+    /// `CheckRange`s over committed state that the commit must pass: the
+    /// ranges where foreign key upkeep found no referencing rows (or the
+    /// ones it cascaded to), so a row others commit there meanwhile fails
+    /// the commit rather than referring to a row this block removed.
+    range_guards: Arc<Vec<Mutation>>,
     /// The catalog as the block's own DDL left it (its writes over its
     /// snapshot); `None` until the block runs DDL. Other sessions see the
     /// shared catalog until COMMIT.
@@ -225,6 +197,8 @@ pub(crate) struct Transaction {
     /// refused with 54000 (`sluice.max_transaction_bytes`): its commit must
     /// fit in one Raft command.
     limit: usize,
+    /// The session's settings when the block opened: ROLLBACK restores them.
+    pub(crate) settings_at_begin: SettingsSnapshot,
     registration: Registration,
 }
 
@@ -234,8 +208,10 @@ impl Transaction {
         isolation: IsolationLevel,
         read_only: bool,
         limit: usize,
+        settings_at_begin: SettingsSnapshot,
     ) -> Self {
         Self {
+            settings_at_begin,
             limit,
             registration: Registration::new(registry),
             isolation,
@@ -247,11 +223,26 @@ impl Transaction {
             expected_bytes: 0,
             appends: Arc::default(),
             appends_bytes: 0,
+            range_guards: Arc::default(),
             catalog: None,
             savepoints: Vec::new(),
             failed: false,
             implicit: false,
         }
+    }
+
+    /// The committed state the block's current statement reads under its
+    /// own writes; `None` before the first read.
+    pub(crate) fn committed_snapshot(&self) -> Option<Arc<dyn Snapshot>> {
+        self.base.clone()
+    }
+
+    /// Range checks the commit must pass (see `range_guards`).
+    pub(crate) fn guard_ranges(&mut self, guards: Vec<Mutation>) -> Result<()> {
+        if !guards.is_empty() {
+            Arc::make_mut(&mut self.range_guards).extend(guards);
+        }
+        self.check_size()
     }
 
     /// Whether a statement of the block has taken a snapshot (PostgreSQL's
@@ -294,7 +285,15 @@ impl Transaction {
     /// stay under the block's limit.
     fn check_size(&self) -> Result<()> {
         let reads = self.reads.as_ref().map_or(0, |reads| reads.bytes());
-        let bytes = self.writes.bytes() + self.expected_bytes + self.appends_bytes + reads;
+        let guards: usize = self
+            .range_guards
+            .iter()
+            .map(|guard| match guard {
+                Mutation::CheckRange { start, end, .. } => bound_len(start) + bound_len(end) + 32,
+                _ => 0,
+            })
+            .sum();
+        let bytes = self.writes.bytes() + self.expected_bytes + self.appends_bytes + reads + guards;
         if bytes > self.limit {
             return Err(Error::new(
                 sqlstate::PROGRAM_LIMIT_EXCEEDED,
@@ -413,8 +412,9 @@ impl Transaction {
         Ok(Ok(outcome))
     }
 
-    /// `SAVEPOINT name`: remembers the block's writes as they are now.
-    pub(crate) fn savepoint(&mut self, name: String) {
+    /// `SAVEPOINT name`: remembers the block's writes, and the session's
+    /// `settings`, as they are now.
+    pub(crate) fn savepoint(&mut self, name: String, settings: SettingsSnapshot) {
         self.savepoints.push(Savepoint {
             name,
             writes: self.writes.clone(),
@@ -422,7 +422,9 @@ impl Transaction {
             expected_bytes: self.expected_bytes,
             appends: self.appends.clone(),
             appends_bytes: self.appends_bytes,
+            range_guards: self.range_guards.clone(),
             catalog: self.catalog.clone(),
+            settings,
         });
     }
 
@@ -435,8 +437,9 @@ impl Transaction {
     }
 
     /// `ROLLBACK TO SAVEPOINT name`: undoes every write since the savepoint,
-    /// which stays open, and leaves a failed block usable again.
-    pub(crate) fn rollback_to(&mut self, name: &str) -> Result<()> {
+    /// which stays open, and leaves a failed block usable again. Returns the
+    /// settings to restore.
+    pub(crate) fn rollback_to(&mut self, name: &str) -> Result<SettingsSnapshot> {
         let position = self.find_savepoint(name)?;
         self.savepoints.truncate(position + 1);
         let savepoint = &self.savepoints[position];
@@ -445,9 +448,10 @@ impl Transaction {
         self.expected_bytes = savepoint.expected_bytes;
         self.appends = savepoint.appends.clone();
         self.appends_bytes = savepoint.appends_bytes;
+        self.range_guards = savepoint.range_guards.clone();
         self.catalog = savepoint.catalog.clone();
         self.failed = false;
-        Ok(())
+        Ok(savepoint.settings.clone())
     }
 
     fn find_savepoint(&self, name: &str) -> Result<usize> {
@@ -480,6 +484,7 @@ impl Transaction {
         if let Some(reads) = &self.reads {
             mutations.extend(reads.checks());
         }
+        mutations.extend(Arc::unwrap_or_clone(std::mem::take(&mut self.range_guards)));
         mutations.extend(self.writes.to_mutations());
         mutations.extend(Arc::unwrap_or_clone(std::mem::take(&mut self.appends)));
         Ok(Some(mutations))
@@ -488,6 +493,13 @@ impl Transaction {
     /// Marks the block as committed; it leaves the registry when dropped.
     pub(crate) fn committed(mut self) {
         self.registration.committed = true;
+    }
+}
+
+fn bound_len(bound: &std::ops::Bound<Vec<u8>>) -> usize {
+    match bound {
+        std::ops::Bound::Included(key) | std::ops::Bound::Excluded(key) => key.len(),
+        std::ops::Bound::Unbounded => 0,
     }
 }
 

@@ -264,10 +264,10 @@ pub fn arrow_schema<'a>(columns: impl Iterator<Item = (&'a str, SqlType, bool)>)
 }
 
 /// Converts decoded rows (one `Vec<Value>` per row, in `types` order) into a batch.
-pub fn rows_to_batch(
+pub fn rows_to_batch<R: AsRef<[Value]>>(
     schema: &SchemaRef,
     types: &[SqlType],
-    rows: &[Vec<Value>],
+    rows: &[R],
 ) -> Result<RecordBatch> {
     let all: Vec<usize> = (0..types.len()).collect();
     let columns = rows_to_batch_projected(types, rows, &all)?;
@@ -277,9 +277,9 @@ pub fn rows_to_batch(
 }
 
 /// The Arrow arrays of the columns `projection` selects from decoded rows.
-pub fn rows_to_batch_projected(
+pub fn rows_to_batch_projected<R: AsRef<[Value]>>(
     types: &[SqlType],
-    rows: &[Vec<Value>],
+    rows: &[R],
     projection: &[usize],
 ) -> Result<Vec<ArrayRef>> {
     projection
@@ -288,7 +288,7 @@ pub fn rows_to_batch_projected(
             column_array(
                 types[index],
                 rows.iter()
-                    .map(|row| row.get(index).unwrap_or(&Value::Null)),
+                    .map(|row| row.as_ref().get(index).unwrap_or(&Value::Null)),
             )
         })
         .collect()

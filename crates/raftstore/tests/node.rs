@@ -111,6 +111,14 @@ async fn propose_applies_and_reports_outcome(node: &Arc<RaftNode>) {
     assert_eq!(get(&*snapshot, "d"), Some(b"4".to_vec()));
     assert!(*node.applied_watch().borrow() >= outcome.applied_index);
 
+    // The leader-change counter is kept by a task that watches openraft's
+    // metrics; on a busy machine it may not have run yet.
+    for _ in 0..200 {
+        if node.status().leader_changes > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let status = node.status();
     assert_eq!(status.role, sluice_raftstore::Role::Leader);
     assert_eq!(status.leader_id, Some(1));

@@ -16,7 +16,6 @@
 //! functions serves every session, and a column's DEFAULT compiled once per
 //! node still records `currval` for the session that inserts.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -25,7 +24,7 @@ use async_trait::async_trait;
 use datafusion::arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::config::{ConfigEntry, ConfigExtension, ConfigOptions, ExtensionOptions};
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::logical_expr::async_udf::{AsyncScalarUDF, AsyncScalarUDFImpl};
 use datafusion::logical_expr::{
@@ -208,34 +207,7 @@ impl fmt::Debug for SequenceSession {
     }
 }
 
-impl ExtensionOptions for SequenceSession {
-    fn as_any(&self) -> &dyn Any {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut dyn Any {
-        self
-    }
-
-    fn cloned(&self) -> Box<dyn ExtensionOptions> {
-        Box::new(self.clone())
-    }
-
-    fn set(&mut self, key: &str, _value: &str) -> datafusion::common::Result<()> {
-        Err(DataFusionError::Configuration(format!(
-            "{}.{key} cannot be set",
-            Self::PREFIX
-        )))
-    }
-
-    fn entries(&self) -> Vec<ConfigEntry> {
-        Vec::new()
-    }
-}
-
-impl ConfigExtension for SequenceSession {
-    const PREFIX: &'static str = "sluice_sequences";
-}
+session_handle_extension!(SequenceSession, "sluice_sequences");
 
 impl SequenceSession {
     pub fn new(allocator: Arc<SequenceAllocator>, catalog: Arc<SessionCatalog>) -> Self {

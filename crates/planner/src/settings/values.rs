@@ -1,9 +1,6 @@
-//! Session settings: their defaults, names, and the parsing of values
-//! (durations, sizes, booleans, read consistency) as PostgreSQL accepts them.
-//!
-//! The session keeps the values (`Session::apply_set` checks those whose
-//! change has effects); this module knows nothing of sessions, so anything
-//! may read a setting's format without importing the session.
+//! Settings' defaults, names, and the parsing of their values (durations,
+//! sizes, booleans, isolation levels, read consistency) as PostgreSQL
+//! accepts them.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -35,6 +32,45 @@ impl ReadConsistency {
                 format!("invalid value for parameter \"sluice.read_consistency\": \"{value}\""),
             )
             .with_detail("Available values: linearizable, stale.")),
+        }
+    }
+}
+
+/// A transaction's isolation level, as `transaction_isolation` and
+/// `default_transaction_isolation` name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IsolationLevel {
+    ReadCommitted,
+    RepeatableRead,
+    Serializable,
+}
+
+impl IsolationLevel {
+    /// Parses PostgreSQL's spelling (`read committed`, `REPEATABLE READ`, …).
+    pub fn parse(text: &str) -> Result<Self> {
+        match text
+            .trim()
+            .to_ascii_lowercase()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .as_str()
+        {
+            "read committed" | "read uncommitted" => Ok(Self::ReadCommitted),
+            "repeatable read" => Ok(Self::RepeatableRead),
+            "serializable" => Ok(Self::Serializable),
+            other => Err(Error::new(
+                sqlstate::INVALID_PARAMETER_VALUE,
+                format!("invalid value for parameter \"transaction_isolation\": \"{other}\""),
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ReadCommitted => "read committed",
+            Self::RepeatableRead => "repeatable read",
+            Self::Serializable => "serializable",
         }
     }
 }
@@ -83,6 +119,16 @@ pub(crate) fn default_settings() -> BTreeMap<String, String> {
         ("transaction_read_only", "off"),
         ("bytea_output", "hex"),
         ("client_min_messages", "notice"),
+        // Set by pg_dump and by the scripts it writes. Sluice has none of
+        // what they govern (row-level security, function bodies, XML,
+        // tablespaces, table access methods, synchronized scans), so any
+        // value means the same here.
+        ("row_security", "on"),
+        ("synchronized_seqscans", "on"),
+        ("check_function_bodies", "on"),
+        ("xmloption", "content"),
+        ("default_tablespace", ""),
+        ("default_table_access_method", "heap"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -165,22 +211,41 @@ pub(crate) fn unknown_setting(name: &str) -> Error {
     )
 }
 
-pub(crate) fn parse_set(set: &ast::Set) -> Result<(String, Option<String>)> {
+/// What a SET statement sets.
+pub(crate) struct SetRequest {
+    /// The setting's canonical name.
+    pub(crate) name: String,
+    /// `None` for DEFAULT (and RESET).
+    pub(crate) value: Option<String>,
+    /// SET LOCAL: only until the transaction ends.
+    pub(crate) local: bool,
+}
+
+pub(crate) fn parse_set(set: &ast::Set) -> Result<SetRequest> {
     match set {
         ast::Set::SingleAssignment {
-            variable, values, ..
+            variable,
+            values,
+            scope,
+            ..
         } => {
             let raw = variable.to_string();
-            let canonical = canonical_setting(&raw).ok_or_else(|| unknown_setting(&raw))?;
-            let value = set_value(values);
-            Ok((canonical, value))
+            Ok(SetRequest {
+                name: canonical_setting(&raw).ok_or_else(|| unknown_setting(&raw))?,
+                value: set_value(values),
+                local: matches!(scope, Some(ast::ContextModifier::Local)),
+            })
         }
-        ast::Set::SetTimeZone { value, .. } => {
-            Ok(("TimeZone".into(), set_value(std::slice::from_ref(value))))
-        }
-        ast::Set::SetNames { charset_name, .. } => {
-            Ok(("client_encoding".into(), Some(charset_name.to_string())))
-        }
+        ast::Set::SetTimeZone { value, local } => Ok(SetRequest {
+            name: "TimeZone".into(),
+            value: set_value(std::slice::from_ref(value)),
+            local: *local,
+        }),
+        ast::Set::SetNames { charset_name, .. } => Ok(SetRequest {
+            name: "client_encoding".into(),
+            value: Some(charset_name.to_string()),
+            local: false,
+        }),
         other => Err(Error::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
             format!("{other} is not supported"),
