@@ -76,6 +76,17 @@ with psycopg.connect(dsn) as conn:
         except error as e:
             assert e.diag.constraint_name == constraint, (sql, e.diag.constraint_name)
             conn.rollback()
+    # An upsert on the unique column, as ORMs write one.
+    cur = conn.execute(
+        "INSERT INTO orders (account_id, ref, amount) VALUES (1, 'A-1', 2) ON CONFLICT (ref) DO NOTHING"
+    )
+    assert cur.rowcount == 0, cur.rowcount
+    conn.execute(
+        "INSERT INTO orders (account_id, ref, amount) VALUES (1, 'A-1', 3) "
+        "ON CONFLICT (ref) DO UPDATE SET amount = excluded.amount"
+    )
+    assert conn.execute("SELECT amount FROM orders WHERE ref = 'A-1'").fetchone()[0] == 3
+    conn.commit()
     # Deleting the account takes its orders with it, in the same transaction.
     conn.execute("DELETE FROM account WHERE id = 1")
     assert conn.execute("SELECT count(*) FROM orders WHERE id = %s", (order_id,)).fetchone() == (0,)

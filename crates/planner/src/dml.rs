@@ -44,11 +44,22 @@ use crate::types::{rows_to_batch, value_at};
 #[derive(Debug, Clone)]
 pub enum OnConflict {
     Error,
-    DoNothing,
+    DoNothing(Arbiter),
     DoUpdate {
         assignments: Vec<ast::Assignment>,
         selection: Option<Box<ast::Expr>>,
+        arbiter: Arbiter,
     },
+}
+
+/// The unique constraint that decides whether a proposed row conflicts:
+/// the primary key, one UNIQUE index (by id), or, for DO NOTHING without a
+/// target, any of them, as in PostgreSQL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arbiter {
+    PrimaryKey,
+    Unique(u64),
+    Any,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,9 +148,9 @@ pub async fn prepare(
             let on_conflict = match insert.on.take() {
                 None => OnConflict::Error,
                 Some(ast::OnInsert::OnConflict(conflict)) => {
-                    check_conflict_target(&table, conflict.conflict_target.as_ref())?;
+                    let arbiter = conflict_arbiter(&table, conflict.conflict_target.as_ref())?;
                     match conflict.action {
-                        ast::OnConflictAction::DoNothing => OnConflict::DoNothing,
+                        ast::OnConflictAction::DoNothing => OnConflict::DoNothing(arbiter),
                         ast::OnConflictAction::DoUpdate(update) => {
                             if conflict.conflict_target.is_none() {
                                 return Err(Error::new(
@@ -150,6 +161,7 @@ pub async fn prepare(
                             OnConflict::DoUpdate {
                                 assignments: update.assignments,
                                 selection: update.selection.map(Box::new),
+                                arbiter,
                             }
                         }
                     }
@@ -270,27 +282,102 @@ pub async fn prepare(
     ))
 }
 
-fn check_conflict_target(table: &TableDef, target: Option<&ast::ConflictTarget>) -> Result<()> {
-    let Some(target) = target else { return Ok(()) };
+/// The arbiter an ON CONFLICT target names: the primary key or a UNIQUE
+/// index over exactly its columns (42P10 otherwise); no target, any.
+fn conflict_arbiter(table: &TableDef, target: Option<&ast::ConflictTarget>) -> Result<Arbiter> {
+    let Some(target) = target else {
+        return Ok(Arbiter::Any);
+    };
     let ast::ConflictTarget::Columns(columns) = target else {
         return Err(Error::new(
             sqlstate::FEATURE_NOT_SUPPORTED,
             "ON CONFLICT ON CONSTRAINT is not supported",
         ));
     };
-    let named: HashSet<String> = columns.iter().map(crate::names::identifier).collect();
-    let key: HashSet<String> = table
-        .primary_key
-        .iter()
-        .map(|&i| table.columns[i].name.clone())
-        .collect();
-    if !table.has_primary_key() || named != key {
-        return Err(Error::new(
-            sqlstate::INVALID_COLUMN_DEFINITION,
-            "there is no unique or exclusion constraint matching the ON CONFLICT specification",
-        ));
+    let mut named = Vec::with_capacity(columns.len());
+    for column in columns {
+        let name = crate::names::identifier(column);
+        let index = table.column_index(&name).ok_or_else(|| {
+            Error::new(
+                sqlstate::UNDEFINED_COLUMN,
+                format!("column \"{name}\" does not exist"),
+            )
+        })?;
+        if !named.contains(&index) {
+            named.push(index);
+        }
     }
-    Ok(())
+    let same = |columns: &[usize]| {
+        columns.len() == named.len() && columns.iter().all(|c| named.contains(c))
+    };
+    if table.has_primary_key() && same(&table.primary_key) {
+        return Ok(Arbiter::PrimaryKey);
+    }
+    let unique = table.indexes.iter().find(|index| {
+        index.unique
+            && index.state == crate::index::IndexState::Public
+            && same(&index.columns.iter().map(|c| c.column).collect::<Vec<_>>())
+    });
+    match unique {
+        Some(index) => Ok(Arbiter::Unique(index.id)),
+        None => Err(Error::new(
+            sqlstate::INVALID_COLUMN_REFERENCE,
+            "there is no unique or exclusion constraint matching the ON CONFLICT specification",
+        )),
+    }
+}
+
+/// The keys under which `arbiter` finds a conflict for a proposed row
+/// stored at `row_key`: its row key (primary key) and the entries of the
+/// arbiter's unique indexes (none for values with a NULL, which never
+/// conflict).
+fn arbiter_keys(
+    table: &TableDef,
+    arbiter: Arbiter,
+    row_key: &[u8],
+    values: &[Value],
+) -> Result<Vec<Vec<u8>>> {
+    let mut keys = Vec::new();
+    if matches!(arbiter, Arbiter::PrimaryKey | Arbiter::Any) && table.has_primary_key() {
+        keys.push(row_key.to_vec());
+    }
+    for index in &table.indexes {
+        let arbitrates = match arbiter {
+            Arbiter::Unique(id) => index.id == id,
+            Arbiter::Any => index.unique && index.state == crate::index::IndexState::Public,
+            Arbiter::PrimaryKey => false,
+        };
+        if arbitrates {
+            let (entry, unique) = index.entry(table, values, row_key)?;
+            if unique {
+                keys.push(entry);
+            }
+        }
+    }
+    Ok(keys)
+}
+
+/// The stored row a proposed row conflicts with under its arbiter keys
+/// ([`arbiter_keys`]): its key and bytes.
+fn conflicting_row(
+    table: &TableDef,
+    keys: &[Vec<u8>],
+    snapshot: &dyn Snapshot,
+) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let rows_prefix = table.rows_prefix();
+    for key in keys {
+        let Some(found) = get(snapshot, key)? else {
+            continue;
+        };
+        if key.starts_with(&rows_prefix) {
+            return Ok(Some((key.clone(), found)));
+        }
+        // A unique entry holds the key of its row.
+        if let Some(row) = get(snapshot, &found)? {
+            return Ok(Some((found, row)));
+        }
+    }
+    Ok(None)
 }
 
 /// Plans `SELECT <items> FROM <table>` over `rows`, the RETURNING projection.
@@ -563,27 +650,41 @@ async fn insert(
                 moves: Vec::new(),
             })
         }
-        OnConflict::DoNothing => {
+        OnConflict::DoNothing(arbiter) => {
             let mut returned = Vec::new();
             let mut mutations = Vec::with_capacity(keyed.len());
-            for ((key, value), row) in keyed.into_iter().zip(values) {
-                // RETURNING lists the rows that did not conflict in our snapshot;
-                // the count comes from apply, which is authoritative.
-                let absent = get(snapshot, &key)?.is_none();
-                if absent {
-                    returned.push(row);
-                }
-                if table.indexes.is_empty() {
+            if table.indexes.is_empty() {
+                // Only the row key can conflict: apply decides, row by row.
+                for ((key, value), row) in keyed.into_iter().zip(values) {
+                    // RETURNING lists the rows that did not conflict in our
+                    // snapshot; the count comes from apply, which is authoritative.
+                    if get(snapshot, &key)?.is_none() {
+                        returned.push(row);
+                    }
                     mutations.push(Mutation::InsertIfAbsent { key, value });
-                } else if absent {
-                    // Index entries must not be written for a row that is skipped, so
-                    // the decision is made here; a concurrent insert of the same key
-                    // fails the statement (40001) rather than being skipped.
-                    mutations.push(Mutation::Check {
-                        key: key.clone(),
-                        expected: None,
-                    });
+                }
+            } else {
+                // Index entries must not be written for a row that is
+                // skipped, so the decision is made here; each key it rests
+                // on is checked absent, so a concurrent insert of the same
+                // values fails the statement (40001) rather than being missed.
+                let mut seen: HashSet<Vec<u8>> = HashSet::new();
+                for ((key, value), row) in keyed.into_iter().zip(values) {
+                    let keys = arbiter_keys(table, *arbiter, &key, &row)?;
+                    if keys.iter().any(|k| seen.contains(k))
+                        || conflicting_row(table, &keys, snapshot)?.is_some()
+                    {
+                        continue;
+                    }
+                    for key in &keys {
+                        mutations.push(Mutation::Check {
+                            key: key.clone(),
+                            expected: None,
+                        });
+                    }
+                    seen.extend(keys);
                     mutations.push(Mutation::Insert { key, value });
+                    returned.push(row);
                 }
             }
             Ok(PlannedWrites {
@@ -596,14 +697,18 @@ async fn insert(
         OnConflict::DoUpdate {
             assignments,
             selection,
+            arbiter,
         } => {
             upsert(
                 session,
                 table,
                 keyed,
                 values,
-                assignments,
-                selection.as_deref(),
+                Conflict {
+                    arbiter: *arbiter,
+                    assignments,
+                    selection: selection.as_deref(),
+                },
                 snapshot,
             )
             .await
@@ -611,18 +716,30 @@ async fn insert(
     }
 }
 
-/// INSERT … ON CONFLICT (pk) DO UPDATE: new rows are inserted; rows whose key
-/// exists get the assignments, evaluated with `excluded` bound to the
-/// proposed row, exactly as PostgreSQL scopes them.
+/// What ON CONFLICT … DO UPDATE says.
+struct Conflict<'a> {
+    arbiter: Arbiter,
+    assignments: &'a [ast::Assignment],
+    selection: Option<&'a ast::Expr>,
+}
+
+/// INSERT … ON CONFLICT (target) DO UPDATE: new rows are inserted; rows
+/// that conflict with a stored row under the arbiter update that row with
+/// the assignments, evaluated with `excluded` bound to the proposed row,
+/// exactly as PostgreSQL scopes them.
 async fn upsert(
     session: &Context,
     table: &Arc<TableDef>,
     keyed: Vec<(Vec<u8>, Vec<u8>)>,
     values: Vec<Vec<Value>>,
-    assignments: &[ast::Assignment],
-    selection: Option<&ast::Expr>,
+    conflict: Conflict<'_>,
     snapshot: &dyn Snapshot,
 ) -> Result<PlannedWrites> {
+    let Conflict {
+        arbiter,
+        assignments,
+        selection,
+    } = conflict;
     let kinds = table.kinds();
     let mut seen = HashSet::new();
     let mut mutations = Vec::new();
@@ -632,27 +749,37 @@ async fn upsert(
     let mut conflict_keys = Vec::new();
     let mut moves = Vec::new();
     for ((key, encoded), row) in keyed.into_iter().zip(values) {
-        if !seen.insert(key.clone()) {
+        let keys = arbiter_keys(table, arbiter, &key, &row)?;
+        if keys.iter().any(|k| seen.contains(k)) {
             return Err(Error::new(
                 sqlstate::CARDINALITY_VIOLATION,
                 "ON CONFLICT DO UPDATE command cannot affect row a second time",
             )
             .with_detail("Ensure that no rows proposed for insertion within the same command have duplicate constrained values."));
         }
-        match get(snapshot, &key)? {
+        match conflicting_row(table, &keys, snapshot)? {
             None => {
+                // Absent here: a concurrent insert of the same values fails
+                // the statement (40001) rather than duplicating them.
+                for key in &keys {
+                    mutations.push(Mutation::Check {
+                        key: key.clone(),
+                        expected: None,
+                    });
+                }
                 mutations.push(Mutation::Insert {
                     key,
                     value: encoded,
                 });
                 returned.push(row);
             }
-            Some(old) => {
+            Some((existing_key, old)) => {
                 existing_rows.push(table.decode_row(&kinds, &old)?);
                 excluded_rows.push(row);
-                conflict_keys.push((key, old));
+                conflict_keys.push((existing_key, old));
             }
         }
+        seen.extend(keys);
     }
     let inserted = returned.len() as u64;
     let mut updated = 0u64;
@@ -669,7 +796,11 @@ async fn upsert(
         session.db.enforce_checks(table, &updated_rows)?;
         for (ordinal, new_values) in new_rows {
             let (old_key, old_bytes) = &conflict_keys[ordinal];
-            let new_key = table.key_for_row(&new_values)?;
+            let new_key = if table.has_primary_key() {
+                table.key_for_row(&new_values)?
+            } else {
+                old_key.clone()
+            };
             mutations.push(Mutation::Check {
                 key: old_key.clone(),
                 expected: Some(old_bytes.clone()),
@@ -945,6 +1076,90 @@ mod tests {
                 vec!["2".to_string(), "20".to_string()],
                 vec!["3".to_string(), "30".to_string()]
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn on_conflict_arbitrates_on_unique_constraints() {
+        let test = database().await;
+        let mut s = test.session();
+        let strings = |rows: &[&[&str]]| -> Vec<Vec<String>> {
+            rows.iter()
+                .map(|row| row.iter().map(|v| v.to_string()).collect())
+                .collect()
+        };
+        exec(
+            &mut s,
+            "CREATE TABLE u (id int PRIMARY KEY, email text UNIQUE, n int)",
+        )
+        .await;
+        assert_eq!(
+            sqlstate_of(
+                &mut s,
+                "INSERT INTO u VALUES (1, 'a', 1) ON CONFLICT (n) DO NOTHING"
+            )
+            .await,
+            "42P10"
+        );
+        exec(&mut s, "INSERT INTO u VALUES (1, 'a', 1)").await;
+        // Without a target, any unique constraint arbitrates, also between
+        // the statement's own rows.
+        assert_eq!(
+            run(
+                &mut s,
+                "INSERT INTO u VALUES (2, 'a', 2), (3, 'b', 3), (4, 'b', 4) ON CONFLICT DO NOTHING"
+            )
+            .await
+            .unwrap(),
+            Reply::Tag("INSERT 1".into())
+        );
+        assert_eq!(
+            rows(&mut s, "SELECT id, email, n FROM u ORDER BY id").await,
+            strings(&[&["1", "a", "1"], &["3", "b", "3"]])
+        );
+        // DO UPDATE on the unique column updates the row that holds the value.
+        assert_eq!(
+            rows(
+                &mut s,
+                "INSERT INTO u VALUES (9, 'a', 100) ON CONFLICT (email) \
+                 DO UPDATE SET n = excluded.n RETURNING id, email, n"
+            )
+            .await,
+            strings(&[&["1", "a", "100"]])
+        );
+        assert_eq!(
+            sqlstate_of(
+                &mut s,
+                "INSERT INTO u VALUES (10, 'b', 7), (11, 'b', 8) ON CONFLICT (email) \
+                 DO UPDATE SET n = excluded.n"
+            )
+            .await,
+            "21000"
+        );
+        exec(
+            &mut s,
+            "INSERT INTO u VALUES (12, 'c', 5) ON CONFLICT (email) DO UPDATE SET n = 0",
+        )
+        .await;
+        // NULLs never conflict.
+        exec(
+            &mut s,
+            "INSERT INTO u VALUES (13, NULL, 1), (14, NULL, 2) ON CONFLICT (email) DO NOTHING",
+        )
+        .await;
+        assert_eq!(
+            rows(&mut s, "SELECT count(*) FROM u").await,
+            strings(&[&["5"]])
+        );
+        // The primary key still arbitrates on its own.
+        exec(
+            &mut s,
+            "INSERT INTO u VALUES (1, 'z', 0) ON CONFLICT (id) DO NOTHING",
+        )
+        .await;
+        assert_eq!(
+            rows(&mut s, "SELECT email FROM u WHERE id = 1").await,
+            strings(&[&["a"]])
         );
     }
 }

@@ -115,6 +115,7 @@ pub mod sqlstate {
     pub const DUPLICATE_OBJECT: &str = "42710";
     pub const DUPLICATE_COLUMN: &str = "42701";
     pub const DATATYPE_MISMATCH: &str = "42804";
+    pub const INVALID_COLUMN_REFERENCE: &str = "42P10";
     pub const AMBIGUOUS_COLUMN: &str = "42702";
     pub const INVALID_TABLE_DEFINITION: &str = "42P16";
     pub const INVALID_COLUMN_DEFINITION: &str = "42611";
